@@ -1,0 +1,197 @@
+"""Frozen deep-stem dilated ResNet ("ResNet v2" of PSPNet/PFENet/BAM), SPEC section 1.
+
+The state_dict names follow the original exactly (``backbone.body.conv1.weight`` ...), so the
+released SCCAN checkpoints and the ``initmodel/resnet{50,101}_v2.pth`` ImageNet weights load
+unchanged.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BLOCKS_PER_LAYER = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine terms, all stored as buffers.
+
+    y = x * scale + (bias - running_mean * scale), scale = weight * rsqrt(running_var + eps).
+    There is no ``num_batches_tracked`` buffer; a loaded dict that has one still loads.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Checkpoints made with nn.BatchNorm2d (PSPNet-style initmodel files, some releases)
+        # carry num_batches_tracked; it has no meaning for frozen statistics.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (expansion 4) with the stride and dilation on the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1, dilation: int = 1,
+                 downsample: Optional[nn.Module] = None):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation,
+                               bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(out_channels)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, H, W) -> (B, 4*width, H/stride, W/stride)."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + identity, inplace=True)
+
+
+class DilatedResNet(nn.Module):
+    """Deep-stem ResNet with output stride 8 (layer3/layer4 dilated instead of strided)."""
+
+    def __init__(self, layers: int = 50):
+        super().__init__()
+        if layers not in BLOCKS_PER_LAYER:
+            raise ValueError(f"layers must be one of {sorted(BLOCKS_PER_LAYER)}, got {layers!r}")
+        blocks = BLOCKS_PER_LAYER[layers]
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 64, 3, stride=1, padding=1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(64)
+        self.conv3 = nn.Conv2d(64, 128, 3, stride=1, padding=1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(128)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.in_channels = 128
+        self.dilation = 1
+        self.layer1 = self._make_layer(64, blocks[0])
+        self.layer2 = self._make_layer(128, blocks[1], stride=2)
+        self.layer3 = self._make_layer(256, blocks[2], dilate=True)
+        self.layer4 = self._make_layer(512, blocks[3], dilate=True)
+
+    def _make_layer(self, width: int, num_blocks: int, stride: int = 1,
+                    dilate: bool = False) -> nn.Sequential:
+        # Like torchvision's replace_stride_with_dilation: the first block of a dilated layer
+        # keeps the previous dilation, the following blocks use the doubled one.
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= 2
+            stride = 1
+        out_channels = width * Bottleneck.expansion
+        downsample = None
+        if stride != 1 or self.in_channels != out_channels:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.in_channels, out_channels, 1, stride=stride, bias=False),
+                FrozenBatchNorm2d(out_channels),
+            )
+        blocks = [Bottleneck(self.in_channels, width, stride, previous_dilation, downsample)]
+        self.in_channels = out_channels
+        blocks += [Bottleneck(out_channels, width, 1, self.dilation) for _ in range(1, num_blocks)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x: (B, 3, H, W) -> [layer1 (B,256,h,w), layer2 (B,512,h,w), layer3 (B,1024,h,w),
+        layer4 (B,2048,h,w)] with h = (H-1)//8 + 1."""
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
+        x = F.relu(self.bn3(self.conv3(x)), inplace=True)
+        x = self.maxpool(x)
+        feat1 = self.layer1(x)
+        feat2 = self.layer2(feat1)
+        feat3 = self.layer3(feat2)
+        feat4 = self.layer4(feat3)
+        return [feat1, feat2, feat3, feat4]
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor; the ``body`` attribute gives the original key prefix."""
+
+    def __init__(self, layers: int = 50):
+        super().__init__()
+        self.body = DilatedResNet(layers)
+        for parameter in self.body.parameters():
+            parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # Frozen: no dropout/BN inside, but keep the module in eval mode regardless.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """x: (B, 3, H, W) -> the four layer outputs of :class:`DilatedResNet`."""
+        return self.body(x)
+
+
+def initialise_random_backbone(backbone: Backbone, seed: int = 0) -> None:
+    """Kaiming-normal convs and identity BN, from a private generator so the global RNG
+    (which drives the episode draws) is untouched."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+            std = (2.0 / fan_out) ** 0.5
+            module.weight.data.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+
+
+def load_backbone_weights(backbone: Backbone, path: str) -> None:
+    """Load a PSPNet-style ImageNet state_dict (``conv1.weight, bn1.*, layer1.0...``) into
+    ``backbone.body``. ``fc.*`` and ``num_batches_tracked`` are ignored; anything else missing,
+    unexpected or mis-shaped is an error naming the keys."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Backbone weights not found: {path!r}. Download the ImageNet-pretrained deep-stem "
+            f"ResNet ('resnet50_v2.pth' / 'resnet101_v2.pth', the PSPNet/PFENet/BAM initmodel "
+            f"files) and put them in initmodel/ (see initmodel/README.md), or set "
+            f"'pretrained_backbone: False' to train from a random backbone (toy runs only).")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k: v for k, v in state.items()
+             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    from model.checkpoint import check_state_dict  # local import: avoids a cycle
+    check_state_dict(backbone.body, state, source=path)
+    backbone.body.load_state_dict(state, strict=True)
+
+
+def build_backbone(layers: int, weights_path: Optional[str], pretrained: bool = True) -> Backbone:
+    backbone = Backbone(layers)
+    if pretrained:
+        load_backbone_weights(backbone, weights_path)
+    else:
+        warnings.warn(
+            "pretrained_backbone is False: the frozen ResNet backbone is RANDOMLY initialised. "
+            "Results are meaningless for PASCAL/COCO; use this only for the toy dataset or tests.",
+            stacklevel=2)
+        initialise_random_backbone(backbone)
+    return backbone

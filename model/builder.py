@@ -1,0 +1,65 @@
+"""Config -> model, optimizers and learning-rate schedule (SPEC section 6)."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+
+from model.backbone import build_backbone
+from model.sccan import SCCAN
+
+# SGD parameter groups in the original order: poly_learning_rate's index_split refers to it.
+SGD_GROUP_MODULES = ("down_query", "down_supp", "init_merge_query", "init_merge_supp",
+                     "ASPP_meta", "res1_meta", "res2_meta", "cls_meta")
+
+
+def _get(cfg, key, default):
+    return getattr(cfg, key, default) if not isinstance(cfg, dict) else cfg.get(key, default)
+
+
+def build_model(cfg) -> SCCAN:
+    """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
+    pretrained_backbone, feature_size, window_size``) to an :class:`SCCAN`."""
+    layers = int(_get(cfg, "layers", 50))
+    weights = _get(cfg, "backbone_weights", None) or f"initmodel/resnet{layers}_v2.pth"
+    backbone = build_backbone(layers, weights, pretrained=bool(_get(cfg, "pretrained_backbone", True)))
+    return SCCAN(backbone, shot=int(_get(cfg, "shot", 1)),
+                 zoom_factor=int(_get(cfg, "zoom_factor", 8)),
+                 feature_size=int(_get(cfg, "feature_size", 64)),
+                 window_size=int(_get(cfg, "window_size", 8)))
+
+
+def build_optimizers(model: SCCAN, base_lr: float, momentum: float = 0.9,
+                     weight_decay: float = 1e-4, transformer_lr: float = 6e-5
+                     ) -> Tuple[torch.optim.SGD, torch.optim.AdamW]:
+    """SGD over the 8 meta-learner groups (in the original order) and AdamW over every
+    trainable parameter whose name contains ``transformer``."""
+    model = getattr(model, "module", model)
+    groups = [{"params": list(getattr(model, name).parameters())} for name in SGD_GROUP_MODULES]
+    sgd = torch.optim.SGD(groups, lr=base_lr, momentum=momentum, weight_decay=weight_decay)
+    transformer_params = [p for n, p in model.named_parameters()
+                          if "transformer" in n and p.requires_grad]
+    adamw = torch.optim.AdamW([{"params": transformer_params}], lr=transformer_lr)
+    return sgd, adamw
+
+
+def poly_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, current_iteration: int,
+                       max_iteration: int, power: float = 0.9, index_split: int = -1,
+                       scale_lr: float = 10.0, warmup: bool = False, warmup_step: int = 500) -> float:
+    """Set the poly learning rate on every group; groups with index > index_split get
+    ``lr * scale_lr`` (with the shipped index_split = -1, all of them). Returns the base lr."""
+    if warmup and current_iteration < warmup_step:
+        lr = base_lr * (0.1 + 0.9 * (current_iteration / warmup_step))
+    else:
+        lr = base_lr * (1 - float(current_iteration) / max_iteration) ** power
+    for index, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr if index <= index_split else lr * scale_lr
+    return lr
+
+
+def count_parameters(model: nn.Module) -> Tuple[int, int]:
+    """(total, learnable) parameter counts; frozen-BN buffers are not parameters."""
+    total = sum(p.numel() for p in model.parameters())
+    learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, learnable

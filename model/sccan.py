@@ -1,0 +1,166 @@
+"""The SCCAN meta learner (the original's ``OneModel``), SPEC section 2."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.aspp import ASPP
+from model.backbone import Backbone
+from model.loss import weighted_dice_loss
+from model.transformer import SCCATransformer
+
+PROTOTYPE_EPS = 5e-4
+COSINE_EPS = 1e-7
+
+
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear, align_corners=True, as everywhere in the original."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+def masked_average_pooling(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """features: (B, C, H, W), mask: (B, 1, H, W) -> prototype (B, C, 1, 1) =
+    sum(features*mask) / (sum(mask) + 5e-4)."""
+    total = (features * mask).sum(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    area = mask.sum(dim=(2, 3), keepdim=True) + PROTOTYPE_EPS  # (B, 1, 1, 1)
+    return total / area
+
+
+def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, support_mask: torch.Tensor,
+               output_size: Tuple[int, int]) -> torch.Tensor:
+    """Training-free prior of one shot (SPEC 2.6).
+
+    query_high: (B, C, hq, wq) at its native size; support_high: (B, C, hs, ws);
+    support_mask: (B, 1, hs, ws) -> (B, 1, *output_size), min-max normalised per sample.
+    """
+    batch, channels, query_height, query_width = query_high.shape
+    support = support_high.flatten(2).transpose(1, 2)  # (B, hs*ws, C)
+    query = query_high.flatten(2)  # (B, C, hq*wq)
+    similarity = torch.bmm(support, query)  # (B, hs*ws, hq*wq)
+    norms = support.norm(dim=2, keepdim=True) * query.norm(dim=1, keepdim=True)  # (B, hs*ws, hq*wq)
+    similarity = similarity / (norms + COSINE_EPS)
+    # The softmax weights are nearly uniform and the min-max step below divides by a tiny
+    # range, so float32 rounding here alone moves the prior by ~1e-4; float64 for this cheap
+    # part matches the original to ~1e-5 (the costly C-dim product above stays float32).
+    weights = similarity.double().softmax(dim=1)  # softmax over support pixels
+    mask = support_mask.flatten(2).double()  # (B, 1, hs*ws)
+    prior = torch.bmm(mask, weights).squeeze(1)  # (B, hq*wq)
+    low = prior.min(dim=1, keepdim=True)[0]
+    high = prior.max(dim=1, keepdim=True)[0]
+    prior = (prior - low) / (high - low + COSINE_EPS)
+    prior = prior.to(query_high.dtype).view(batch, 1, query_height, query_width)  # (B, 1, hq, wq)
+    return resize(prior, output_size)
+
+
+def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+
+class SCCAN(nn.Module):
+    """Self-calibrated cross attention network for few-shot segmentation.
+
+    Args:
+        backbone: the frozen :class:`Backbone` (ResNet-50/101).
+        shot: number of support images K.
+        zoom_factor: output scale relative to the backbone stride (8 returns full resolution).
+        feature_size: side of the square grid the mid-level features are resized to (64 in the
+            paper; any multiple of ``window_size``).
+        window_size: transformer window (patch) size.
+        reduce_dim: channel width of the meta learner.
+    """
+
+    def __init__(self, backbone: Backbone, shot: int = 1, zoom_factor: int = 8,
+                 feature_size: int = 64, window_size: int = 8, reduce_dim: int = 256):
+        super().__init__()
+        if feature_size % window_size:
+            raise ValueError(f"feature_size {feature_size} must be a multiple of window_size "
+                             f"{window_size}")
+        self.shot = shot
+        self.zoom_factor = zoom_factor
+        self.feature_size = feature_size
+        self.backbone = backbone
+        mid_channels = 512 + 1024
+        self.down_query = nn.Sequential(_conv1x1(mid_channels, reduce_dim), nn.ReLU(inplace=True),
+                                        nn.Dropout2d(p=0.5))
+        self.down_supp = nn.Sequential(_conv1x1(mid_channels, reduce_dim), nn.ReLU(inplace=True),
+                                       nn.Dropout2d(p=0.5))
+        self.init_merge_query = nn.Sequential(_conv1x1(reduce_dim * 2 + 1, reduce_dim))
+        self.init_merge_supp = nn.Sequential(_conv1x1(reduce_dim * 2 + 1, reduce_dim))
+        self.transformer = SCCATransformer(dim=reduce_dim, depth=8, num_heads=8,
+                                           window_size=window_size, mlp_ratio=1.0)
+        self.ASPP_meta = ASPP(reduce_dim)
+        self.res1_meta = nn.Sequential(_conv1x1(reduce_dim * 5, reduce_dim), nn.ReLU(inplace=True))
+        self.res2_meta = nn.Sequential(
+            nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1, bias=False), nn.ReLU(inplace=True))
+        self.cls_meta = nn.Sequential(
+            nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+            nn.Dropout2d(p=0.1), nn.Conv2d(reduce_dim, 2, 1))
+
+    def _mid_features(self, features) -> torch.Tensor:
+        return torch.cat([features[1], features[2]], dim=1)  # (N, 512+1024, h, w)
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
+                y_m: Optional[torch.Tensor] = None, cat_idx=None
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Segment the support class in the query.
+
+        Args:
+            x: query images (B, 3, H, W), (H-1) and (W-1) multiples of 8.
+            s_x: support images (B, K, 3, H, W).
+            s_y: support labels (B, K, H, W), values {0, 1, 255}.
+            y_m: query labels (B, H, W), needed in training mode.
+            cat_idx: unused (kept for call compatibility with the original).
+        Returns:
+            eval mode: logits (B, 2, h, w), h = (H-1)/8*zoom_factor + 1;
+            train mode: (prediction (B, h, w) long, main_loss, aux_loss1 = 0, aux_loss2 = 0).
+        """
+        batch, _, height, width = x.shape
+        shot = s_x.shape[1]
+        out_height = int((height - 1) / 8 * self.zoom_factor + 1)
+        out_width = int((width - 1) / 8 * self.zoom_factor + 1)
+        grid = (self.feature_size, self.feature_size)
+
+        query_features = self.backbone(x)
+        support_features = self.backbone(s_x.flatten(0, 1))  # each (B*K, C, h, w)
+
+        query_mid = resize(self.down_query(self._mid_features(query_features)), grid)  # (B, 256, g, g)
+        support_mid = resize(self.down_supp(self._mid_features(support_features)), grid)  # (B*K, 256, g, g)
+        support_mid = support_mid.view(batch, shot, *support_mid.shape[1:])  # (B, K, 256, g, g)
+        support_high = resize(support_features[3], grid)  # (B*K, 2048, g, g)
+        support_high = support_high.view(batch, shot, *support_high.shape[1:])  # (B, K, 2048, g, g)
+        query_high = query_features[3]  # (B, 2048, hq, wq), native size on purpose (original)
+
+        masks, masked_features, prototypes, priors = [], [], [], []
+        for k in range(shot):
+            mask = resize((s_y[:, k] == 1).float().unsqueeze(1), grid)  # (B, 1, g, g)
+            masks.append(mask)
+            masked_features.append(support_mid[:, k] * mask)
+            prototypes.append(masked_average_pooling(support_mid[:, k], mask))
+            priors.append(prior_mask(query_high, support_high[:, k], mask, grid))
+        support_mask = torch.stack(masks).mean(0)  # (B, 1, g, g)
+        support_feature = torch.stack(masked_features).mean(0)  # (B, 256, g, g)
+        prototype = torch.stack(prototypes).mean(0).expand(-1, -1, *grid)  # (B, 256, g, g)
+        prior = torch.stack(priors).mean(0)  # (B, 1, g, g)
+
+        query_merged = self.init_merge_query(torch.cat([query_mid, prototype, prior], dim=1))
+        support_merged = self.init_merge_supp(
+            torch.cat([support_feature, prototype, support_mask], dim=1))
+        query_refined = F.relu(self.transformer(query_merged, support_merged, support_mask))
+
+        meta = self.res1_meta(self.ASPP_meta(query_refined))  # (B, 256, g, g)
+        meta = self.res2_meta(meta) + meta
+        logits = self.cls_meta(meta)  # (B, 2, g, g)
+        if self.zoom_factor != 1:
+            logits = resize(logits, (out_height, out_width))  # (B, 2, h, w)
+
+        if not self.training:
+            return logits
+        if y_m is None:
+            raise ValueError("training mode needs the query label y_m")
+        main_loss = weighted_dice_loss(logits, y_m.long())
+        zero = torch.zeros((), device=logits.device)
+        return logits.argmax(dim=1), main_loss, zero, zero

@@ -1,0 +1,219 @@
+"""Self-calibrated cross attention (SCCA) transformer, SPEC section 3.
+
+Pure tensor helpers (window partition/reverse, patch alignment, window gathering) are
+module-level functions so that they can be tested on hand-built examples.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ALIGNMENT_EPS = 5e-4   # added to the support patch foreground count (original constant)
+COSINE_EPS = 1e-7
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Split a channels-last map into non-overlapping windows, row-major.
+
+    x: (B, H, W, C) with H, W multiples of window_size -> (B, nW, window_size**2, C).
+    """
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window_size, window_size, width // window_size, window_size,
+               channels)  # (B, nH, ws, nW_w, ws, C)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (B, nH, nW_w, ws, ws, C)
+    return x.reshape(batch, -1, window_size * window_size, channels)  # (B, nW, ws*ws, C)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`.
+
+    windows: (B, nW, window_size**2, C) -> (B, H, W, C).
+    """
+    batch, _, _, channels = windows.shape
+    x = windows.view(batch, height // window_size, width // window_size, window_size, window_size,
+                     channels)  # (B, nH, nW_w, ws, ws, C)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (B, nH, ws, nW_w, ws, C)
+    return x.reshape(batch, height, width, channels)  # (B, H, W, C)
+
+
+def patch_alignment(query_windows: torch.Tensor, support_windows: torch.Tensor,
+                    mask_windows: torch.Tensor) -> torch.Tensor:
+    """For every query patch, the index of the most similar support foreground patch.
+
+    query_windows, support_windows: (B, nW, N, C); mask_windows: (B, nW, N, 1), N tokens per
+    window. Returns (B, nW) long: index_j = argmax_i score[b, i, j] with
+    score = (cos(support_proto_i, query_proto_j) + 1) / 2 * has_fg_i. Ties (e.g. a support without
+    any foreground patch) resolve to the first maximal index, like torch.argmax.
+    """
+    query_proto = query_windows.mean(dim=2)  # (B, nW, C)
+    count = mask_windows.sum(dim=2) + ALIGNMENT_EPS  # (B, nW, 1)
+    support_proto = (support_windows * mask_windows).sum(dim=2) / count  # (B, nW, C)
+    # The original marks background patches by comparing the padded count with the constant
+    # itself; kept as is so that tiny mask values behave the same.
+    has_foreground = (count != ALIGNMENT_EPS).to(support_proto.dtype)  # (B, nW, 1)
+    dots = torch.bmm(support_proto, query_proto.transpose(1, 2))  # (B, nW_s, nW_q)
+    norms = support_proto.norm(dim=2, keepdim=True) * query_proto.norm(dim=2).unsqueeze(1)
+    cosine = dots / (norms + COSINE_EPS)  # (B, nW_s, nW_q)
+    score = (cosine + 1) / 2 * has_foreground  # (B, nW_s, nW_q)
+    return score.argmax(dim=1)  # (B, nW_q)
+
+
+def gather_windows(windows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """windows: (B, nW, N, C), index: (B, nW) -> (B, nW, N, C) with out[b, j] = windows[b, index[b, j]]."""
+    batch, num_windows, tokens, channels = windows.shape
+    index = index.view(batch, num_windows, 1, 1).expand(-1, -1, tokens, channels)  # (B, nW, N, C)
+    return torch.gather(windows, 1, index)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., C) -> (..., C)."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention inside windows, with an optional second key/value set.
+
+    Without ``context``: plain self-attention, logits q.k * head_dim**-0.5.
+    With ``context`` (the aligned support window): keys/values are [tokens | context]; logits
+    against the token keys are scaled dot products, logits against the context keys are the
+    cosine q.k / (|q||k| + 1e-7) (no temperature); one softmax over both.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        x = x.view(batch, tokens, parts, self.num_heads, self.head_dim)  # (B_, N, P, h, d)
+        return x.permute(2, 0, 3, 1, 4)  # (P, B_, h, N, d)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
+        """x: (B_, N, C) window tokens; context: (B_, M, C) or None -> (B_, N, C)."""
+        batch, tokens, channels = x.shape
+        q = self._heads(self.q(x), 1)[0]  # (B_, h, N, d)
+        k, v = self._heads(self.kv(x), 2)  # (B_, h, N, d) each
+        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B_, h, N, N)
+        if context is not None:
+            k_context, v_context = self._heads(self.kv(context), 2)  # (B_, h, M, d) each
+            dots = q @ k_context.transpose(-2, -1)  # (B_, h, N, M)
+            norms = q.norm(dim=-1, keepdim=True) * k_context.norm(dim=-1).unsqueeze(-2)
+            logits = torch.cat([logits, dots / (norms + COSINE_EPS)], dim=-1)  # (B_, h, N, N+M)
+            v = torch.cat([v, v_context], dim=2)  # (B_, h, N+M, d)
+        attention = logits.softmax(dim=-1)
+        out = attention @ v  # (B_, h, N, d)
+        out = out.transpose(1, 2).reshape(batch, tokens, channels)  # (B_, N, C)
+        return self.proj(out)
+
+
+class SCCABlock(nn.Module):
+    """One SCCA block: patch-aligned cross attention for the query, window self-attention for
+    the support. Shifted blocks zero-pad by half a window instead of rolling (original quirk)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool,
+                 mlp_ratio: float = 1.0, qkv_bias: bool = True):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = window_size // 2 if shift else 0
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn_q = WindowAttention(dim, num_heads, qkv_bias)
+        self.attn_s = WindowAttention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp_q = Mlp(dim, hidden)
+        self.mlp_s = Mlp(dim, hidden)
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor, mask: torch.Tensor,
+                height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """query, support: (B, H*W, C); mask: (B, H*W, 1) -> (query, support), both (B, H*W, C)."""
+        batch, length, channels = query.shape
+        shortcut_query, shortcut_support = query, support
+        query = self.norm1(query).view(batch, height, width, channels)  # (B, H, W, C)
+        support = self.norm1(support).view(batch, height, width, channels)  # (B, H, W, C)
+        mask = mask.view(batch, height, width, 1)  # (B, H, W, 1)
+        pad = self.shift_size
+        if pad:
+            query = F.pad(query, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, C)
+            support = F.pad(support, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, C)
+            mask = F.pad(mask, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, 1)
+        padded_height, padded_width = height + 2 * pad, width + 2 * pad
+        ws = self.window_size
+        query_windows = window_partition(query, ws)  # (B, nW, ws*ws, C)
+        support_windows = window_partition(support, ws)  # (B, nW, ws*ws, C)
+        mask_windows = window_partition(mask, ws)  # (B, nW, ws*ws, 1)
+        index = patch_alignment(query_windows, support_windows, mask_windows)  # (B, nW)
+        aligned = gather_windows(support_windows, index)  # (B, nW, ws*ws, C)
+        num_windows = query_windows.shape[1]
+
+        query_out = self.attn_q(query_windows.flatten(0, 1), aligned.flatten(0, 1))  # (B*nW, ws*ws, C)
+        support_out = self.attn_s(support_windows.flatten(0, 1))  # (B*nW, ws*ws, C)
+        query_out = window_reverse(query_out.view(batch, num_windows, ws * ws, channels), ws,
+                                   padded_height, padded_width)  # (B, H+2p, W+2p, C)
+        support_out = window_reverse(support_out.view(batch, num_windows, ws * ws, channels), ws,
+                                     padded_height, padded_width)  # (B, H+2p, W+2p, C)
+        if pad:
+            query_out = query_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
+            support_out = support_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
+        query = shortcut_query + query_out.reshape(batch, length, channels)  # (B, H*W, C)
+        query = query + self.mlp_q(self.norm2(query))
+        support = shortcut_support + support_out.reshape(batch, length, channels)  # (B, H*W, C)
+        support = support + self.mlp_s(self.norm2(support))
+        return query, support
+
+
+class SCCALayer(nn.Module):
+    """A stage of blocks alternating unshifted / shifted windows (``layers.0.blocks.*``)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int,
+                 mlp_ratio: float = 1.0):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            SCCABlock(dim, num_heads, window_size, shift=(index % 2 == 1), mlp_ratio=mlp_ratio)
+            for index in range(depth)])
+
+    def forward(self, query, support, mask, height, width):
+        for block in self.blocks:
+            query, support = block(query, support, mask, height, width)
+        return query, support
+
+
+class SCCATransformer(nn.Module):
+    """The SCCA transformer of SCCAN: 8 blocks, dim 256, 8 heads, window 8, MLP ratio 1."""
+
+    def __init__(self, dim: int = 256, depth: int = 8, num_heads: int = 8, window_size: int = 8,
+                 mlp_ratio: float = 1.0):
+        super().__init__()
+        self.window_size = window_size
+        self.layers = nn.ModuleList([SCCALayer(dim, depth, num_heads, window_size, mlp_ratio)])
+        self.norm0 = nn.LayerNorm(dim)
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor,
+                support_mask: torch.Tensor) -> torch.Tensor:
+        """query, support: (B, C, H, W); support_mask: (B, 1, H, W), H and W multiples of the
+        window size -> refined query features (B, C, H, W)."""
+        batch, channels, height, width = query.shape
+        if height % self.window_size or width % self.window_size:
+            raise ValueError(f"feature map {height}x{width} is not a multiple of the window size "
+                             f"{self.window_size}")
+        query = query.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        support = support.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        mask = support_mask.flatten(2).transpose(1, 2)  # (B, H*W, 1)
+        for layer in self.layers:
+            query, support = layer(query, support, mask, height, width)
+        query = self.norm0(query)
+        return query.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)

@@ -1,0 +1,538 @@
+"""Tests of util/dataset.py: class folds, list formats, the episode draw order, errors."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch.utils.data import DataLoader
+
+from util import dataset as dataset_module
+from util.dataset import (
+    SemData,
+    fill_bounding_boxes,
+    get_class_lists,
+    load_fss_lists,
+    make_fss_lists,
+    read_pair_list,
+    resolve_path,
+    write_fss_lists,
+)
+from util.transform import ToTensor, build_train_transform, build_val_transform
+
+SMALL = 64  # validation-resize size used to keep the episode tests fast
+
+
+# ----------------------------------------------------------------------------------- helpers
+def toy_dataset(root, split=0, shot=1, mode="train", transform="small", **kwargs):
+    if transform == "small":
+        transform = build_val_transform(SMALL)
+    base_list = os.path.join(root, "train.txt" if mode == "train" else "val.txt")
+    return SemData(split, shot, root, base_list, data_set="pascal", transform=transform, mode=mode,
+                   list_root=os.path.join(root, "fss_list"), show_progress=False, **kwargs)
+
+
+def block_label(classes, size=(64, 64)):
+    """uint8 label with one 48x48 (2304 px >= 2048) block per class side by side, a 255 line."""
+    height, width = size
+    label = np.zeros((height, width * len(classes)), np.uint8)
+    for i, c in enumerate(classes):
+        label[4:52, i * width + 4:i * width + 52] = c
+    label[60, :] = 255
+    return label
+
+
+def write_mini_dataset(root, entries, list_name="train.txt"):
+    """entries: [(name, label array, image shape or None)] -> writes the PASCAL layout + base list."""
+    os.makedirs(os.path.join(root, "JPEGImages"), exist_ok=True)
+    os.makedirs(os.path.join(root, "SegmentationClassAug"), exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for name, label, image_shape in entries:
+        shape = image_shape or (label.shape[0], label.shape[1], 3)
+        cv2.imwrite(os.path.join(root, "JPEGImages", name + ".jpg"), rng.integers(0, 255, shape, dtype=np.uint8))
+        cv2.imwrite(os.path.join(root, "SegmentationClassAug", name + ".png"), label)
+        lines.append(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
+    with open(os.path.join(root, list_name), "w") as handle:
+        handle.writelines(lines)
+    return os.path.join(root, list_name)
+
+
+def brute_force_lists(root, base_list, class_list, filter_intersection):
+    """Independent FSS list rule: simple loops over lines and classes (paths joined with root)."""
+    data_list, sub_lists = [], {c: [] for c in class_list}
+    for line in open(base_list):
+        if not line.strip():
+            continue
+        image_rel, label_rel = line.split()
+        pair = (os.path.join(root, image_rel), os.path.join(root, label_rel))
+        label = cv2.imread(pair[1], cv2.IMREAD_GRAYSCALE)
+        present = [c for c in range(1, 255) if (label == c).any()]
+        if filter_intersection and any(c not in class_list for c in present):
+            continue
+        counting = [c for c in present if c in class_list and int((label == c).sum()) >= 2048]
+        if counting:
+            data_list.append(pair)
+        for c in counting:
+            sub_lists[c].append(pair)
+    return data_list, sub_lists
+
+
+def replay_choices(rng, data_list, sub_lists, class_list, labels, index, shot):
+    """Independent replay of SPEC 7 steps 2-5 with a `random.Random` stream."""
+    query = data_list[index]
+    label = labels[query[1]]
+    candidates = [c for c in range(1, 255) if (label == c).any() and c in class_list]
+    class_chosen = candidates[rng.randint(1, len(candidates)) - 1]
+    files = sub_lists[class_chosen]
+    taken = []
+    for _ in range(shot):
+        rng.randint(1, len(files))  # the original's discarded first draw
+        while True:  # do-while: the original's loop always runs at least once
+            candidate = rng.randint(1, len(files)) - 1
+            if files[candidate] != query and candidate not in taken:
+                break
+        taken.append(candidate)
+    return query, class_chosen, [files[i] for i in taken]
+
+
+class DrawOnceStamp:
+    """Transform that draws one random() per call and writes a call counter into the image.
+
+    Lets a test see in which order the dataset transforms query and supports, and how the
+    supports are stacked. Output: image float (3, 8, 8) filled with the call number, label (8, 8).
+    """
+
+    def __init__(self):
+        self.calls = 0
+        self.draws = []
+
+    def __call__(self, image, label):
+        self.draws.append(random.random())
+        self.calls += 1
+        stamped = np.full((8, 8, 3), float(self.calls), np.float32)
+        return ToTensor()(stamped, np.ascontiguousarray(label[:8, :8]))
+
+
+# ----------------------------------------------------------------------------------- class folds
+def test_pascal_class_lists():
+    for fold in range(4):
+        train, val = get_class_lists("pascal", fold)
+        assert val == [5 * fold + 1 + i for i in range(5)]
+        assert train == sorted(set(range(1, 21)) - set(val))
+    assert get_class_lists("pascal", 2)[0] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 17, 18, 19, 20]
+
+
+def test_coco_class_lists():
+    train, val = get_class_lists("coco", 0, use_split_coco=True)
+    assert val == [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 49, 53, 57, 61, 65, 69, 73, 77]
+    assert len(train) == 60 and train == sorted(train) and not set(train) & set(val)
+    assert get_class_lists("coco", 3, use_split_coco=True)[1][-1] == 80
+    train, val = get_class_lists("coco", 1, use_split_coco=False)
+    assert val == list(range(21, 41))
+    assert train == list(range(1, 21)) + list(range(41, 81))
+
+
+@pytest.mark.parametrize("args, word", [(("toy", 0), "data_set"), (("pascal", 4), "split"), (("coco", -1), "split")])
+def test_class_lists_reject_unknown_values(args, word):
+    with pytest.raises(ValueError) as error:
+        get_class_lists(*args)
+    message = str(error.value)
+    assert word in message and repr(args[0] if word == "data_set" else args[1]) in message
+    assert "allowed" in message
+
+
+# ----------------------------------------------------------------------------------- list formats
+def test_resolve_path_rules(tmp_path):
+    assert resolve_path("/abs/JPEGImages/a.jpg", "data/voc") == "/abs/JPEGImages/a.jpg"
+    assert resolve_path("JPEGImages/a.jpg", "data/voc") == os.path.join("data/voc", "JPEGImages/a.jpg")
+    # Lists released with BAM/SCCAN hold data_root-joined paths: used unchanged.
+    assert resolve_path("../data/VOC2012/JPEGImages/a.jpg", "../data/VOC2012") == "../data/VOC2012/JPEGImages/a.jpg"
+    assert resolve_path("data/voc/JPEGImages/a.jpg", "data/voc/") == "data/voc/JPEGImages/a.jpg"
+    # A path that merely shares a prefix string with data_root is still joined.
+    assert resolve_path("data/voc2/a.jpg", "data/voc") == os.path.join("data/voc", "data/voc2/a.jpg")
+
+
+def test_write_format_is_the_original_one(tmp_path):
+    data_list = [("JPEGImages/a.jpg", "SegmentationClassAug/a.png"), ("JPEGImages/b.jpg", "SegmentationClassAug/b.png")]
+    sub_lists = {1: [data_list[0]], 2: [data_list[0], data_list[1]], 3: []}
+    data_path, sub_path = str(tmp_path / "data_list_0.txt"), str(tmp_path / "sub_class_file_list_0.txt")
+    write_fss_lists(data_path, sub_path, data_list, sub_lists)
+    # The original writes `img + ' ' + label + '\n'` lines and `str(dict)`.
+    assert open(data_path).read() == "JPEGImages/a.jpg SegmentationClassAug/a.png\nJPEGImages/b.jpg SegmentationClassAug/b.png\n"
+    assert open(sub_path).read() == (
+        "{1: [('JPEGImages/a.jpg', 'SegmentationClassAug/a.png')], 2: [('JPEGImages/a.jpg', "
+        "'SegmentationClassAug/a.png'), ('JPEGImages/b.jpg', 'SegmentationClassAug/b.png')], 3: []}"
+    )
+    assert load_fss_lists(data_path, sub_path) == (data_list, sub_lists)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp_")]  # atomic writes cleaned up
+
+
+def _copy_toy_pair(toy_root, name, destination_root):
+    for folder, extension in (("JPEGImages", ".jpg"), ("SegmentationClassAug", ".png")):
+        os.makedirs(os.path.join(destination_root, folder), exist_ok=True)
+        with open(os.path.join(toy_root, folder, name + extension), "rb") as source:
+            with open(os.path.join(destination_root, folder, name + extension), "wb") as target:
+                target.write(source.read())
+
+
+@pytest.mark.parametrize("path_style", ["data_root_joined", "absolute", "relative"])
+def test_reads_lists_in_the_released_formats(toy_data_root, tmp_path, monkeypatch, path_style):
+    """A list pair as BAM/SCCAN ship it (dict literal with tuples; `img lbl` lines) drops in."""
+    # Like the original: run from a work folder, data_root '../data/VOC2012' relative to it.
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    data_root = "../data/VOC2012" if path_style == "data_root_joined" else "data/VOC2012"
+    # Three toy images that all contain class 3 (with >= 2048 px), found via the toy base list.
+    names = []
+    for line in open(os.path.join(toy_data_root, "val.txt")):
+        label_rel = line.split()[1]
+        label = cv2.imread(os.path.join(toy_data_root, label_rel), cv2.IMREAD_GRAYSCALE)
+        if (label == 3).sum() >= 2048:
+            names.append(os.path.splitext(os.path.basename(label_rel))[0])
+        if len(names) == 3:
+            break
+    for name in names:
+        _copy_toy_pair(toy_data_root, name, data_root)
+
+    def path(folder, name, extension):
+        relative = f"{folder}/{name}{extension}"
+        if path_style == "data_root_joined":
+            return f"{data_root}/{relative}"
+        if path_style == "absolute":
+            return os.path.abspath(os.path.join(data_root, relative))
+        return relative
+
+    pairs = [(path("JPEGImages", n, ".jpg"), path("SegmentationClassAug", n, ".png")) for n in names]
+    list_dir = os.path.join("lists", "pascal", "fss_list", "val")  # the original's default location
+    os.makedirs(list_dir)
+    with open(os.path.join(list_dir, "data_list_0.txt"), "w") as handle:
+        handle.writelines(f"{image} {label}\n" for image, label in pairs)
+    literal = {c: (pairs if c == 3 else pairs[:2]) for c in range(1, 6)}
+    with open(os.path.join(list_dir, "sub_class_file_list_0.txt"), "w") as handle:
+        handle.write(str(literal))
+
+    # list_root '' (the configs' "default") means the original's ./lists/<data_set>/fss_list.
+    data = SemData(0, 1, data_root, None, data_set="pascal", mode="val", transform=build_val_transform(SMALL),
+                   list_root="" if path_style == "absolute" else None)
+    expected = [(resolve_path(i, data_root), resolve_path(l, data_root)) for i, l in pairs]
+    if path_style != "relative":
+        assert data.data_list == pairs  # used unchanged
+    else:
+        assert data.data_list == [(os.path.join(data_root, i), os.path.join(data_root, l)) for i, l in pairs]
+    assert data.data_list == expected and data.sub_class_file_list[3] == expected
+    random.seed(1)
+    episode = data.sample_episode(0)
+    assert episode["supports"][0] != episode["query"] and episode["supports"][0] in expected
+    assert len(data[1]) == 6
+
+
+# ----------------------------------------------------------------------------------- FSS lists
+def test_make_fss_lists_rule_on_mini_data(tmp_path):
+    """Hand-made labels where the expected lists are known without computing anything."""
+    root = str(tmp_path)
+    small = np.zeros((64, 64), np.uint8)
+    small[:40, :40] = 7  # 1600 px < 2048: present but does not count
+    entries = [
+        ("a", block_label([6, 7]), None),   # both train classes (fold 0), both count
+        ("b", block_label([6, 2]), None),   # class 2 is a test class of fold 0: filtered in train
+        ("c", small, None),                 # class 7 too small: no class counts
+        ("d", block_label([8]), None),
+    ]
+    base = write_mini_dataset(root, entries)
+    train_classes, val_classes = get_class_lists("pascal", 0)
+    data_list, sub_lists = make_fss_lists(root, base, train_classes, filter_intersection=True, show_progress=False)
+    a = ("JPEGImages/a.jpg", "SegmentationClassAug/a.png")
+    b = ("JPEGImages/b.jpg", "SegmentationClassAug/b.png")
+    d = ("JPEGImages/d.jpg", "SegmentationClassAug/d.png")
+    assert data_list == [a, d]
+    assert sub_lists[6] == [a] and sub_lists[7] == [a] and sub_lists[8] == [d]
+    assert sorted(sub_lists) == train_classes
+    data_list, sub_lists = make_fss_lists(root, base, val_classes, filter_intersection=False, show_progress=False)
+    assert data_list == [b] and sub_lists[2] == [b] and sub_lists[1] == []
+
+
+# ----------------------------------------------------------------------------------- episodes
+@pytest.mark.parametrize("mode, shot, split", [("train", 1, 0), ("train", 5, 2), ("val", 5, 1), ("val", 1, 3)])
+def test_draw_order_matches_an_independent_replay(toy_data_root, mode, shot, split):
+    data = toy_dataset(toy_data_root, split=split, shot=shot, mode=mode)
+    train_classes, val_classes = get_class_lists("pascal", split)
+    class_list = train_classes if mode == "train" else val_classes
+    base = os.path.join(toy_data_root, "train.txt" if mode == "train" else "val.txt")
+    data_list, sub_lists = brute_force_lists(toy_data_root, base, class_list, filter_intersection=(mode == "train"))
+    labels = {pair[1]: cv2.imread(pair[1], cv2.IMREAD_GRAYSCALE) for pair in data_list}
+
+    random.seed(1234)
+    replay = random.Random(1234)
+    indices = [0, 5, 5, 17, len(data) - 1, 3, 9]
+    for index in indices:
+        query, class_chosen, supports = replay_choices(replay, data_list, sub_lists, class_list, labels, index, shot)
+        episode = data.sample_episode(index)
+        assert episode == {"query": query, "class_chosen": class_chosen, "supports": supports}
+    # Interleave __getitem__ (whose transform draws nothing) with the same replayed stream.
+    for index in indices:
+        query, class_chosen, supports = replay_choices(replay, data_list, sub_lists, class_list, labels, index, shot)
+        result = data[index]
+        assert result[4] == [class_list.index(class_chosen)]
+        expected_s_y = [build_val_transform(SMALL)(np.zeros((2, 2, 3), np.float32),
+                                                   _binarised_support(s[1], class_chosen))[1] for s in supports]
+        # Reverse shot order: s_y[0] is the last shot.
+        assert torch.equal(result[3], torch.stack(expected_s_y[::-1]))
+    assert random.getstate() == replay.getstate()
+
+
+def _binarised_support(label_path, class_chosen):
+    label = cv2.imread(label_path, cv2.IMREAD_GRAYSCALE)
+    out = (label == class_chosen).astype(np.uint8)
+    out[label == 255] = 255
+    return out
+
+
+def test_transforms_run_query_first_then_supports_and_stack_in_reverse(toy_data_root):
+    stamp = DrawOnceStamp()
+    data = toy_dataset(toy_data_root, split=1, shot=3, mode="train", transform=stamp)
+    random.seed(99)
+    episode = data.sample_episode(4)
+    after_choice = random.getstate()
+    random.seed(99)
+    image, label, s_x, s_y, subcls = data[4]
+    expected_draws = random.Random()
+    expected_draws.setstate(after_choice)
+    # The four transform draws come right after the choice draws: query, shot 0, 1, 2.
+    assert stamp.draws == [expected_draws.random() for _ in range(4)]
+    assert image[0, 0, 0].item() == 1.0  # query transformed first
+    assert [s_x[k, 0, 0, 0].item() for k in range(3)] == [4.0, 3.0, 2.0]  # last shot stacked first
+    assert subcls == [data.train_classes.index(episode["class_chosen"])]
+
+
+def test_getitem_equals_load_of_sampled_episode_with_training_transform(toy_data_root):
+    data = toy_dataset(toy_data_root, split=0, shot=2, mode="train",
+                       transform=build_train_transform(96, 96, 0.9, 1.1, -10, 10))
+    for seed in (0, 1, 2):
+        random.seed(seed)
+        direct = data[seed * 7]
+        random.seed(seed)
+        episode = data.sample_episode(seed * 7)
+        loaded = data.load_episode(**episode)
+        for a, b in zip(direct[:4], loaded[:4]):
+            assert torch.equal(a, b)
+        assert direct[4] == loaded[4]
+        assert direct[0].shape == (3, 96, 96) and direct[2].shape == (2, 3, 96, 96) and direct[3].shape == (2, 96, 96)
+        assert direct[1].dtype == torch.int64 and direct[2].dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode, shot", [("train", 1), ("train", 5), ("val", 5)])
+def test_episode_contents_on_toy_data(toy_data_root, mode, shot):
+    data = toy_dataset(toy_data_root, split=2, shot=shot, mode=mode)
+    random.seed(5)
+    for index in range(0, len(data), 3):
+        episode = data.sample_episode(index)
+        c = episode["class_chosen"]
+        assert c in data.class_list
+        query_label = cv2.imread(episode["query"][1], cv2.IMREAD_GRAYSCALE)
+        assert (query_label == c).any()
+        supports = episode["supports"]
+        assert len(supports) == shot and len(set(supports)) == shot
+        assert episode["query"] not in supports
+        for _, support_label_path in supports:
+            assert int((cv2.imread(support_label_path, cv2.IMREAD_GRAYSCALE) == c).sum()) >= 2048
+    result = data[0]
+    if mode == "val":
+        raw_label = result[5]
+        episode_label = cv2.imread(data.data_list[0][1], cv2.IMREAD_GRAYSCALE)
+        assert raw_label.shape == episode_label.shape
+        assert set(raw_label.unique().tolist()) <= {0, 1, 255} and (raw_label == 1).any()
+        assert torch.equal(raw_label == 255, torch.from_numpy(episode_label == 255))
+
+
+def test_bbox_supports(toy_data_root):
+    data = toy_dataset(toy_data_root, split=0, shot=1, mode="train", transform=None, ann_type="bbox")
+    checked_boxes = 0
+    for seed in range(6):
+        random.seed(seed)
+        episode = data.sample_episode(seed)
+        random.seed(seed)
+        s_y = data[seed][3][0].numpy()
+        raw = cv2.imread(episode["supports"][0][1], cv2.IMREAD_GRAYSCALE)
+        target = raw == episode["class_chosen"]
+        # Independent bbox: scipy 8-connected components, slices filled, then 255 restored.
+        components, _ = ndimage.label(target, structure=np.ones((3, 3)))
+        expected = np.zeros(raw.shape, np.int64)
+        for rows, cols in ndimage.find_objects(components):
+            expected[rows, cols] = 1
+        expected[raw == 255] = 255
+        assert np.array_equal(s_y, expected)
+        checked_boxes += int(((expected == 1) & ~target).sum() > 0)
+    assert checked_boxes > 0  # boxes really add pixels beyond the masks
+
+
+def test_fill_bounding_boxes_uses_8_connectivity():
+    mask = np.zeros((10, 12), np.uint8)
+    mask[1, 1] = mask[2, 2] = mask[3, 3] = 1       # one diagonal component -> box rows 1..3, cols 1..3
+    mask[6:9, 8] = 1
+    mask[8, 9:11] = 1                             # an L -> box rows 6..8, cols 8..10
+    expected = np.zeros_like(mask)
+    expected[1:4, 1:4] = 1
+    expected[6:9, 8:11] = 1
+    assert np.array_equal(fill_bounding_boxes(mask), expected)
+
+
+# ----------------------------------------------------------------------------------- loaders
+def _collect(loader, batches):
+    out = []
+    for i, batch in enumerate(loader):
+        if i == batches:
+            break
+        out.append(batch)
+    return out
+
+
+def _same_stream(first, second):
+    return all(
+        all(torch.equal(a, b) for a, b in zip(x[:4], y[:4])) and torch.equal(x[4][0], y[4][0])
+        for x, y in zip(first, second)
+    )
+
+
+def test_same_seed_same_stream_with_zero_and_two_workers(toy_data_root):
+    data = toy_dataset(toy_data_root, split=0, shot=1, mode="train",
+                       transform=build_train_transform(48, 48, 0.9, 1.1, -10, 10))
+
+    def stream(workers, seed):
+        generator = torch.Generator().manual_seed(seed)
+        if workers == 0:
+            random.seed(seed)
+        loader = DataLoader(data, batch_size=2, shuffle=True, num_workers=workers, generator=generator, drop_last=True)
+        return _collect(loader, 4)
+
+    assert _same_stream(stream(0, 3), stream(0, 3))
+    assert not _same_stream(stream(0, 3), stream(0, 4))
+    two_workers = stream(2, 3)
+    assert _same_stream(two_workers, stream(2, 3))
+    assert not _same_stream(two_workers, stream(2, 4))
+
+
+# ----------------------------------------------------------------------------------- errors
+def test_missing_data_root_and_base_list(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"JPEGImages/\*\.jpg.*SegmentationClassAug/\*\.png"):
+        SemData(0, 1, str(tmp_path / "nowhere"), str(tmp_path / "train.txt"), list_root=str(tmp_path / "lists"))
+    with pytest.raises(FileNotFoundError) as error:
+        SemData(0, 1, str(tmp_path), str(tmp_path / "train.txt"), list_root=str(tmp_path / "lists"))
+    assert "train.txt" in str(error.value) and "SegmentationClassAug/*.png" in str(error.value)
+    with pytest.raises(FileNotFoundError, match=r"annotations/train2014/\*\.png"):
+        SemData(0, 1, str(tmp_path / "nowhere"), None, data_set="coco", list_root=str(tmp_path / "lists"))
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"data_set": "toy"}, "data_set"), ({"split": 5}, "split"), ({"mode": "test"}, "mode"),
+    ({"ann_type": "polygon"}, "ann_type"),
+])
+def test_unknown_options_are_rejected(tmp_path, kwargs, word):
+    arguments = dict(split=0, shot=1, data_root=str(tmp_path), data_list=None, list_root=str(tmp_path))
+    arguments.update(kwargs)
+    with pytest.raises(ValueError) as error:
+        SemData(**arguments)
+    assert word in str(error.value) and repr(list(kwargs.values())[0]) in str(error.value)
+
+
+def test_malformed_list_lines(tmp_path):
+    root = str(tmp_path)
+    base = write_mini_dataset(root, [("a", block_label([6]), None), ("b", block_label([6]), None)])
+    with open(base, "a") as handle:
+        handle.write("\nJPEGImages/c.jpg\n")
+    with pytest.raises(ValueError, match=r"train\.txt:4: malformed list line"):
+        read_pair_list(base)
+    with pytest.raises(ValueError, match=r"train\.txt:4"):
+        SemData(0, 1, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
+
+
+def test_malformed_dict_literal_is_not_executed(tmp_path):
+    data_path, sub_path = tmp_path / "data_list_0.txt", tmp_path / "sub_class_file_list_0.txt"
+    data_path.write_text("a.jpg a.png\n")
+    marker = tmp_path / "executed"
+    sub_path.write_text(f"{{1: [('a.jpg', 'a.png')], 2: open({str(marker)!r}, 'w')}}")
+    with pytest.raises(ValueError, match="sub_class_file_list_0.txt"):
+        load_fss_lists(str(data_path), str(sub_path))
+    assert not marker.exists()
+    sub_path.write_text("{1: [('a.jpg',)]}")
+    with pytest.raises(ValueError, match="malformed item"):
+        load_fss_lists(str(data_path), str(sub_path))
+
+
+def test_unreadable_label_while_building_lists(tmp_path):
+    root = str(tmp_path)
+    base = write_mini_dataset(root, [("a", block_label([6]), None), ("b", block_label([6]), None)])
+    with open(os.path.join(root, "SegmentationClassAug", "b.png"), "wb") as handle:
+        handle.write(b"not a png")
+    with pytest.raises(FileNotFoundError, match=r"train\.txt:2: cannot read label .*b\.png"):
+        make_fss_lists(root, base, [6], filter_intersection=True, show_progress=False)
+
+
+def _all_fold0_train_classes_dataset(root, extra=()):
+    """Mini dataset with 2 images for every fold-0 train class (enough for 1-shot)."""
+    entries = []
+    for c in range(6, 21):
+        entries += [(f"c{c}_a", block_label([c]), None), (f"c{c}_b", block_label([c]), None)]
+    return write_mini_dataset(root, entries + list(extra))
+
+
+def test_too_few_images_per_class_fails_at_construction(tmp_path):
+    root = str(tmp_path)
+    base = _all_fold0_train_classes_dataset(root)
+    # 1-shot works (2 images per class = shot + 1)...
+    SemData(0, 1, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
+    # ...2-shot would loop forever in the original: error naming classes and counts.
+    with pytest.raises(ValueError) as error:
+        SemData(0, 2, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
+    message = str(error.value)
+    assert "class 6: 2 image(s)" in message and "class 20: 2 image(s)" in message and "shot+1 = 3" in message
+
+
+def test_size_mismatch_and_unreadable_files_at_load(tmp_path):
+    root = str(tmp_path)
+    base = _all_fold0_train_classes_dataset(root, extra=[("bad", block_label([6]), (64, 70, 3))])
+    data = SemData(0, 1, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
+    bad = (os.path.join(root, "JPEGImages", "bad.jpg"), os.path.join(root, "SegmentationClassAug", "bad.png"))
+    good = data.sub_class_file_list[6][0]
+    with pytest.raises(ValueError, match=r"query image and label sizes differ.*bad\.jpg.*64x70.*bad\.png.*64x64"):
+        data.load_episode(bad, 6, [good])
+    with pytest.raises(ValueError, match=r"support image and label sizes differ.*bad\.jpg.*bad\.png"):
+        data.load_episode(good, 6, [bad])
+    with open(os.path.join(root, "JPEGImages", "c7_a.jpg"), "wb") as handle:
+        handle.write(b"garbage")
+    with pytest.raises(FileNotFoundError, match=r"cannot read image .*c7_a\.jpg"):
+        data.load_episode(data.sub_class_file_list[7][0], 7, [data.sub_class_file_list[7][1]])
+    os.remove(os.path.join(root, "SegmentationClassAug", "c8_a.png"))
+    with pytest.raises(FileNotFoundError, match=r"cannot read label .*c8_a\.png"):
+        data.load_episode(data.sub_class_file_list[8][1], 8, [data.sub_class_file_list[8][0]])
+
+
+def test_lists_for_another_data_root_give_a_clear_error(tmp_path):
+    root = str(tmp_path / "a")
+    base = _all_fold0_train_classes_dataset(root)
+    SemData(0, 1, root, base, list_root=str(tmp_path / "lists"), show_progress=False)
+    other = tmp_path / "b"
+    other.mkdir()
+    with pytest.raises(FileNotFoundError, match="first entry of .*data_list_0.txt"):
+        SemData(0, 1, str(other), None, list_root=str(tmp_path / "lists"), show_progress=False)
+
+
+def test_lists_are_built_once_and_reused(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    base = _all_fold0_train_classes_dataset(root)
+    list_root = os.path.join(root, "lists")
+    first = SemData(0, 1, root, base, list_root=list_root, show_progress=False)
+    assert os.path.isfile(os.path.join(list_root, "train", "data_list_0.txt"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("lists rebuilt although cached")
+
+    monkeypatch.setattr(dataset_module, "make_fss_lists", fail)
+    second = SemData(0, 1, root, base, list_root=list_root, show_progress=False)
+    assert second.data_list == first.data_list and second.sub_class_file_list == first.sub_class_file_list
+    assert len(first) == 30

@@ -1,0 +1,243 @@
+"""Tests for util/metrics.py (SPEC section 8).
+
+Expected values are computed independently: by hand for tiny maps, and by explicit Python
+loops over pixels for random ones.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from util.metrics import (
+    FewShotMeter,
+    intersection_and_union,
+    intersection_and_union_numpy,
+    pad_to_square,
+)
+
+IGNORE = 255
+
+
+def loop_areas(prediction, target, num_classes=2, ignore=IGNORE):
+    """Reference: per-class intersection / union / target areas by visiting every pixel."""
+    intersection = [0] * num_classes
+    union = [0] * num_classes
+    target_area = [0] * num_classes
+    for predicted, true in zip(prediction.reshape(-1).tolist(), target.reshape(-1).tolist()):
+        if true == ignore:
+            continue
+        for label in range(num_classes):
+            in_prediction = predicted == label
+            in_target = true == label
+            intersection[label] += in_prediction and in_target
+            union[label] += in_prediction or in_target
+            target_area[label] += in_target
+    return intersection, union, target_area
+
+
+# ----------------------------------------------------------------- intersection_and_union
+def test_intersection_and_union_by_hand():
+    prediction = torch.tensor([[0, 1, 1],
+                               [1, 1, 0]])
+    target = torch.tensor([[0, 1, 255],
+                           [0, 255, 0]])
+    # Non-ignored pixels (prediction, target): (0,0) (1,1) (1,0) (0,0).
+    # Class 0: intersection 2, prediction 2, target 3 -> union 3.
+    # Class 1: intersection 1, prediction 2, target 1 -> union 2.
+    intersection, union, area_target = intersection_and_union(prediction, target, 2)
+    assert intersection.tolist() == [2, 1]
+    assert union.tolist() == [3, 2]
+    assert area_target.tolist() == [3, 1]
+    # The inputs are left untouched (the original overwrote the prediction in place).
+    assert prediction.tolist() == [[0, 1, 1], [1, 1, 0]]
+
+    numpy_result = intersection_and_union_numpy(prediction.numpy(), target.numpy(), 2)
+    assert [part.tolist() for part in numpy_result] == [[2, 1], [3, 2], [3, 1]]
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_intersection_and_union_matches_pixel_loop(num_classes):
+    generator = torch.Generator().manual_seed(0)
+    prediction = torch.randint(0, num_classes, (3, 9, 7), generator=generator)
+    target = torch.randint(0, num_classes, (3, 9, 7), generator=generator)
+    target[torch.rand(target.shape, generator=generator) < 0.2] = IGNORE
+    expected = loop_areas(prediction, target, num_classes)
+    result = intersection_and_union(prediction, target, num_classes)
+    assert [part.tolist() for part in result] == [list(map(float, values)) for values in expected]
+    numpy_result = intersection_and_union_numpy(prediction.numpy(), target.numpy(), num_classes)
+    assert [part.tolist() for part in numpy_result] == [list(map(float, values)) for values in expected]
+
+
+def test_intersection_and_union_shape_mismatch():
+    with pytest.raises(ValueError):
+        intersection_and_union(torch.zeros(2, 3), torch.zeros(3, 2), 2)
+
+
+# ----------------------------------------------------------------------------- the meter
+def test_meter_by_hand():
+    meter = FewShotMeter(num_test_classes=3)
+    # Episode A, class 0: 2x2 maps.
+    meter.update(torch.tensor([[[1, 1], [0, 0]]]), torch.tensor([[[1, 0], [0, 255]]]), 0)
+    # A (ignored pixel dropped): pairs (1,1) (1,0) (0,0) -> FG I=1 U=2; BG I=1 U=2.
+    # Episode B, class 2: pairs (1,1) (1,1) (0,1) (0,0) -> FG I=2 U=3; BG I=1 U=2.
+    meter.update(torch.tensor([[[1, 1], [0, 0]]]), torch.tensor([[[1, 1], [1, 0]]]), 2)
+    # Episode C, class 0: pairs (0,1) (0,1) (0,0) (0,0) -> FG I=0 U=2; BG I=2 U=4.
+    meter.update(torch.tensor([[0, 0], [0, 0]]), torch.tensor([[1, 1], [0, 0]]), 0)
+
+    summary = meter.summary()
+    # Totals: FG I = 1+2+0 = 3, U = 2+3+2 = 7; BG I = 1+1+2 = 4, U = 2+2+4 = 8.
+    assert summary["pIoU"] == pytest.approx(3 / 7)
+    assert summary["FB_IoU"] == pytest.approx((4 / 8 + 3 / 7) / 2)
+    # Class 0: I = 1+0, U = 2+2 -> 0.25. Class 1: no episode -> 0. Class 2: 2/3.
+    assert summary["class_IoU"] == pytest.approx([0.25, 0.0, 2 / 3])
+    assert summary["mIoU"] == pytest.approx((0.25 + 0.0 + 2 / 3) / 3)
+    # Accuracy: correct pixels 2+3+2 = 7 over 11 non-ignored pixels.
+    assert summary["accuracy"] == pytest.approx(7 / 11)
+    assert summary["episodes"] == 3
+
+
+def test_meter_epsilon_on_empty_union():
+    meter = FewShotMeter(num_test_classes=1)
+    # All background, predicted background: foreground union is 0 -> IoU 0 (not NaN).
+    meter.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.long), 0)
+    summary = meter.summary()
+    assert summary["pIoU"] == 0.0 and summary["mIoU"] == 0.0
+    assert summary["FB_IoU"] == pytest.approx(0.5)
+
+
+def random_episodes(count, num_test_classes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    episodes = []
+    for _ in range(count):
+        height, width = rng.randint(3, 8), rng.randint(3, 8)
+        prediction = torch.randint(0, 2, (1, height, width), generator=generator)
+        target = torch.randint(0, 2, (1, height, width), generator=generator)
+        target[torch.rand(target.shape, generator=generator) < 0.15] = IGNORE
+        episodes.append((prediction, target, rng.randrange(num_test_classes)))
+    return episodes
+
+
+def loop_summary(episodes, num_test_classes):
+    """Reference metrics from per-pixel loops and plain Python sums."""
+    total_intersection, total_union = [0, 0], [0, 0]
+    class_intersection = [0] * num_test_classes
+    class_union = [0] * num_test_classes
+    for prediction, target, class_index in episodes:
+        intersection, union, _ = loop_areas(prediction, target)
+        for label in (0, 1):
+            total_intersection[label] += intersection[label]
+            total_union[label] += union[label]
+        class_intersection[class_index] += intersection[1]
+        class_union[class_index] += union[1]
+    class_iou = [i / (u + 1e-10) for i, u in zip(class_intersection, class_union)]
+    return {
+        "mIoU": sum(class_iou) / num_test_classes,
+        "FB_IoU": sum(i / (u + 1e-10) for i, u in zip(total_intersection, total_union)) / 2,
+        "pIoU": total_intersection[1] / (total_union[1] + 1e-10),
+        "class_IoU": class_iou,
+    }
+
+
+def test_meter_matches_pixel_loop_reference():
+    episodes = random_episodes(40, num_test_classes=5)
+    meter = FewShotMeter(5)
+    for prediction, target, class_index in episodes:
+        meter.update(prediction, target, class_index)
+    expected = loop_summary(episodes, 5)
+    summary = meter.summary()
+    for key in ("mIoU", "FB_IoU", "pIoU"):
+        assert summary[key] == pytest.approx(expected[key], abs=1e-12)
+    assert summary["class_IoU"] == pytest.approx(expected["class_IoU"], abs=1e-12)
+    assert summary["episodes"] == 40
+
+
+def test_meter_batch_with_per_sample_classes():
+    episodes = random_episodes(4, num_test_classes=3, seed=1)
+    # Same size so they can be batched.
+    episodes = [(prediction[:, :3, :3], target[:, :3, :3], index) for prediction, target, index in episodes]
+    sequential = FewShotMeter(3)
+    for prediction, target, class_index in episodes:
+        sequential.update(prediction, target, class_index)
+    batched = FewShotMeter(3)
+    batched.update(torch.cat([episode[0] for episode in episodes]),
+                   torch.cat([episode[1] for episode in episodes]),
+                   torch.tensor([episode[2] for episode in episodes]))
+    assert batched.summary() == sequential.summary()
+    with pytest.raises(IndexError):
+        batched.update(episodes[0][0], episodes[0][1], 3)
+    with pytest.raises(ValueError):
+        batched.update(torch.zeros(2, 3, 3, dtype=torch.long), torch.zeros(2, 3, 3, dtype=torch.long), [0, 1, 2])
+
+
+def test_meter_merge_and_tensor_round_trip():
+    episodes = random_episodes(20, num_test_classes=4, seed=2)
+    whole, first, second = FewShotMeter(4), FewShotMeter(4), FewShotMeter(4)
+    for number, (prediction, target, class_index) in enumerate(episodes):
+        whole.update(prediction, target, class_index)
+        (first if number % 2 else second).update(prediction, target, class_index)
+
+    # Summing the raw tensors (what all_reduce does) equals the whole run.
+    reduced = FewShotMeter.from_tensor(first.to_tensor() + second.to_tensor(), 4)
+    assert reduced.summary() == pytest.approx(whole.summary())
+    assert first.merge(second).summary() == pytest.approx(whole.summary())
+    assert first.to_tensor().dtype == torch.float64
+    with pytest.raises(ValueError):
+        FewShotMeter.from_tensor(whole.to_tensor(), 5)
+
+    whole.reset()
+    assert whole.episodes == 0 and whole.to_tensor().abs().sum() == 0
+
+
+def test_meter_all_reduce_single_process(tmp_path):
+    episodes = random_episodes(5, num_test_classes=2, seed=3)
+    meter = FewShotMeter(2)
+    for prediction, target, class_index in episodes:
+        meter.update(prediction, target, class_index)
+    before = meter.summary()
+    meter.all_reduce()  # no process group: a no-op
+    assert meter.summary() == before
+
+    import torch.distributed as distributed
+    if not distributed.is_available():
+        pytest.skip("torch.distributed unavailable")
+    distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
+                                   rank=0, world_size=1)
+    try:
+        meter.all_reduce()
+        assert meter.summary() == before
+    finally:
+        distributed.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- pad_to_square
+def test_pad_to_square_tall_and_wide():
+    tall = torch.arange(2 * 5 * 3).reshape(2, 5, 3) % 3
+    padded = pad_to_square(tall)
+    assert padded.shape == (2, 5, 5) and padded.dtype == torch.long
+    assert torch.equal(padded[:, :5, :3], tall)
+    assert (padded[:, :, 3:] == 255).all()
+
+    wide = torch.ones(1, 2, 4, dtype=torch.uint8)
+    padded = pad_to_square(wide, ignore_label=7)
+    assert padded.tolist() == [[[1, 1, 1, 1],
+                                [1, 1, 1, 1],
+                                [7, 7, 7, 7],
+                                [7, 7, 7, 7]]]
+
+    square = torch.zeros(1, 3, 3, dtype=torch.long)
+    assert torch.equal(pad_to_square(square), square)
+    assert pad_to_square(torch.zeros(2, 3)).shape == (3, 3)
+
+
+def test_padding_is_ignored_by_the_metrics():
+    label = torch.tensor([[[0, 1, 1]]])  # (1, 1, 3) -> square 3x3, two rows of padding
+    target = pad_to_square(label)
+    prediction = torch.ones(1, 3, 3, dtype=torch.long)  # predicts foreground in the padding too
+    intersection, union, _ = intersection_and_union(prediction, target, 2)
+    assert intersection.tolist() == [0, 2] and union.tolist() == [1, 3]
+    assert np.isclose(FewShotMeter(1).summary()["mIoU"], 0.0)

@@ -1,0 +1,62 @@
+"""Equivalence with the original implementation (tests/fixtures/sccan_parity_fixture.pt)."""
+import os
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from model.backbone import Backbone
+from model.loss import weighted_dice_loss
+from model.sccan import SCCAN, prior_mask
+from tests.reference_weights import generate_reference_weights
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "sccan_parity_fixture.pt")
+TOLERANCE = dict(atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    return torch.load(FIXTURE, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def models():
+    built = {}
+    for layers in (50, 101):
+        model = SCCAN(Backbone(layers), shot=1).eval()
+        generate_reference_weights(model)
+        built[layers] = model
+    return built
+
+
+@pytest.mark.parametrize("case_index", [0, 1, 2, 3])
+def test_logits_and_dice_loss_match_original(fixture, models, case_index):
+    case = fixture["cases"][case_index]
+    model = models[case["layers"]]
+    state = model.state_dict()
+    for key, expected in case["weight_sums"].items():
+        assert abs(float(state[key].double().sum()) - expected) < 1e-6 * max(1.0, abs(expected)), key
+    with torch.no_grad():
+        logits = model(case["x"], case["s_x"], case["s_y"])
+    assert logits.shape == case["logits"].shape
+    assert_close(logits, case["logits"], **TOLERANCE)
+    assert_close(weighted_dice_loss(logits, case["y"]), case["dice_loss"], **TOLERANCE)
+
+
+def test_transformer_matches_original(fixture, models):
+    reference = fixture["transformer"]
+    assert "manual_seed(7)" in reference["inputs"]
+    generator = torch.Generator().manual_seed(7)
+    query = torch.randn(1, 256, 64, 64, generator=generator)
+    support = torch.randn(1, 256, 64, 64, generator=generator)
+    with torch.no_grad():
+        out = models[50].transformer(query, support, reference["support_mask"])
+    assert out.shape == (1, 256, 64, 64)
+    assert_close(out[:, :, ::4, ::4], reference["out_every_4th_pixel"], **TOLERANCE)
+
+
+def test_prior_matches_original(fixture):
+    reference = fixture["prior"]
+    out = prior_mask(reference["query_high"], reference["support_high"],
+                     reference["support_mask"], (64, 64))
+    assert_close(out, reference["out"], **TOLERANCE)

@@ -1,0 +1,78 @@
+"""Pure tensor helpers of the SCCA transformer, on hand-built examples."""
+import torch
+
+from model.transformer import (SCCABlock, gather_windows, patch_alignment, window_partition,
+                               window_reverse)
+
+
+def test_window_partition_layout_and_round_trip():
+    x = torch.arange(2 * 16 * 24 * 3, dtype=torch.float32).view(2, 16, 24, 3)
+    windows = window_partition(x, 8)
+    assert windows.shape == (2, 6, 64, 3)
+    # window 4 = second row of windows, second column: rows 8..15, cols 8..15, row-major tokens
+    torch.testing.assert_close(windows[1, 4], x[1, 8:16, 8:16].reshape(64, 3))
+    torch.testing.assert_close(window_reverse(windows, 8, 16, 24), x)
+
+
+def _windows_from_prototypes(prototypes, tokens=4):
+    return prototypes.unsqueeze(2).expand(-1, -1, tokens, -1).contiguous()
+
+
+def test_alignment_picks_most_similar_foreground_patch():
+    directions = torch.eye(4)
+    # support windows: 0 bg, 1 fg along e1, 2 fg along e2, 3 bg along e3 (excluded: no mask)
+    support = _windows_from_prototypes(torch.stack([directions[0], directions[1], directions[2],
+                                                    directions[3]]).unsqueeze(0))
+    mask = torch.zeros(1, 4, 4, 1)
+    mask[0, 1] = 1
+    mask[0, 2, :2] = 1
+    # query windows point at e2, e1, e3 (only in background), mixture closer to e1
+    query = _windows_from_prototypes(torch.stack([directions[2], directions[1], directions[3],
+                                                  0.9 * directions[1] + 0.1 * directions[2]]).unsqueeze(0))
+    index = patch_alignment(query, support, mask)
+    # query e3 has cos 0 with both fg patches: the tie resolves to the first one (1)
+    assert index.tolist() == [[2, 1, 1, 1]]
+
+
+def test_alignment_without_foreground_falls_back_to_first_index():
+    torch.manual_seed(0)
+    query = torch.randn(2, 9, 16, 8)
+    support = torch.randn(2, 9, 16, 8)
+    index = patch_alignment(query, support, torch.zeros(2, 9, 16, 1))
+    assert index.tolist() == [[0] * 9, [0] * 9]
+
+
+def test_gather_windows():
+    windows = torch.arange(2 * 3 * 2 * 1, dtype=torch.float32).view(2, 3, 2, 1)
+    out = gather_windows(windows, torch.tensor([[2, 2, 0], [1, 0, 1]]))
+    assert out[0, 0].tolist() == windows[0, 2].tolist() and out[1, 2].tolist() == windows[1, 1].tolist()
+
+
+def _uniform_attention_block(shift):
+    block = SCCABlock(dim=8, num_heads=2, window_size=8, shift=shift)
+    with torch.no_grad():
+        for attention in (block.attn_q, block.attn_s):
+            attention.q.weight.zero_(); attention.q.bias.zero_()   # uniform attention
+            attention.kv.bias.zero_(); attention.proj.bias.zero_()
+        for mlp in (block.mlp_q, block.mlp_s):
+            mlp.fc2.weight.zero_(); mlp.fc2.bias.zero_()
+    return block
+
+
+def test_padded_shift_keeps_output_aligned():
+    """A single non-zero query token spreads (uniform attention) over exactly the window that
+    contains it: windows start at 0, 8, ... unshifted and at -4, 4, 12, ... when shifted."""
+    torch.manual_seed(0)
+    size = 32
+    query = torch.zeros(1, size, size, 8)
+    query[0, 10, 10] = torch.randn(8)
+    support = torch.zeros(1, size * size, 8)
+    mask = torch.ones(1, size * size, 1)
+    for shift, window in ((False, slice(8, 16)), (True, slice(4, 12))):
+        block = _uniform_attention_block(shift).eval()
+        with torch.no_grad():
+            out, _ = block(query.view(1, -1, 8), support, mask, size, size)
+        delta = (out.view(1, size, size, 8) - query).abs().sum(-1)[0]
+        expected = torch.zeros(size, size, dtype=torch.bool)
+        expected[window, window] = True
+        assert torch.equal(delta > 1e-6, expected), f"shift={shift}"

@@ -1,0 +1,80 @@
+"""Eval-forward speed of SCCAN per episode (batch 1) and parameter counts.
+
+    python tools/bench_model.py                       # CPU, and CUDA when present
+    python tools/bench_model.py --devices cpu --size 473 --runs 3 --warmup 1
+
+Prints a markdown table (median seconds per episode over --runs after --warmup runs) and the
+command line that produced it. Weights are random: speed does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(
+    __import__("os").path.abspath(__file__))))
+from model.backbone import Backbone  # noqa: E402
+from model.builder import count_parameters  # noqa: E402
+from model.sccan import SCCAN  # noqa: E402
+
+
+def time_forward(model, shot, size, device, runs, warmup):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=generator).to(device)
+    s_x = torch.randn(1, shot, 3, size, size, generator=generator).to(device)
+    s_y = (torch.rand(1, shot, size, size, generator=generator) > 0.5).float().to(device)
+    timings = []
+    with torch.inference_mode():
+        for index in range(warmup + runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x, s_x, s_y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if index >= warmup:
+                timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda if present)")
+    parser.add_argument("--layers", nargs="+", type=int, default=[50, 101])
+    parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
+    parser.add_argument("--size", type=int, default=473)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"command: python tools/bench_model.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    print(f"input {args.size}x{args.size}, batch 1, fp32, median of {args.runs} after {args.warmup} warm-up\n")
+    print("| device | backbone | shot | s/episode | total params | learnable params |")
+    print("|---|---|---|---|---|---|")
+    for layers in args.layers:
+        torch.manual_seed(0)
+        for shot in args.shots:
+            model = SCCAN(Backbone(layers), shot=shot).eval()
+            total, learnable = count_parameters(model)
+            for name in devices:
+                device = torch.device(name)
+                model.to(device)
+                seconds = time_forward(model, shot, args.size, device, args.runs, args.warmup)
+                print(f"| {name} | ResNet-{layers} | {shot} | {seconds:.3f} | {total:,} | {learnable:,} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+"""Build the PASCAL-5i data (SegmentationClassAug labels and base lists) from VOC2012 + SBD.
+
+Usage::
+
+    python tools/prepare_pascal.py --voc ../data/VOCdevkit2012/VOC2012 \\
+        --sbd ../data/benchmark_RELEASE/dataset [--out-root DIR] [--lists-dir lists/pascal] \\
+        [--sbd-train-list FILE] [--workers N] [--force]
+
+Inputs
+------
+``--voc``  a VOC2012 devkit folder holding ``JPEGImages/*.jpg``,
+           ``SegmentationClass/*.png`` (palette PNGs; the palette INDICES are the class ids
+           0..20, 255 = the 'void' band around objects) and
+           ``ImageSets/Segmentation/{train,val}.txt``.
+``--sbd``  the ``dataset`` folder of the SBD release (``benchmark_RELEASE/dataset``) holding
+           ``cls/*.mat`` (MATLAB struct ``GTcls`` whose field ``Segmentation`` is the class map),
+           ``img/*.jpg``, ``train.txt``, ``val.txt`` and ``train_noval.txt`` (the 5,623-image
+           SBD training list without VOC2012 val images; it is a separate download on the SBD
+           page -- pass ``--sbd-train-list`` if it lives elsewhere).
+
+Outputs
+-------
+* ``<out-root>/SegmentationClassAug/<id>.png``: plain single-channel uint8 PNG, values 0..20 and
+  255, for every VOC2012 segmentation id and every SBD id (12,031 files for the full releases).
+  Where VOC2012 and SBD both annotate an image, VOC2012's label is used (it is the finer one and
+  has the 255 boundary band); SBD-only labels have no 255 band and are kept as they are.
+* ``<out-root>/JPEGImages/<id>.jpg`` for every labelled id: images already there are left alone,
+  missing ones are copied from VOC ``JPEGImages`` or else from SBD ``img``.
+  ``--out-root`` defaults to the VOC2012 folder, so usually only a handful of SBD images are copied.
+* ``<lists-dir>/val.txt``: VOC2012 ``val.txt`` in its own order (1,449 lines).
+* ``<lists-dir>/voc_sbd_merge_noduplicate.txt``: VOC2012 ``train.txt`` followed by SBD
+  ``train_noval.txt``, de-duplicated keeping the first occurrence (5,953 lines).
+  Lines read ``JPEGImages/<id>.jpg SegmentationClassAug/<id>.png`` (relative to the data root).
+
+The run is resumable: label PNGs that already exist and decode to a valid label of the image's
+size are skipped (``--force`` rewrites them), and every file is written to a temporary file and
+then renamed into place, so an interrupted run never leaves a half-written file.
+
+Importable: ``main(argv)``, ``prepare_pascal(...)``, ``convert_sbd_mat(path)``,
+``read_voc_label(path)``, ``build_pascal_lists(...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+if __package__:
+    from . import _progress as progress
+else:  # run as a script: python tools/prepare_pascal.py
+    import _progress as progress
+
+PrepareError = progress.PrepareError
+
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_LISTS_DIR = os.path.join(REPOSITORY_ROOT, "lists", "pascal")
+
+REFERENCE_VAL_COUNT = 1449
+REFERENCE_TRAIN_COUNT = 5953
+REFERENCE_LABEL_COUNT = 12031  # |VOC2012 seg train+val  U  SBD train+val|
+
+VAL_LIST_NAME = "val.txt"
+TRAIN_LIST_NAME = "voc_sbd_merge_noduplicate.txt"
+LABEL_FOLDER = "SegmentationClassAug"
+IMAGE_FOLDER = "JPEGImages"
+
+NUMBER_OF_CLASSES = 20  # foreground classes; 0 is background
+IGNORE_VALUE = 255
+ALLOWED_LABEL_VALUES = np.array(list(range(NUMBER_OF_CLASSES + 1)) + [IGNORE_VALUE], dtype=np.uint8)
+
+
+def voc_colormap() -> np.ndarray:
+    """The standard VOC palette (256 x 3), used only when a label PNG was saved as RGB."""
+    colormap = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        red = green = blue = 0
+        code = index
+        for bit in range(8):
+            red |= ((code >> 0) & 1) << (7 - bit)
+            green |= ((code >> 1) & 1) << (7 - bit)
+            blue |= ((code >> 2) & 1) << (7 - bit)
+            code >>= 3
+        colormap[index] = (red, green, blue)
+    return colormap
+
+
+def _check_label_values(label: np.ndarray, source: str) -> None:
+    unexpected = np.setdiff1d(np.unique(label), ALLOWED_LABEL_VALUES)
+    if unexpected.size:
+        raise PrepareError(
+            f"{source}: label values {unexpected.tolist()[:10]} are outside 0..{NUMBER_OF_CLASSES} and "
+            f"{IGNORE_VALUE}; is this really a PASCAL VOC class label?"
+        )
+
+
+def read_voc_label(path: str) -> np.ndarray:
+    """Read a VOC2012 ``SegmentationClass`` PNG as class ids (uint8, 0..20 and 255).
+
+    The VOC PNGs are palette images whose palette INDEX is the class id; converting them to RGB
+    or grayscale would give colours, so the indices are read directly. Labels already stored as
+    plain grayscale are taken as they are, and RGB-coloured labels are mapped back through the
+    VOC palette (some redistributions ship those)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            values = np.array(image)
+    except OSError as error:
+        raise PrepareError(f"cannot read the VOC label PNG {path}: {error}") from error
+    if mode in ("P", "L"):
+        label = values.astype(np.uint8)
+    elif mode in ("RGB", "RGBA"):
+        colours = values[..., :3].astype(np.int64)
+        colour_codes = (colours[..., 0] << 16) | (colours[..., 1] << 8) | colours[..., 2]
+        palette = voc_colormap().astype(np.int64)
+        palette_codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+        label = np.full(colour_codes.shape, -1, dtype=np.int64)
+        for class_value in ALLOWED_LABEL_VALUES:
+            label[colour_codes == palette_codes[class_value]] = class_value
+        if (label < 0).any():
+            raise PrepareError(f"{path}: RGB label holds colours that are not VOC palette colours")
+        label = label.astype(np.uint8)
+    else:
+        raise PrepareError(f"{path}: unsupported PNG mode {mode!r}; expected a palette ('P') label PNG")
+    _check_label_values(label, path)
+    return label
+
+
+def _struct_field(value, field_name: str):
+    """Return ``value.<field_name>`` for every layout scipy.io.loadmat may produce for a MATLAB
+    struct (mat_struct objects, record arrays, 1x1 object arrays, dicts); None when absent."""
+    if value is None:
+        return None
+    if hasattr(value, "_fieldnames"):  # scipy.io.matlab.mat_struct (struct_as_record=False)
+        return getattr(value, field_name) if field_name in value._fieldnames else None
+    if isinstance(value, dict):
+        return value.get(field_name)
+    if isinstance(value, np.ndarray):
+        if value.dtype.names is not None:  # record array (struct_as_record=True)
+            if field_name not in value.dtype.names:
+                return None
+            field_value = value[field_name]
+            # A 1x1 struct gives a 1-element object array around the real content.
+            while isinstance(field_value, np.ndarray) and field_value.dtype == object and field_value.size == 1:
+                field_value = field_value.item()
+            return field_value
+        if value.dtype == object and value.size == 1:
+            return _struct_field(value.item(), field_name)
+    return None
+
+
+def convert_sbd_mat(path: str) -> np.ndarray:
+    """Read an SBD ``cls/<id>.mat`` file and return its class map as uint8 (0..20).
+
+    SBD stores a MATLAB struct ``GTcls`` with fields ``Segmentation`` (the class map),
+    ``Boundaries`` and ``CategoriesPresent``; only ``Segmentation`` is used. SBD has no 255
+    boundary band, and none is added (the reference SegmentationClassAug labels have none for
+    SBD-only images either)."""
+    try:
+        contents = scipy.io.loadmat(path, mat_dtype=False, squeeze_me=True, struct_as_record=False)
+    except NotImplementedError as error:  # MATLAB v7.3 (HDF5) files
+        raise PrepareError(f"{path}: MATLAB v7.3 files are not supported ({error}); SBD ships v5 .mat files") from error
+    except Exception as error:  # scipy raises several types for damaged files
+        raise PrepareError(f"cannot read the SBD .mat file {path}: {type(error).__name__}: {error}") from error
+
+    variables = {name: value for name, value in contents.items() if not name.startswith("__")}
+    if "GTcls" in variables:
+        struct = variables["GTcls"]
+    elif "GTinst" in variables:
+        raise PrepareError(
+            f"{path} holds 'GTinst' (an SBD instance label from inst/); use the class labels in cls/ "
+            "(struct 'GTcls' with field 'Segmentation')"
+        )
+    else:
+        # Tolerate a renamed variable as long as exactly one struct carries a Segmentation field.
+        candidates = [value for value in variables.values() if _struct_field(value, "Segmentation") is not None]
+        if len(candidates) != 1:
+            raise PrepareError(
+                f"{path}: expected a MATLAB struct 'GTcls' with field 'Segmentation' (SBD cls/ layout); "
+                f"found variables {sorted(variables)}"
+            )
+        struct = candidates[0]
+
+    segmentation = _struct_field(struct, "Segmentation")
+    if segmentation is None:
+        raise PrepareError(f"{path}: the struct 'GTcls' has no field 'Segmentation' (SBD cls/ layout expected)")
+    segmentation = np.asarray(segmentation)
+    if segmentation.ndim != 2 or segmentation.dtype == object:
+        raise PrepareError(
+            f"{path}: field 'GTcls.Segmentation' should be a 2-D class map, got shape {segmentation.shape} "
+            f"dtype {segmentation.dtype}"
+        )
+    if not np.issubdtype(segmentation.dtype, np.integer):
+        # Files re-saved by other tools may store doubles; accept them only if they are whole numbers.
+        if not np.all(np.isfinite(segmentation)) or not np.all(segmentation == np.round(segmentation)):
+            raise PrepareError(f"{path}: field 'GTcls.Segmentation' holds non-integer values")
+    if segmentation.size and (segmentation.min() < 0 or segmentation.max() > 255):
+        raise PrepareError(f"{path}: field 'GTcls.Segmentation' holds values outside 0..255")
+    label = segmentation.astype(np.uint8)
+    _check_label_values(label, f"{path} (field 'GTcls.Segmentation')")
+    return label
+
+
+def merge_without_duplicates(*identifier_sequences: Sequence[str]) -> list[str]:
+    """Concatenate id sequences, keeping only the first occurrence of each id (order preserved)."""
+    seen: set[str] = set()
+    merged = []
+    for sequence in identifier_sequences:
+        for identifier in sequence:
+            if identifier not in seen:
+                seen.add(identifier)
+                merged.append(identifier)
+    return merged
+
+
+def list_line(identifier: str) -> str:
+    return f"{IMAGE_FOLDER}/{identifier}.jpg {LABEL_FOLDER}/{identifier}.png"
+
+
+def build_pascal_lists(
+    voc_train_ids: Sequence[str], voc_val_ids: Sequence[str], sbd_train_noval_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """The two base lists, as {file name: lines}.
+
+    val: VOC2012 val in its own order (duplicates, which the release has none of, are dropped).
+    train: VOC2012 train then SBD train_noval, each id once, first occurrence wins -- this is the
+    order in which the reference FSS lists were built, and the FSS list building is
+    order-dependent."""
+    return {
+        VAL_LIST_NAME: [list_line(identifier) for identifier in merge_without_duplicates(voc_val_ids)],
+        TRAIN_LIST_NAME: [
+            list_line(identifier) for identifier in merge_without_duplicates(voc_train_ids, sbd_train_noval_ids)
+        ],
+    }
+
+
+def _require_folder(path: str, what: str, layout: str) -> None:
+    if not os.path.isdir(path):
+        raise PrepareError(f"missing folder {path} ({what}); expected layout: {layout}")
+
+
+def _require_file(path: str, what: str, layout: str) -> None:
+    if not os.path.isfile(path):
+        raise PrepareError(f"missing file {path} ({what}); expected layout: {layout}")
+
+
+VOC_LAYOUT = "VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/{train,val}.txt}"
+SBD_LAYOUT = "benchmark_RELEASE/dataset/{cls/*.mat, img/*.jpg, train.txt, val.txt, train_noval.txt}"
+
+
+def _convert_label_task(task: tuple) -> str:
+    """Worker: write one SegmentationClassAug PNG. Returns 'written' or 'skipped'."""
+    source_kind, source_path, destination, image_path, force = task
+    expected_height_width = progress.image_height_width(image_path)
+    if not force and progress.is_valid_label_png(destination, expected_height_width, ALLOWED_LABEL_VALUES):
+        return "skipped"
+    label = read_voc_label(source_path) if source_kind == "voc" else convert_sbd_mat(source_path)
+    if label.shape != expected_height_width:
+        raise PrepareError(
+            f"{source_path}: label size {label.shape[1]}x{label.shape[0]} differs from its image "
+            f"{image_path} ({expected_height_width[1]}x{expected_height_width[0]})"
+        )
+    progress.write_label_png(destination, label)
+    return "written"
+
+
+def prepare_pascal(
+    voc_root: str,
+    sbd_root: str,
+    out_root: str | None = None,
+    lists_dir: str = DEFAULT_LISTS_DIR,
+    force: bool = False,
+    workers: int = 1,
+    sbd_train_list: str | None = None,
+) -> dict:
+    """Do the whole preparation; returns a summary dict (counts and output paths)."""
+    out_root = out_root or voc_root
+    voc_image_folder = os.path.join(voc_root, IMAGE_FOLDER)
+    voc_label_folder = os.path.join(voc_root, "SegmentationClass")
+    voc_list_folder = os.path.join(voc_root, "ImageSets", "Segmentation")
+    sbd_label_folder = os.path.join(sbd_root, "cls")
+    sbd_image_folder = os.path.join(sbd_root, "img")
+    sbd_train_list = sbd_train_list or os.path.join(sbd_root, "train_noval.txt")
+
+    # --- check the layout before doing any work, naming what is missing ---------------------
+    _require_folder(voc_root, "the --voc VOC2012 devkit folder", VOC_LAYOUT)
+    _require_folder(voc_image_folder, "VOC2012 images", VOC_LAYOUT)
+    _require_folder(voc_label_folder, "VOC2012 class labels", VOC_LAYOUT)
+    for name in ("train.txt", "val.txt"):
+        _require_file(os.path.join(voc_list_folder, name), "VOC2012 segmentation list", VOC_LAYOUT)
+    _require_folder(sbd_root, "the --sbd SBD dataset folder", SBD_LAYOUT)
+    _require_folder(sbd_label_folder, "SBD class labels", SBD_LAYOUT)
+    _require_file(
+        sbd_train_list,
+        "SBD train_noval list (5,623 ids; a separate download on the SBD page, or pass --sbd-train-list)",
+        SBD_LAYOUT,
+    )
+
+    voc_train_ids = progress.read_id_list(os.path.join(voc_list_folder, "train.txt"))
+    voc_val_ids = progress.read_id_list(os.path.join(voc_list_folder, "val.txt"))
+    sbd_train_noval_ids = progress.read_id_list(sbd_train_list)
+    # SBD train.txt / val.txt are optional: they only add labels outside the lists (for a
+    # complete SegmentationClassAug folder), so their absence is a warning, not an error.
+    sbd_extra_ids: list[str] = []
+    for name in ("train.txt", "val.txt"):
+        path = os.path.join(sbd_root, name)
+        if os.path.isfile(path):
+            sbd_extra_ids += progress.read_id_list(path)
+        else:
+            print(f"WARNING: {path} not found; its ids get no SegmentationClassAug label", file=sys.stderr)
+    voc_trainval_path = os.path.join(voc_list_folder, "trainval.txt")
+    voc_extra_ids = progress.read_id_list(voc_trainval_path) if os.path.isfile(voc_trainval_path) else []
+
+    lists = build_pascal_lists(voc_train_ids, voc_val_ids, sbd_train_noval_ids)
+    listed_ids = set(merge_without_duplicates(voc_train_ids, voc_val_ids, sbd_train_noval_ids))
+    all_ids = merge_without_duplicates(voc_train_ids, voc_val_ids, voc_extra_ids, sbd_train_noval_ids, sbd_extra_ids)
+
+    # --- decide the label source of every id: VOC2012 wins, then SBD ----------------------
+    label_sources: dict[str, tuple[str, str]] = {}
+    missing_listed, missing_extra = [], []
+    for identifier in all_ids:
+        voc_path = os.path.join(voc_label_folder, identifier + ".png")
+        sbd_path = os.path.join(sbd_label_folder, identifier + ".mat")
+        if os.path.isfile(voc_path):
+            label_sources[identifier] = ("voc", voc_path)
+        elif os.path.isfile(sbd_path):
+            label_sources[identifier] = ("sbd", sbd_path)
+        elif identifier in listed_ids:
+            missing_listed.append(identifier)
+        else:
+            missing_extra.append(identifier)
+    if missing_listed:
+        raise PrepareError(
+            f"no label for {len(missing_listed):,} listed ids (looked for {voc_label_folder}/<id>.png and "
+            f"{sbd_label_folder}/<id>.mat): {progress.first_few(missing_listed)}"
+        )
+    if missing_extra:
+        print(
+            f"WARNING: {len(missing_extra):,} SBD ids outside the lists have no label and are skipped: "
+            f"{progress.first_few(missing_extra)}",
+            file=sys.stderr,
+        )
+
+    # --- images: every labelled id needs <out-root>/JPEGImages/<id>.jpg ---------------------
+    out_image_folder = os.path.join(out_root, IMAGE_FOLDER)
+    out_label_folder = os.path.join(out_root, LABEL_FOLDER)
+    os.makedirs(out_image_folder, exist_ok=True)
+    os.makedirs(out_label_folder, exist_ok=True)
+    images_copied, missing_images = 0, []
+    for identifier in list(label_sources):
+        destination = os.path.join(out_image_folder, identifier + ".jpg")
+        if os.path.isfile(destination):
+            continue
+        for source_folder in (voc_image_folder, sbd_image_folder):
+            source = os.path.join(source_folder, identifier + ".jpg")
+            if os.path.isfile(source):
+                progress.copy_file_atomically(source, destination)
+                images_copied += 1
+                break
+        else:
+            missing_images.append(identifier)
+    missing_listed_images = [identifier for identifier in missing_images if identifier in listed_ids]
+    if missing_listed_images:
+        raise PrepareError(
+            f"no image for {len(missing_listed_images):,} listed ids (looked in {voc_image_folder} and "
+            f"{sbd_image_folder}): {progress.first_few(missing_listed_images)}"
+        )
+    if missing_images:
+        print(
+            f"WARNING: {len(missing_images):,} ids outside the lists have no image; their labels are skipped: "
+            f"{progress.first_few(missing_images)}",
+            file=sys.stderr,
+        )
+        for identifier in missing_images:
+            del label_sources[identifier]
+    print(f"images copied into {out_image_folder}: {images_copied:,}")
+
+    # --- labels ------------------------------------------------------------------------------
+    tasks = [
+        (
+            kind,
+            source_path,
+            os.path.join(out_label_folder, identifier + ".png"),
+            os.path.join(out_image_folder, identifier + ".jpg"),
+            force,
+        )
+        for identifier, (kind, source_path) in label_sources.items()
+    ]
+    outcomes = progress.run_tasks(_convert_label_task, tasks, workers, "SegmentationClassAug")
+    from_voc = sum(1 for kind, _ in label_sources.values() if kind == "voc")
+    print(
+        f"labels: {outcomes['written']:,} written, {outcomes['skipped']:,} already valid and skipped "
+        f"({from_voc:,} from VOC2012, {len(label_sources) - from_voc:,} from SBD)"
+    )
+    progress.report_count(f"labels in {LABEL_FOLDER}", len(label_sources), REFERENCE_LABEL_COUNT)
+
+    # --- lists (written last, so a list never names a label that is not there yet) ----------
+    os.makedirs(lists_dir, exist_ok=True)
+    for name, lines in lists.items():
+        progress.write_list_file(os.path.join(lists_dir, name), lines)
+    progress.report_count(f"{os.path.join(lists_dir, VAL_LIST_NAME)} lines", len(lists[VAL_LIST_NAME]), REFERENCE_VAL_COUNT)
+    progress.report_count(
+        f"{os.path.join(lists_dir, TRAIN_LIST_NAME)} lines", len(lists[TRAIN_LIST_NAME]), REFERENCE_TRAIN_COUNT
+    )
+    return {
+        "out_root": out_root,
+        "lists_dir": lists_dir,
+        "labels_written": outcomes["written"],
+        "labels_skipped": outcomes["skipped"],
+        "labels_total": len(label_sources),
+        "images_copied": images_copied,
+        "val_count": len(lists[VAL_LIST_NAME]),
+        "train_count": len(lists[TRAIN_LIST_NAME]),
+    }
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Build PASCAL-5i SegmentationClassAug labels and base lists from VOC2012 + SBD.",
+    )
+    parser.add_argument("--voc", required=True, help="VOC2012 devkit folder (VOCdevkit/VOC2012)")
+    parser.add_argument("--sbd", required=True, help="SBD dataset folder (benchmark_RELEASE/dataset)")
+    parser.add_argument("--out-root", default=None, help="data root to write into (default: the --voc folder)")
+    parser.add_argument("--lists-dir", default=DEFAULT_LISTS_DIR, help="where val.txt and the train list go (default: %(default)s)")
+    parser.add_argument(
+        "--sbd-train-list", default=None, help="SBD train_noval.txt (default: <sbd>/train_noval.txt)"
+    )
+    parser.add_argument("--workers", type=int, default=progress.default_worker_count(), help="worker processes (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    try:
+        prepare_pascal(
+            voc_root=arguments.voc,
+            sbd_root=arguments.sbd,
+            out_root=arguments.out_root,
+            lists_dir=arguments.lists_dir,
+            force=arguments.force,
+            workers=arguments.workers,
+            sbd_train_list=arguments.sbd_train_list,
+        )
+    except PrepareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Train SCCAN on one fold (SPEC sections 6, 8, 9).
+
+    python train_sccan.py --config config/pascal/pascal_split0_resnet50.yaml [--opts key value ...]
+    torchrun --nproc_per_node 4 train_sccan.py --config config/coco/coco_split0_resnet50.yaml
+
+One process on CPU or one GPU needs no launcher; under torchrun each process trains on its own
+GPU (NCCL) or on the CPU (gloo) with a DistributedSampler. Only rank 0 logs, validates and writes.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from model import build_model, build_optimizers, poly_learning_rate
+from model.checkpoint import load_checkpoint, load_model_weights, save_checkpoint_atomic
+from util.config import parse_args, save_config
+from util.evaluation import evaluate
+from util.experiment import (build_dataset, build_val_loader, experiment_dir, snapshot_dir,
+                             test_class_ids)
+from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0            # completed epochs
+    iteration: int = 0        # completed iterations
+    best_miou: float = 0.0
+    best_epoch: float = 0.0
+    best_path: str = ""
+
+
+def epoch_label(value: float) -> str:
+    """43 -> '43', 33.5 -> '33.5' (the released checkpoint names)."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def fix_batch_norm(module: torch.nn.Module) -> None:
+    """fix_bn: keep any trainable BatchNorm in eval mode (the backbone's BN is frozen anyway)."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        module.eval()
+
+
+class Trainer:
+    def __init__(self, cfg, context, logger):
+        self.cfg, self.context, self.logger = cfg, context, logger
+        self.device = context.device
+        self.snapshot_dir = snapshot_dir(cfg)
+        self.model = build_model(cfg).to(self.device)
+        self.sgd, self.adamw = build_optimizers(self.model, cfg.base_lr, cfg.momentum,
+                                                cfg.weight_decay, cfg.get("transformer_lr", 6e-5))
+        self.state = TrainingState()
+        if cfg.resume:
+            self._resume(cfg.resume)
+        self.network = self.model
+        if context.distributed:
+            # The last block's support branch gets no gradient (its output is unused).
+            self.network = DistributedDataParallel(
+                self.model, device_ids=[context.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        train_data = build_dataset(cfg, "train", show_progress=context.is_main)
+        self.sampler = DistributedSampler(train_data) if context.distributed else None
+        self.train_loader = DataLoader(train_data, batch_size=cfg.batch_size,
+                                       shuffle=self.sampler is None, sampler=self.sampler,
+                                       num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                       drop_last=True)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"{cfg.train_list}: {len(train_data)} training episodes are fewer than "
+                             f"one batch of {cfg.batch_size}")
+        self.val_loader = None
+        self.test_classes = test_class_ids(cfg)
+        if cfg.evaluate and context.is_main:
+            self.val_loader = build_val_loader(cfg, build_dataset(cfg, "val"))
+        self.writer = None
+        if cfg.get("viz", False) and context.is_main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(experiment_dir(cfg), "tensorboard"))
+
+    # ----------------------------------------------------------------------------- resume
+    def _resume(self, path: str) -> None:
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        load_model_weights(self.model, checkpoint)
+        self.sgd.load_state_dict(checkpoint["optimizer"])
+        self.adamw.load_state_dict(checkpoint["optimizer_swin"])
+        training = checkpoint.get("training_state")
+        if training is None:  # a checkpoint of the original code: epoch only
+            self.state.epoch = int(math.floor(checkpoint["epoch"]))
+            self.logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
+                                f"epoch {self.state.epoch} without exact continuation")
+        else:
+            self.state = TrainingState(**{k: v for k, v in training.items() if k != "rng"})
+            set_rng_states(training["rng"])
+        self.logger.info(f"resumed from {path} at epoch {self.state.epoch}, iteration "
+                         f"{self.state.iteration}, best mIoU {self.state.best_miou:.4f}")
+
+    # ------------------------------------------------------------------------- checkpoints
+    def _checkpoint(self, epoch_value: float) -> dict:
+        training = asdict(self.state)
+        training["rng"] = get_rng_states()
+        return {"epoch": epoch_value, "state_dict": self.model.state_dict(),
+                "optimizer": self.sgd.state_dict(), "optimizer_swin": self.adamw.state_dict(),
+                "config": self.cfg.to_dict(), "training_state": training}
+
+    def _save(self, name: str, epoch_value: float) -> str:
+        path = os.path.join(self.snapshot_dir, name)
+        save_checkpoint_atomic(self._checkpoint(epoch_value), path)
+        return path
+
+    # -------------------------------------------------------------------------- validation
+    def validate(self, epoch_value: float) -> None:
+        """Rank 0 evaluates and keeps the best checkpoint; the other ranks wait."""
+        if self.context.is_main and self.val_loader is not None:
+            cfg = self.cfg
+            result = evaluate(self.model, self.val_loader, test_num=cfg.test_num,
+                              num_test_classes=len(self.test_classes), device=self.device,
+                              seed=cfg.manual_seed if cfg.fix_random_seed_val else None,
+                              seed_deterministic=cfg.seed_deterministic, ori_resize=cfg.ori_resize,
+                              progress=True)
+            self.logger.info(f"val epoch {epoch_label(epoch_value)}: mIoU {result['mIoU']:.4f} "
+                             f"FB-IoU {result['FB_IoU']:.4f} pIoU {result['pIoU']:.4f} "
+                             f"({result['episodes']} episodes, {result['seconds']:.0f}s)")
+            if self.writer is not None:
+                self.writer.add_scalar("mIoU_val", result["mIoU"], epoch_value)
+                self.writer.add_scalar("FBIoU_val", result["FB_IoU"], epoch_value)
+            if result["mIoU"] > self.state.best_miou:
+                previous = self.state.best_path
+                self.state.best_miou, self.state.best_epoch = result["mIoU"], epoch_value
+                prefix = "train" if cfg.shot == 1 else f"train{cfg.shot}"
+                name = f"{prefix}_epoch_{epoch_label(epoch_value)}_{result['mIoU']:.4f}.pth"
+                self.state.best_path = os.path.join(self.snapshot_dir, name)
+                self._save(name, epoch_value)
+                if previous and previous != self.state.best_path and os.path.exists(previous):
+                    os.remove(previous)
+                self.logger.info(f"new best mIoU {result['mIoU']:.4f}: {self.state.best_path}")
+            self.model.train()
+        if self.context.distributed:
+            dist.barrier()
+            # Everyone needs the best epoch for the early-stop decision.
+            best = torch.tensor([self.state.best_epoch, self.state.best_miou], dtype=torch.float64,
+                                device=self.device)
+            dist.broadcast(best, 0)
+            self.state.best_epoch, self.state.best_miou = float(best[0]), float(best[1])
+
+    # ---------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        self.network.train()
+        if cfg.fix_bn:
+            self.model.apply(fix_batch_norm)
+        iterations = len(self.train_loader)
+        max_iteration = cfg.epochs * iterations
+        half_epoch_validation = (cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100
+                                 and epoch > 0)
+        progress = None
+        if self.context.is_main:
+            from tqdm import tqdm
+            progress = tqdm(total=iterations, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                            dynamic_ncols=True)
+        start = time.time()
+        for index, (image, label, support_images, support_labels, subcls) in enumerate(self.train_loader):
+            current = epoch * iterations + index + 1
+            poly_learning_rate(self.sgd, cfg.base_lr, current, max_iteration, power=cfg.power,
+                               index_split=cfg.index_split, warmup=cfg.warmup,
+                               warmup_step=iterations // 2)
+            image, label = image.to(self.device), label.to(self.device)
+            support_images = support_images.to(self.device)
+            support_labels = support_labels.to(self.device)
+            _, main_loss, aux_loss1, aux_loss2 = self.network(
+                x=image, s_x=support_images, s_y=support_labels, y_m=label, cat_idx=subcls)
+            loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
+            self._check_finite(loss, epoch, index, current)
+            self.sgd.zero_grad(set_to_none=True)
+            self.adamw.zero_grad(set_to_none=True)
+            loss.backward()
+            self.sgd.step()
+            self.adamw.step()
+            self.state.iteration = current
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+            if self.context.is_main and (index + 1) % cfg.print_freq == 0:
+                self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} "
+                                 f"loss {loss.item():.4f} lr {self.sgd.param_groups[0]['lr']:.6f} "
+                                 f"({(time.time() - start) / (index + 1):.2f}s/it)")
+                if self.writer is not None:
+                    self.writer.add_scalar("loss_train_batch", loss.item(), current)
+            if half_epoch_validation and index + 1 == iterations // 2:
+                self.validate(epoch + 0.5)
+        if progress is not None:
+            progress.close()
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, index: int, current: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        if self.context.distributed:
+            dist.all_reduce(bad)  # every rank must stop together
+        if bad.item():
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
+                f"(global iteration {current}); training stopped, the last good checkpoints in "
+                f"{self.snapshot_dir} are kept")
+
+    def fit(self, interrupt_after_epochs: Optional[int] = None) -> TrainingState:
+        cfg = self.cfg
+        for epoch in range(self.state.epoch, cfg.epochs):
+            if cfg.fix_random_seed_val:  # the original reseeds every epoch
+                set_seed(cfg.manual_seed + epoch, cfg.seed_deterministic)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            self.train_epoch(epoch)
+            epoch_value = epoch + 1
+            if cfg.evaluate:
+                self.validate(epoch_value)
+            self.state.epoch = epoch_value
+            if self.context.is_main:
+                self._save("latest.pth", epoch_value)
+                if cfg.save_freq and epoch_value % cfg.save_freq == 0:
+                    self._save(f"epoch_{epoch_value}.pth", epoch_value)
+            if self.context.distributed:
+                dist.barrier()
+            if cfg.evaluate and epoch_value - self.state.best_epoch >= cfg.stop_interval:
+                self.logger.info(f"early stop: no better mIoU for {cfg.stop_interval} epochs "
+                                 f"(best {self.state.best_miou:.4f} at epoch "
+                                 f"{epoch_label(self.state.best_epoch)})")
+                break
+            if interrupt_after_epochs is not None and epoch_value >= interrupt_after_epochs:
+                return self.state  # simulated crash point (tests of exact resume)
+        if self.context.is_main:
+            path = self._save("final.pth", self.state.epoch)
+            self.logger.info(f"done: final weights {path}; best mIoU {self.state.best_miou:.4f} "
+                             f"at epoch {epoch_label(self.state.best_epoch)}")
+        return self.state
+
+
+def main(argv=None, interrupt_after_epochs: Optional[int] = None) -> Trainer:
+    """Train from a command line; returns the :class:`Trainer` (model, optimizers, state)."""
+    cfg = parse_args(argv, description="Train SCCAN")
+    context = init_distributed(cfg.get("local_rank"))
+    set_seed(cfg.manual_seed, cfg.seed_deterministic)
+    out_dir = experiment_dir(cfg)
+    logger = get_logger("sccan.train", os.path.join(out_dir, "train.log"), context.is_main)
+    if context.is_main:
+        os.makedirs(snapshot_dir(cfg), exist_ok=True)
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+        logger.info(f"config {cfg.source}; outputs in {out_dir}; device {context.device}; "
+                    f"world size {context.world_size}")
+    trainer = Trainer(cfg, context, logger)
+    try:
+        trainer.fit(interrupt_after_epochs)
+        return trainer
+    finally:
+        if trainer.writer is not None:
+            trainer.writer.close()
+        if context.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

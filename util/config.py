@@ -1,0 +1,436 @@
+"""Experiment configuration: sectioned YAML files flattened into one namespace.
+
+The original SCCAN/BAM code loads a YAML file whose top-level sections (``Data``, ``Train``,
+``Method``, ``Test_Finetune``, ``Distributed``) are flattened into one ``CfgNode`` and lets the
+command line override single values with ``--opts key value ...``. This module keeps that
+behaviour (the shipped configs and command lines work unchanged) but is stricter and safe:
+
+* values given on the command line are parsed with ``ast.literal_eval`` (never ``eval``) and
+  fall back to the raw string when they are not a Python literal, like the original;
+* an override must have the type of the value in the file (int is accepted for float, anything
+  is accepted where the file has ``None``, list and tuple are interchangeable);
+* unknown keys are rejected with the closest known names as suggestions, so a typo on the
+  command line cannot silently train with the default value;
+* a key that appears in two sections is an error, because flattening would otherwise let one
+  silently shadow the other;
+* a key repeated inside one YAML mapping is an error (PyYAML would keep the last one silently).
+
+Public API::
+
+    load_config(path, opts=None) -> Config
+    apply_overrides(config, opts) -> Config
+    save_config(config, path) -> None
+    config_argparser(description) -> argparse.ArgumentParser
+    parse_args(argv=None, description=...) -> Config
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import difflib
+import os
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "RUNTIME_SECTION",
+    "apply_overrides",
+    "config_argparser",
+    "load_config",
+    "parse_args",
+    "save_config",
+]
+
+# Section that receives keys which were added at run time (not read from a file), so that a
+# saved configuration can be loaded again with the same sectioned layout.
+RUNTIME_SECTION = "Runtime"
+
+
+class ConfigError(ValueError):
+    """Raised for any malformed configuration file or invalid override."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key repeated inside one mapping.
+
+    PyYAML keeps the last of two equal keys without a word; in a config file that is almost
+    always an editing mistake, and it would change an experiment silently.
+    """
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen_lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen_lines:
+            raise ConfigError(
+                f"duplicate key {key!r} in one mapping (lines {seen_lines[key]} and {line})"
+            )
+        seen_lines[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+class Config:
+    """A flat, attribute- and item-accessible view of a sectioned configuration.
+
+    ``config.base_lr`` and ``config['base_lr']`` are the same value. The section each key came
+    from is remembered (``section_of``) so that ``save_config`` can write the file back in its
+    original layout. New keys may be set at run time (the training script records derived values
+    such as the distributed rank); they belong to the ``Runtime`` section.
+
+    The object pickles and copies (``copy.copy``, ``copy.deepcopy``, ``config.copy()``) like a
+    plain object, and ``to_dict()`` gives a plain ``dict`` for storing inside checkpoints.
+    """
+
+    def __init__(
+        self,
+        values: Mapping[str, Any] | None = None,
+        sections: Mapping[str, str] | None = None,
+        source: str | None = None,
+    ) -> None:
+        # Instance state lives in __dict__ under underscore names; configuration keys live in
+        # _values. object.__setattr__ bypasses our own __setattr__, which writes config keys.
+        object.__setattr__(self, "_values", {})
+        object.__setattr__(self, "_sections", {})
+        object.__setattr__(self, "_source", source)
+        for key, value in (values or {}).items():
+            section = (sections or {}).get(key, RUNTIME_SECTION)
+            self._set(key, value, section)
+
+    # ----------------------------------------------------------------------------- internals
+    def _set(self, key: str, value: Any, section: str) -> None:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"configuration keys must be non-empty strings, got {key!r}")
+        if key.startswith("_") or hasattr(type(self), key):
+            # A key named like a method ('copy', 'keys', ...) would be shadowed by the method
+            # under attribute access; a leading underscore would clash with the private state.
+            raise ConfigError(f"{key!r} is reserved and cannot be used as a configuration key")
+        self._values[key] = value
+        self._sections.setdefault(key, section)
+
+    # ----------------------------------------------------------------------- attribute access
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails. Read _values through __dict__ so that a
+        # half-built object (during unpickling or copying) raises AttributeError instead of
+        # recursing forever.
+        values = self.__dict__.get("_values")
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(_unknown_key_message(name, values or {}))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._values:
+            self._values[name] = value
+        else:
+            self._set(name, value, RUNTIME_SECTION)
+
+    def __delattr__(self, name: str) -> None:
+        if name not in self._values:
+            raise AttributeError(_unknown_key_message(name, self._values))
+        del self._values[name]
+        del self._sections[name]
+
+    # ---------------------------------------------------------------------------- item access
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            raise KeyError(_unknown_key_message(key, self._values))
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.__setattr__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._values:
+            raise KeyError(_unknown_key_message(key, self._values))
+        self.__delattr__(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Config):
+            return self._values == other._values
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        lines = [f"Config({self._source!r})" if self._source else "Config()"]
+        for section, keys in self.sections().items():
+            lines.append(f"  {section}:")
+            lines.extend(f"    {key}: {self._values[key]!r}" for key in keys)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------- mapping helpers
+    def get(self, key: str, default: Any = None) -> Any:
+        """Value of ``key``, or ``default`` when the configuration has no such key."""
+        return self._values.get(key, default)
+
+    def keys(self):
+        return self._values.keys()
+
+    def values(self):
+        return self._values.values()
+
+    def items(self):
+        return self._values.items()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep-copied plain ``dict`` of every key (what checkpoints store)."""
+        return copy.deepcopy(self._values)
+
+    def copy(self) -> "Config":
+        """An independent deep copy (nested lists and dicts are not shared)."""
+        return copy.deepcopy(self)
+
+    def section_of(self, key: str) -> str:
+        """Name of the section ``key`` was read from (``Runtime`` for keys set at run time)."""
+        if key not in self._sections:
+            raise KeyError(_unknown_key_message(key, self._values))
+        return self._sections[key]
+
+    def sections(self) -> dict[str, list[str]]:
+        """Section name -> its keys, in file order (``Runtime`` last, when present)."""
+        grouped: dict[str, list[str]] = {}
+        for key in self._values:
+            grouped.setdefault(self._sections[key], []).append(key)
+        if RUNTIME_SECTION in grouped:
+            grouped[RUNTIME_SECTION] = grouped.pop(RUNTIME_SECTION)
+        return grouped
+
+    @property
+    def source(self) -> str | None:
+        """Path of the file this configuration was loaded from, if any."""
+        return self._source
+
+
+# ------------------------------------------------------------------------------- error texts
+def _close_matches(key: str, known: Iterable[str]) -> list[str]:
+    """Known keys that look like ``key``; compared case-insensitively ('subepoch_val')."""
+    known = list(known)
+    by_lower: dict[str, str] = {}
+    for name in known:
+        by_lower.setdefault(name.lower(), name)
+    matches = difflib.get_close_matches(key.lower(), list(by_lower), n=3, cutoff=0.6)
+    return [by_lower[match] for match in matches]
+
+
+def _unknown_key_message(key: str, known: Iterable[str]) -> str:
+    suggestions = _close_matches(str(key), known)
+    if suggestions:
+        return f"unknown configuration key {key!r}; did you mean {', '.join(map(repr, suggestions))}?"
+    return f"unknown configuration key {key!r} (no similar key exists)"
+
+
+# ----------------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> Config:
+    """Load a sectioned YAML file into a flat ``Config`` and apply ``--opts`` overrides.
+
+    Every top-level key must name a section (a mapping, or empty). Keys of all sections share
+    one namespace, so a key in two sections is an error that names both sections.
+    ``opts`` is the flat ``[key, value, key, value, ...]`` list of ``--opts``; see
+    ``apply_overrides`` for how the values are parsed and checked.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"configuration file not found: {path}")
+    with open(path, "r", encoding="utf-8") as handle:
+        try:
+            document = yaml.load(handle, Loader=_UniqueKeyLoader)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+
+    values: dict[str, Any] = {}
+    sections: dict[str, str] = {}
+    for section, content in document.items():
+        if content is None:  # an empty section, e.g. "Distributed:" with nothing below it
+            continue
+        if not isinstance(content, dict):
+            # Most likely a key that lost its indentation; refusing it beats guessing.
+            raise ConfigError(
+                f"{path}: top-level entry {section!r} is not a section (a mapping of keys); "
+                f"got {content!r}"
+            )
+        for key, value in content.items():
+            if key in values:
+                raise ConfigError(
+                    f"{path}: key {key!r} appears in both section {sections[key]!r} and "
+                    f"section {section!r}; flattened sections must not share keys"
+                )
+            values[key] = value
+            sections[key] = str(section)
+
+    config = Config(values, sections, source=path)
+    if opts:
+        apply_overrides(config, opts)
+    return config
+
+
+def _parse_override_value(value: Any) -> Any:
+    """Parse one ``--opts`` value like the original: a Python literal, else the raw string."""
+    if not isinstance(value, str):
+        return value  # already typed (programmatic use)
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        # Plain words such as a path or 'layer2' are not literals: keep the text as given.
+        return value
+
+
+def _coerce_to_file_type(key: str, given: Any, original: Any) -> Any:
+    """Return ``given`` converted to the type of the file's value, or raise ConfigError."""
+    if original is None:
+        return given  # the file leaves the type open
+    if type(given) is type(original):
+        return given
+    # int -> float is lossless and what a user means by "--opts base_lr 1". bool is a subclass
+    # of int, but True for a learning rate is a mistake, so it is excluded on purpose.
+    if isinstance(original, float) and isinstance(given, int) and not isinstance(given, bool):
+        return float(given)
+    # The original CfgNode accepted list <-> tuple; keep the file's container type.
+    if isinstance(original, (list, tuple)) and isinstance(given, (list, tuple)):
+        return type(original)(given)
+    raise ConfigError(
+        f"--opts {key}: the config file has a {type(original).__name__} "
+        f"({original!r}), got {given!r} of type {type(given).__name__}"
+    )
+
+
+def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
+    """Apply a flat ``[key, value, ...]`` override list to ``config`` in place and return it.
+
+    Values are parsed with ``ast.literal_eval`` (raw string when that fails) and must match
+    the type of the file's value (int accepted for float; anything accepted where the file has
+    ``None``; list/tuple interchangeable). All problems are collected and reported together:
+    unknown keys (with close matches), wrong types, and a trailing key without a value.
+    Nothing is changed when any override is invalid.
+    """
+    opts = list(opts)
+    problems: list[str] = []
+    if len(opts) % 2 == 1:
+        problems.append(f"--opts: key {opts[-1]!r} has no value (keys and values must alternate)")
+        opts = opts[:-1]
+
+    updates: dict[str, Any] = {}
+    for key, raw_value in zip(opts[0::2], opts[1::2]):
+        if not isinstance(key, str):
+            problems.append(f"--opts: keys must be strings, got {key!r}")
+            continue
+        if key not in config:
+            problems.append(f"--opts: {_unknown_key_message(key, config.keys())}")
+            continue
+        try:
+            updates[key] = _coerce_to_file_type(key, _parse_override_value(raw_value), config[key])
+        except ConfigError as error:
+            problems.append(str(error))
+
+    if problems:
+        raise ConfigError("\n".join(problems))
+    for key, value in updates.items():
+        config[key] = value
+    return config
+
+
+# ------------------------------------------------------------------------------------ saving
+def _plain(value: Any) -> Any:
+    """Convert ``value`` into something ``yaml.safe_dump`` writes and ``safe_load`` reads back.
+
+    Tuples become lists; numpy/torch scalars become Python numbers; other objects that YAML
+    cannot represent (paths, devices) are written as their string form, because a saved config
+    is a record for humans and for reloading, not an object store.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _plain(value.item())  # numpy / torch 0-d scalars
+    return str(value)
+
+
+def save_config(config: Config | Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write the resolved configuration (overrides applied) as sectioned YAML.
+
+    The layout follows the sections the values were read from, so ``load_config`` gives back
+    an equal configuration. A plain mapping (e.g. the ``cfg`` dict stored in a checkpoint) is
+    written under the ``Runtime`` section.
+    """
+    if not isinstance(config, Config):
+        config = Config(dict(config))
+    path = os.fspath(path)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+
+    chunks = ["# Resolved configuration" + (f" (from {config.source})" if config.source else "")]
+    for section, keys in config.sections().items():
+        body = {key: _plain(config[key]) for key in keys}
+        chunks.append(
+            yaml.safe_dump({section: body}, sort_keys=False, default_flow_style=False,
+                           allow_unicode=True).rstrip()
+        )
+    # Write to a temporary name first so a crash never leaves a half-written config behind.
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write("\n\n".join(chunks) + "\n")
+    os.replace(temporary, path)
+
+
+# ------------------------------------------------------------------------------ command line
+def config_argparser(description: str = "SCCAN") -> argparse.ArgumentParser:
+    """The command line shared by the train and test scripts.
+
+    ``--config PATH`` (required); ``--opts key value ...`` (everything after it, so it must
+    come last); ``--local_rank``/``--local-rank``, which ``torch.distributed.launch`` appends
+    and which is accepted and recorded, but not used to pick the device (``LOCAL_RANK`` in the
+    environment is the source the scripts should use).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=str, required=True, help="path to a YAML config file")
+    parser.add_argument(
+        "--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+        help="set by torch.distributed.launch; recorded only",
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER,
+        help="overrides as 'key value' pairs, e.g. --opts split 1 base_lr 0.01 (must come last)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str = "SCCAN") -> Config:
+    """Parse the command line and return the loaded, overridden configuration.
+
+    The configuration additionally records ``config_file`` (the ``--config`` path) and
+    ``local_rank`` (the ``--local_rank`` value or None) as run-time keys, unless the YAML
+    already defines them.
+    """
+    arguments = config_argparser(description).parse_args(argv)
+    config = load_config(arguments.config, arguments.opts)
+    if "config_file" not in config:
+        config.config_file = arguments.config
+    if "local_rank" not in config:
+        config.local_rank = arguments.local_rank
+    return config

@@ -1,0 +1,77 @@
+"""Config -> datasets, loaders and output folders, shared by train_sccan.py and test_sccan.py."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import cv2
+import numpy as np
+from torch.utils.data import DataLoader
+
+from util import transform as transforms
+from util.dataset import SemData, get_class_lists
+
+
+def experiment_dir(cfg) -> str:
+    """exp/<data_set>/SCCAN/split<i>/resnet<layers>, like the original, unless save_path is set."""
+    if cfg.get("save_path"):
+        return cfg.save_path
+    return os.path.join("exp", cfg.data_set, "SCCAN", f"split{cfg.split}", f"resnet{cfg.layers}")
+
+
+def snapshot_dir(cfg) -> str:
+    return os.path.join(experiment_dir(cfg), "snapshot")
+
+
+def result_dir(cfg) -> str:
+    return os.path.join(experiment_dir(cfg), "result")
+
+
+def test_class_ids(cfg):
+    return get_class_lists(cfg.data_set, cfg.split, cfg.get("use_split_coco", False))[1]
+
+
+class SquareResize:
+    """HSNet-style test resize: image (linear) and label (nearest) to size x size."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image, label):
+        image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+        return image, label
+
+
+def build_hsnet_val_transform(val_size: int):
+    mean = [item * 255 for item in transforms.MEAN] if hasattr(transforms, "MEAN") else \
+        [0.485 * 255, 0.456 * 255, 0.406 * 255]
+    std = [item * 255 for item in transforms.STD] if hasattr(transforms, "STD") else \
+        [0.229 * 255, 0.224 * 255, 0.225 * 255]
+    return transforms.Compose([SquareResize(val_size), transforms.ToTensor(),
+                               transforms.Normalize(mean=mean, std=std)])
+
+
+def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
+    """The training or validation episode dataset of a config."""
+    if mode == "train":
+        transform = transforms.build_train_transform(
+            cfg.train_h, cfg.train_w, cfg.scale_min, cfg.scale_max, cfg.rotate_min, cfg.rotate_max)
+        data_list = cfg.train_list
+    elif mode == "val":
+        transform = build_hsnet_val_transform(cfg.val_size) if hsnet_resize else \
+            transforms.build_val_transform(cfg.val_size, cfg.resized_val)
+        data_list = cfg.val_list
+    else:
+        raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+    return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
+                   data_set=cfg.data_set, use_split_coco=cfg.get("use_split_coco", False),
+                   transform=transform, mode=mode, ann_type=cfg.get("ann_type", "mask"),
+                   list_root=cfg.get("list_root") or None, show_progress=show_progress)
+
+
+def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
+    """Batch batch_size_val, no shuffle, the configured worker count (episodes depend on it)."""
+    return DataLoader(dataset, batch_size=cfg.batch_size_val, shuffle=False,
+                      num_workers=cfg.workers if workers is None else workers, pin_memory=False,
+                      drop_last=False)
