@@ -20,12 +20,12 @@ from typing import List, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from model import build_model
 from model.checkpoint import load_model_weights
 from util.config import config_argparser, load_config
 from util.evaluation import (RecordingDataset, ReplayDataset, evaluate, format_result_table,
                              load_episodes, save_episodes)
-from util.experiment import build_dataset, build_val_loader, result_dir, snapshot_dir, test_class_ids
+from util.experiment import (build_dataset, build_experiment_model, build_val_loader, result_dir,
+                             snapshot_dir, test_class_ids)
 from util.runtime import get_logger, init_distributed, set_seed
 
 STARTUP_SEED = 123
@@ -71,7 +71,7 @@ class AllForeground(torch.nn.Module):
 def build_predictor(cfg, arguments, device, logger):
     if arguments.all_foreground:
         return AllForeground(), "all-foreground baseline"
-    model = build_model(cfg).to(device)
+    model = build_experiment_model(cfg, device)
     if arguments.untrained:
         return model, "untrained model"
     weight = arguments.weight or os.path.join(snapshot_dir(cfg), cfg.weight)

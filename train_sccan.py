@@ -21,12 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from model import build_model, build_optimizers, poly_learning_rate
+from model import build_optimizers, poly_learning_rate
 from model.checkpoint import load_checkpoint, load_model_weights, save_checkpoint_atomic
 from util.config import parse_args, save_config
 from util.evaluation import evaluate
-from util.experiment import (build_dataset, build_val_loader, experiment_dir, snapshot_dir,
-                             test_class_ids)
+from util.experiment import (build_dataset, build_experiment_model, build_val_loader,
+                             experiment_dir, snapshot_dir, test_class_ids)
 from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
 
 
@@ -59,7 +59,7 @@ class Trainer:
         self.cfg, self.context, self.logger = cfg, context, logger
         self.device = context.device
         self.snapshot_dir = snapshot_dir(cfg)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_experiment_model(cfg, self.device)
         self.sgd, self.adamw = build_optimizers(self.model, cfg.base_lr, cfg.momentum,
                                                 cfg.weight_decay, cfg.get("transformer_lr", 6e-5))
         self.state = TrainingState()

@@ -195,3 +195,23 @@ def build_backbone(layers: int, weights_path: Optional[str], pretrained: bool = 
             stacklevel=2)
         initialise_random_backbone(backbone)
     return backbone
+
+
+@torch.no_grad()
+def calibrate_frozen_batch_norm(backbone: Backbone, images: torch.Tensor) -> None:
+    """Data-dependent initialisation of a RANDOM backbone: every frozen BN takes the per-channel
+    mean/variance of its own input on ``images`` (B, 3, H, W), in forward order, so activations
+    stay normalised through the depth. Without it the random features of the deep layers are
+    badly scaled and carry little of the image (used only when no pretrained weights exist)."""
+    def set_statistics(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    hooks = [m.register_forward_pre_hook(set_statistics) for m in backbone.modules()
+             if isinstance(m, FrozenBatchNorm2d)]
+    try:
+        backbone(images)
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -70,10 +70,12 @@ class SCCAN(nn.Module):
             paper; any multiple of ``window_size``).
         window_size: transformer window (patch) size.
         reduce_dim: channel width of the meta learner.
+        feature_dropout: Dropout2d rate after ``down_query``/``down_supp`` (0.5 in the paper).
     """
 
     def __init__(self, backbone: Backbone, shot: int = 1, zoom_factor: int = 8,
-                 feature_size: int = 64, window_size: int = 8, reduce_dim: int = 256):
+                 feature_size: int = 64, window_size: int = 8, reduce_dim: int = 256,
+                 feature_dropout: float = 0.5):
         super().__init__()
         if feature_size % window_size:
             raise ValueError(f"feature_size {feature_size} must be a multiple of window_size "
@@ -84,9 +86,9 @@ class SCCAN(nn.Module):
         self.backbone = backbone
         mid_channels = 512 + 1024
         self.down_query = nn.Sequential(_conv1x1(mid_channels, reduce_dim), nn.ReLU(inplace=True),
-                                        nn.Dropout2d(p=0.5))
+                                        nn.Dropout2d(p=feature_dropout))
         self.down_supp = nn.Sequential(_conv1x1(mid_channels, reduce_dim), nn.ReLU(inplace=True),
-                                       nn.Dropout2d(p=0.5))
+                                       nn.Dropout2d(p=feature_dropout))
         self.init_merge_query = nn.Sequential(_conv1x1(reduce_dim * 2 + 1, reduce_dim))
         self.init_merge_supp = nn.Sequential(_conv1x1(reduce_dim * 2 + 1, reduce_dim))
         self.transformer = SCCATransformer(dim=reduce_dim, depth=8, num_heads=8,

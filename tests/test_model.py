@@ -200,3 +200,29 @@ def test_backbone_weights_file_loads_and_ignores_fc(tmp_path):
     torch.save(state, path)
     with pytest.raises(RuntimeError, match=r"layer1\.0\.conv1\.weight"):
         build_model(Config)
+
+
+def test_calibrated_random_backbone_normalises_every_frozen_bn():
+    from model.backbone import calibrate_frozen_batch_norm, initialise_random_backbone
+    backbone = Backbone(50)
+    initialise_random_backbone(backbone)
+    images = torch.randn(4, 3, 33, 33)
+    calibrate_frozen_batch_norm(backbone, images)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = output.clone()  # the next ReLU is in place
+        return hook
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in backbone.named_modules()
+             if isinstance(module, FrozenBatchNorm2d)]
+    backbone(images)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == 55  # 3 stem + 16 blocks x 3 + 4 downsample
+    for name, output in seen.items():
+        torch.testing.assert_close(output.mean(dim=(0, 2, 3)), torch.zeros(output.shape[1]),
+                                   atol=1e-3, rtol=0, msg=name)
+        torch.testing.assert_close(output.var(dim=(0, 2, 3), unbiased=False),
+                                   torch.ones(output.shape[1]), atol=2e-2, rtol=0, msg=name)

@@ -124,3 +124,18 @@ def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_pat
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], initial[key]), key
+
+
+def test_toy_configs_load_and_mark_their_cost_cuts():
+    from util.config import load_config
+    folder = os.path.dirname(CONFIG)
+    names = sorted(os.listdir(folder))
+    assert names == ["toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml"]
+    for name in names:
+        cfg = load_config(os.path.join(folder, name))
+        assert cfg.pretrained_backbone is False and cfg.data_root == "data/toy"
+        assert cfg.list_root.startswith("data/toy") and cfg.save_path.startswith("exp/toy/")
+        assert (cfg.train_h - 1) % 8 == 0 and cfg.feature_size % cfg.window_size == 0
+        with open(os.path.join(folder, name)) as handle:
+            assert "COST CUT" in handle.read()
+    assert load_config(os.path.join(folder, names[1])).shot == 5

@@ -142,6 +142,7 @@ Method:
   zoom_factor: 8          # logits are resized to the input size
   feature_size: 64        # transformer grid (an 8x8 grid of 8x8 windows); 60x60 features resized
   window_size: 8
+  feature_dropout: 0.5    # Dropout2d after down_query/down_supp
   aux_weight1: 1.0        # BAM leftovers: SCCAN returns zero aux losses
   aux_weight2: 1.0
   low_fea: 'layer2'       # BAM base-learner options (SPEC 11), unused by SCCAN

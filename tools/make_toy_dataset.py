@@ -12,9 +12,9 @@ Layout written under ``--out`` (use it as ``data_root`` with ``data_set='pascal'
     train.txt, val.txt                      base lists 'JPEGImages/x.jpg SegmentationClassAug/x.png'
     meta.json, README.txt                   parameters, class descriptions, per-fold list statistics
 
-20 classes = 5 shapes x 4 styles (colour + texture); class k (1-based) has shape
-``SHAPES[(k-1) % 5]`` and style ``STYLES[((k-1)//5 + (k-1) % 5) % 4]``, so each PASCAL fold's five
-test classes mix all shapes and several styles. Every image holds 1-3 objects of DIFFERENT
+20 classes = 5 shapes x 4 textures, each class with its own colour; class k (1-based) has shape
+``SHAPES[(k-1) % 5]``, texture ``TEXTURES[((k-1)//5 + (k-1) % 5) % 4]`` and colour
+``PALETTE[k-1]``, so each PASCAL fold's five test classes mix all shapes and several textures. Every image holds 1-3 objects of DIFFERENT
 classes (so the support decides what to segment), each covering >= 2048 labelled pixels (the
 FSS list rule) on a noisy, cluttered background. Training images use classes of one fold group
 (mostly) or two groups, so that the training filter (images with only training classes) keeps
@@ -39,7 +39,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NUM_CLASSES = 20
 NUM_FOLDS = 4
 MIN_CLASS_PIXELS = 2 * 32 * 32
@@ -50,20 +50,34 @@ IMAGE_SIDE_RANGE = (150, 300)
 BAND_KERNEL = 5  # a 255 band of about 2 px on each side of every object boundary, like VOC
 
 SHAPES = ["disc", "square", "triangle", "ring", "cross"]
-STYLES = [
-    {"name": "red-solid", "colour": (215, 45, 40), "texture": "solid"},
-    {"name": "green-stripes", "colour": (40, 190, 70), "texture": "stripes"},
-    {"name": "blue-checker", "colour": (45, 85, 225), "texture": "checker"},
-    {"name": "yellow-dots", "colour": (235, 205, 35), "texture": "dots"},
+TEXTURES = ["solid", "stripes", "checker", "dots"]
+# 20 colours of high mutual contrast (Kelly's list without white, black and grey), one per
+# class: together with the shape and the texture every class looks different from every other,
+# but each colour, shape and texture recurs across base and novel classes only in combination.
+PALETTE = [
+    ("yellow", (243, 195, 0)), ("purple", (135, 86, 146)), ("orange", (243, 132, 0)),
+    ("light-blue", (161, 202, 241)), ("red", (190, 0, 50)), ("buff", (194, 178, 128)),
+    ("green", (0, 136, 86)), ("pink", (230, 143, 172)), ("blue", (0, 103, 165)),
+    ("salmon", (249, 147, 121)), ("violet", (96, 78, 151)), ("amber", (246, 166, 0)),
+    ("magenta", (179, 68, 108)), ("lime", (220, 211, 0)), ("brown", (136, 45, 23)),
+    ("yellow-green", (141, 182, 0)), ("olive-brown", (101, 69, 34)), ("vermilion", (226, 88, 34)),
+    ("dark-olive", (43, 61, 38)), ("cyan", (0, 170, 200)),
 ]
+
+
+def class_style(class_id: int) -> dict:
+    """Colour and texture of a 1-based class id."""
+    index = class_id - 1
+    colour_name, colour = PALETTE[index]
+    texture = TEXTURES[(index // 5 + index % 5) % 4]
+    return {"name": f"{colour_name}-{texture}", "colour": colour, "texture": texture}
 
 
 def class_description(class_id: int) -> Dict[str, str]:
     """Shape and style of a 1-based class id."""
     index = class_id - 1
-    shape = SHAPES[index % 5]
-    style = STYLES[(index // 5 + index % 5) % 4]
-    return {"shape": shape, "style": style["name"], "texture": style["texture"]}
+    style = class_style(class_id)
+    return {"shape": SHAPES[index % 5], "style": style["name"], "texture": style["texture"]}
 
 
 def fold_test_classes(fold: int) -> List[int]:
@@ -193,7 +207,7 @@ def _render_image(classes: List[int], rng: np.random.Generator) -> Tuple[np.ndar
                 centre = (float(rng.uniform(radius * 0.8, width - radius * 0.8)),
                           float(rng.uniform(radius * 0.8, height - radius * 0.8)))
                 mask = _shape_mask(description["shape"], height, width, centre, radius, float(rng.uniform(0, 2 * np.pi)))
-                style = STYLES[[s["name"] for s in STYLES].index(description["style"])]
+                style = class_style(class_id)
                 left, top, box_w, box_h = cv2.boundingRect(mask)
                 if box_w == 0 or box_h == 0:
                     continue

@@ -19,7 +19,10 @@ directory like the original; any other relative path is joined with ``data_root`
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import os
+import warnings
 import random
 import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -294,6 +297,29 @@ def fill_bounding_boxes(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
+def _base_list_fingerprint(base_list: str) -> str:
+    with open(base_list, "rb") as handle:
+        return hashlib.sha1(handle.read()).hexdigest()
+
+
+def _cache_is_stale(data_list_path: str, base_list: Optional[str]) -> bool:
+    """True when the cached lists record a base list whose content has changed since.
+
+    Lists dropped in from the BAM/SCCAN releases carry no record and are always used as they are.
+    """
+    record = data_list_path + ".source.json"
+    if not os.path.isfile(record) or not base_list or not os.path.isfile(base_list):
+        return False
+    with open(record) as handle:
+        source = json.load(handle)
+    return source.get("sha1") != _base_list_fingerprint(base_list)
+
+
+def _write_cache_source(data_list_path: str, base_list: str) -> None:
+    _atomic_write(data_list_path + ".source.json", json.dumps(
+        {"base_list": os.path.abspath(base_list), "sha1": _base_list_fingerprint(base_list)}))
+
+
 def _default_list_root(data_set: str) -> str:
     # Relative to the working directory, like the original's './lists/<data_set>/fss_list/'.
     return os.path.join(".", "lists", data_set, "fss_list")
@@ -365,7 +391,12 @@ class SemData(Dataset):
         self.list_root = list_root if list_root else _default_list_root(data_set)
         self.data_list_path, self.sub_class_file_list_path = fss_list_paths(self.list_root, mode, split)
 
-        if not (os.path.isfile(self.data_list_path) and os.path.isfile(self.sub_class_file_list_path)):
+        cached = os.path.isfile(self.data_list_path) and os.path.isfile(self.sub_class_file_list_path)
+        if cached and _cache_is_stale(self.data_list_path, data_list):
+            warnings.warn(f"{self.data_list_path} was built from another version of {data_list}; "
+                          f"rebuilding the FSS lists", stacklevel=2)
+            cached = False
+        if not cached:
             if data_list is None or not os.path.isfile(data_list):
                 raise FileNotFoundError(
                     f"base list {data_list!r} not found (needed to build the missing FSS lists "
@@ -376,6 +407,7 @@ class SemData(Dataset):
                 show_progress=show_progress,
             )
             write_fss_lists(self.data_list_path, self.sub_class_file_list_path, built_data_list, built_sub_lists)
+            _write_cache_source(self.data_list_path, data_list)
         raw_data_list, raw_sub_lists = load_fss_lists(self.data_list_path, self.sub_class_file_list_path)
         self.data_list: List[PathPair] = [self._resolve_pair(pair) for pair in raw_data_list]
         self.sub_class_file_list: Dict[int, List[PathPair]] = {

@@ -8,8 +8,14 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
+import torch
+
+from model import build_model
+from model.backbone import calibrate_frozen_batch_norm
 from util import transform as transforms
-from util.dataset import SemData, get_class_lists
+from util.dataset import SemData, get_class_lists, read_image, read_pair_list, resolve_path
+
+CALIBRATION_IMAGES = 16
 
 
 def experiment_dir(cfg) -> str:
@@ -75,3 +81,19 @@ def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
     return DataLoader(dataset, batch_size=cfg.batch_size_val, shuffle=False,
                       num_workers=cfg.workers if workers is None else workers, pin_memory=False,
                       drop_last=False)
+
+
+def build_experiment_model(cfg, device) -> torch.nn.Module:
+    """build_model(cfg) on ``device``; a random backbone (``pretrained_backbone: False``) gets its
+    frozen BN statistics calibrated on the first images of the training base list, so that the
+    training and the test script (``--untrained`` baseline) build the very same backbone."""
+    model = build_model(cfg)
+    if not cfg.get("pretrained_backbone", True):
+        transform = transforms.build_val_transform(cfg.val_size, True)
+        pairs = read_pair_list(cfg.train_list)[:CALIBRATION_IMAGES]
+        images = []
+        for image_path, label_path, _ in pairs:
+            image = read_image(resolve_path(image_path, cfg.data_root))
+            images.append(transform(image, np.zeros(image.shape[:2], np.uint8))[0])
+        calibrate_frozen_batch_norm(model.backbone, torch.stack(images))
+    return model.to(device)

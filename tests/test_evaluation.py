@@ -1,0 +1,120 @@
+"""The shared evaluator and test_sccan.py: protocol passes, determinism, dump/replay, options."""
+import json
+import os
+
+import pytest
+import torch
+
+import test_sccan
+from tests.toy_experiment import CONFIG, toy_opts
+from util.evaluation import RecordingDataset, evaluate, evaluation_passes
+from util.experiment import build_dataset, build_val_loader
+from util.config import load_config
+
+
+@pytest.mark.parametrize("test_num,length,batch,expected", [
+    (1000, 364, 1, 3), (1000, 445, 1, 3), (1000, 592, 1, 2), (1000, 336, 1, 3),
+    (4000, 4000, 1, 2), (100, 101, 1, 1), (300, 52, 1, 6)])
+def test_evaluation_passes(test_num, length, batch, expected):
+    assert evaluation_passes(test_num, length, batch) == expected
+
+
+def test_evaluation_passes_rejects_tiny_loader():
+    with pytest.raises(ValueError, match="too few episodes"):
+        evaluation_passes(10, 1, 1)
+
+
+class CountingLoader:
+    """A loader that counts how many iterators (passes) the evaluator creates."""
+
+    def __init__(self, loader):
+        self.loader, self.batch_size, self.iterators = loader, loader.batch_size, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        self.iterators += 1
+        return iter(self.loader)
+
+
+class LabelEcho(torch.nn.Module):
+    """Predicts the support-independent 'query is everything foreground' except a fixed band:
+    cheap and deterministic, enough to exercise the protocol."""
+
+    def forward(self, x, s_x=None, s_y=None):
+        logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        logits[:, 1, : x.shape[-2] // 2] = 1.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def val_config(toy_data_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eval"))
+    return load_config(CONFIG, toy_opts(toy_data_root, out, list_root=os.path.join(out, "fss")))
+
+
+def test_passes_episodes_and_determinism(val_config):
+    dataset = RecordingDataset(build_dataset(val_config, "val", show_progress=False))
+    loader = CountingLoader(build_val_loader(val_config, dataset))
+    length = len(loader)
+    test_num = 2 * length + 3  # needs 3 passes: ceil(test_num / (length - 1))
+    records = []
+    results = []
+    for _ in range(2):
+        record = []
+        results.append(evaluate(LabelEcho(), loader, test_num=test_num, num_test_classes=5,
+                                device=torch.device("cpu"), record=record))
+        records.append(record)
+    assert loader.iterators == 2 * evaluation_passes(test_num, length, 1) == 6
+    assert results[0]["episodes"] == test_num == len(records[0])
+    assert records[0] == records[1]
+    for key in ("mIoU", "FB_IoU", "pIoU", "class_IoU"):
+        assert results[0][key] == results[1][key]
+    # a different seed draws other episodes
+    other = []
+    evaluate(LabelEcho(), loader, test_num=test_num, num_test_classes=5, device=torch.device("cpu"),
+             record=other, seed=322)
+    assert other != records[0]
+    # every query holds its class, supports differ from the query
+    for episode in records[0]:
+        assert episode["query"] not in episode["supports"]
+
+
+def _run(toy_data_root, tmp_path, *extra, **overrides):
+    opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"),
+                    test_num=8, **overrides)
+    return test_sccan.run(["--config", CONFIG, "--untrained", *extra, "--opts", *opts])
+
+
+def test_dump_and_replay_give_identical_numbers(toy_data_root, tmp_path):
+    episodes = str(tmp_path / "episodes.json")
+    first = _run(toy_data_root, tmp_path, "--dump-episodes", episodes,
+                 "--output", str(tmp_path / "a.json"))
+    with open(episodes) as handle:
+        dumped = json.load(handle)
+    assert len(dumped["episodes"]) == 8 and dumped["meta"]["seed"] == 321
+    replay = _run(toy_data_root, tmp_path, "--episodes-from", episodes,
+                  "--output", str(tmp_path / "b.json"))
+    assert replay["test_num"] == 8
+    for key in ("mIoU", "FB_IoU", "pIoU", "class_IoU"):
+        assert first["runs"][0][key] == replay["runs"][0][key], key
+    with open(tmp_path / "b.json") as handle:
+        assert json.load(handle)["runs"][0]["mIoU"] == replay["runs"][0]["mIoU"]
+
+
+def test_seeds_visualisation_and_hsnet_resize(toy_data_root, tmp_path):
+    summary = _run(toy_data_root, tmp_path, "--seeds", "2", "--save-vis", str(tmp_path / "vis"),
+                   "--all-foreground", "--output", str(tmp_path / "c.json"))
+    assert [run["seed"] for run in summary["runs"]] == [321, 322]
+    assert set(summary["mean"]) == {"mIoU", "FB_IoU", "pIoU"} and "std" in summary
+    assert len(os.listdir(tmp_path / "vis")) == 8
+    hsnet = _run(toy_data_root, tmp_path, "--hsnet-resize", "--all-foreground",
+                 "--output", str(tmp_path / "d.json"))
+    assert hsnet["hsnet_resize"] and 0 < hsnet["runs"][0]["FB_IoU"] < 1
+
+
+def test_missing_weights_are_a_clear_error(toy_data_root, tmp_path):
+    opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"))
+    with pytest.raises(FileNotFoundError, match="final.pth"):
+        test_sccan.run(["--config", CONFIG, "--opts", *opts])
