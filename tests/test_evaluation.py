@@ -118,3 +118,17 @@ def test_missing_weights_are_a_clear_error(toy_data_root, tmp_path):
     opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"))
     with pytest.raises(FileNotFoundError, match="final.pth"):
         test_sccan.run(["--config", CONFIG, "--opts", *opts])
+
+
+def test_previous_support_diagnostic_feeds_the_last_episodes_support():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, s_x, s_y):
+            seen.append(int(s_x.flatten()[0]))
+            return torch.zeros(1, 2, 1, 1)
+
+    wrapper = test_sccan.PreviousSupport(Recorder())
+    for value in (1, 2, 3):
+        wrapper(torch.zeros(1), torch.full((1, 1), float(value)), torch.zeros(1))
+    assert seen == [1, 1, 2]

@@ -6,7 +6,9 @@
 2. trains SCCAN (random frozen backbone: no ImageNet weights here) on the 15 base classes of
    fold 0 with train_sccan.py;
 3. evaluates on the 5 novel classes with test_sccan.py, recording the episodes, then replays
-   exactly those episodes for two baselines: the untrained model and "everything foreground";
+   exactly those episodes for two baselines (the untrained model; "everything foreground") and
+   one diagnostic (the trained model given the previous episode's support: a model that really
+   uses its support scores lower there);
 4. prints the comparison table (also written to exp/toy/.../result/toy_demo.json).
 """
 from __future__ import annotations
@@ -51,6 +53,9 @@ def main(argv=None):
     rows = {}
     rows["SCCAN, trained on base classes"] = test_sccan.run(
         common + ["--dump-episodes", episodes, "--output", os.path.join(out, "toy_trained.json")] + opts)
+    rows["SCCAN, trained, given the previous episode's support"] = test_sccan.run(
+        common + ["--episodes-from", episodes, "--previous-support",
+                  "--output", os.path.join(out, "toy_previous_support.json")] + opts)
     rows["untrained model (same random backbone)"] = test_sccan.run(
         common + ["--episodes-from", episodes, "--untrained",
                   "--output", os.path.join(out, "toy_untrained.json")] + opts)
