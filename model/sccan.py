@@ -14,6 +14,7 @@ from model.transformer import SCCATransformer
 
 PROTOTYPE_EPS = 5e-4
 COSINE_EPS = 1e-7
+PER_IMAGE_BACKBONE_PIXELS = 300 * 300
 
 
 def resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -102,6 +103,17 @@ class SCCAN(nn.Module):
             nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1, bias=False), nn.ReLU(inplace=True),
             nn.Dropout2d(p=0.1), nn.Conv2d(reduce_dim, 2, 1))
 
+    def _backbone(self, images: torch.Tensor):
+        """Backbone features of (N, 3, H, W) images. Large images on the CPU go one at a time:
+        the dilated feature maps of a batch of them fall out of cache, and per-image calls
+        measure ~25% faster at 473x473 on 2 cores (see BENCHMARKS.md); small images and
+        accelerators get the whole batch at once."""
+        if (images.device.type != "cpu" or images.shape[0] == 1
+                or images.shape[-2] * images.shape[-1] < PER_IMAGE_BACKBONE_PIXELS):
+            return self.backbone(images)
+        parts = [self.backbone(images[index:index + 1]) for index in range(images.shape[0])]
+        return [torch.cat(level) for level in zip(*parts)]
+
     def _mid_features(self, features) -> torch.Tensor:
         return torch.cat([features[1], features[2]], dim=1)  # (N, 512+1024, h, w)
 
@@ -126,8 +138,8 @@ class SCCAN(nn.Module):
         out_width = int((width - 1) / 8 * self.zoom_factor + 1)
         grid = (self.feature_size, self.feature_size)
 
-        query_features = self.backbone(x)
-        support_features = self.backbone(s_x.flatten(0, 1))  # each (B*K, C, h, w)
+        query_features = self._backbone(x)
+        support_features = self._backbone(s_x.flatten(0, 1))  # each (B*K, C, h, w)
 
         query_mid = resize(self.down_query(self._mid_features(query_features)), grid)  # (B, 256, g, g)
         support_mid = resize(self.down_supp(self._mid_features(support_features)), grid)  # (B*K, 256, g, g)

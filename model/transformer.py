@@ -139,8 +139,12 @@ class SCCABlock(nn.Module):
         self.mlp_s = Mlp(dim, hidden)
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, mask: torch.Tensor,
-                height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """query, support: (B, H*W, C); mask: (B, H*W, 1) -> (query, support), both (B, H*W, C)."""
+                height: int, width: int, update_support: bool = True
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """query, support: (B, H*W, C); mask: (B, H*W, 1) -> (query, support), both (B, H*W, C).
+
+        ``update_support=False`` skips the support branch and returns the support unchanged
+        (the last block's support output is never used)."""
         batch, length, channels = query.shape
         shortcut_query, shortcut_support = query, support
         query = self.norm1(query).view(batch, height, width, channels)  # (B, H, W, C)
@@ -161,16 +165,19 @@ class SCCABlock(nn.Module):
         num_windows = query_windows.shape[1]
 
         query_out = self.attn_q(query_windows.flatten(0, 1), aligned.flatten(0, 1))  # (B*nW, ws*ws, C)
-        support_out = self.attn_s(support_windows.flatten(0, 1))  # (B*nW, ws*ws, C)
         query_out = window_reverse(query_out.view(batch, num_windows, ws * ws, channels), ws,
                                    padded_height, padded_width)  # (B, H+2p, W+2p, C)
+        if pad:
+            query_out = query_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
+        query = shortcut_query + query_out.reshape(batch, length, channels)  # (B, H*W, C)
+        query = query + self.mlp_q(self.norm2(query))
+        if not update_support:
+            return query, shortcut_support
+        support_out = self.attn_s(support_windows.flatten(0, 1))  # (B*nW, ws*ws, C)
         support_out = window_reverse(support_out.view(batch, num_windows, ws * ws, channels), ws,
                                      padded_height, padded_width)  # (B, H+2p, W+2p, C)
         if pad:
-            query_out = query_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
             support_out = support_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
-        query = shortcut_query + query_out.reshape(batch, length, channels)  # (B, H*W, C)
-        query = query + self.mlp_q(self.norm2(query))
         support = shortcut_support + support_out.reshape(batch, length, channels)  # (B, H*W, C)
         support = support + self.mlp_s(self.norm2(support))
         return query, support
@@ -187,8 +194,10 @@ class SCCALayer(nn.Module):
             for index in range(depth)])
 
     def forward(self, query, support, mask, height, width):
-        for block in self.blocks:
-            query, support = block(query, support, mask, height, width)
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            # The last block's support output is unused by the original too: skip computing it.
+            query, support = block(query, support, mask, height, width, update_support=index < last)
         return query, support
 
 

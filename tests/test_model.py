@@ -52,6 +52,20 @@ def test_frozen_batch_norm_formula_and_legacy_key():
     torch.testing.assert_close(bn(x), reference(x))
 
 
+def test_folded_and_separate_batch_norm_agree():
+    from model.backbone import separate_batch_norm
+    torch.manual_seed(0)
+    backbone = Backbone(50)
+    for name, buffer in backbone.named_buffers():
+        buffer.copy_(torch.rand_like(buffer) + 0.5)
+    x = torch.randn(1, 3, 41, 41)
+    folded = backbone(x)
+    with separate_batch_norm(backbone):
+        separate = backbone(x)
+    for a, b in zip(folded, separate):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_backbone_output_sizes():
     features = Backbone(50)(torch.randn(1, 3, 97, 97))
     assert [tuple(f.shape) for f in features] == [(1, 256, 25, 25), (1, 512, 13, 13),
@@ -203,7 +217,8 @@ def test_backbone_weights_file_loads_and_ignores_fc(tmp_path):
 
 
 def test_calibrated_random_backbone_normalises_every_frozen_bn():
-    from model.backbone import calibrate_frozen_batch_norm, initialise_random_backbone
+    from model.backbone import (calibrate_frozen_batch_norm, initialise_random_backbone,
+                                separate_batch_norm)
     backbone = Backbone(50)
     initialise_random_backbone(backbone)
     images = torch.randn(4, 3, 33, 33)
@@ -217,7 +232,8 @@ def test_calibrated_random_backbone_normalises_every_frozen_bn():
 
     hooks = [module.register_forward_hook(record(name)) for name, module in backbone.named_modules()
              if isinstance(module, FrozenBatchNorm2d)]
-    backbone(images)
+    with separate_batch_norm(backbone):
+        backbone(images)
     for hook in hooks:
         hook.remove()
     assert len(seen) == 55  # 3 stem + 16 blocks x 3 + 4 downsample
