@@ -121,12 +121,12 @@ def run(argv=None) -> dict:
         dataset = ReplayDataset(dataset, episodes)
         test_num = len(episodes)
         loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.workers)
-        passes_dataset = True
+        replaying = True
     else:
         if arguments.dump_episodes:
             dataset = RecordingDataset(dataset)
         loader = build_val_loader(cfg, dataset)
-        passes_dataset = False
+        replaying = False
     predictor, source = build_predictor(cfg, arguments, device, logger)
     record = [] if (arguments.dump_episodes or arguments.episodes_from) else None
 
@@ -143,7 +143,7 @@ def run(argv=None) -> dict:
         result["seed"] = seed
         rows.append(result)
         print(format_result_table(result, class_ids, title=f"{source}, seed {seed}"), flush=True)
-        if arguments.dump_episodes and seed_index == 0 and not passes_dataset:
+        if arguments.dump_episodes and seed_index == 0 and not replaying:
             save_episodes(arguments.dump_episodes, record,
                           meta={"config": cfg.get("config_file", arguments.config), "seed": seed,
                                 "workers": cfg.workers, "test_num": test_num})

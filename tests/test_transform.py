@@ -269,3 +269,18 @@ def test_builders_compose_the_spec_pipelines():
 def test_invalid_parameters_are_rejected(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_square_resize_for_the_hsnet_protocol():
+    import numpy as np
+    from util.transform import build_hsnet_val_transform
+    image = np.zeros((30, 60, 3), np.float32)
+    image[:, 30:] = 255.0
+    label = np.zeros((30, 60), np.uint8)
+    label[:, 30:] = 1
+    label[0, 0] = 255
+    image_out, label_out = build_hsnet_val_transform(16)(image, label)
+    assert tuple(image_out.shape) == (3, 16, 16) and tuple(label_out.shape) == (16, 16)
+    assert set(label_out.unique().tolist()) <= {0, 1, 255}
+    assert label_out[0, 0] == 255 and (label_out[1:, :7] == 0).all() and (label_out[:, 9:] == 1).all()
+    assert image_out[0, 8, 15] > image_out[0, 8, 0]

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from util.metrics import FewShotMeter, pad_to_square
+from util.transform import IMAGE_MEAN, IMAGE_STD
 from util.runtime import set_seed
 
-MEAN = np.array([0.485, 0.456, 0.406]) * 255
-STD = np.array([0.229, 0.224, 0.225]) * 255
+MEAN = np.array(IMAGE_MEAN)
+STD = np.array(IMAGE_STD)
 
 
 def evaluation_passes(test_num: int, loader_length: int, batch_size: int = 1) -> int:

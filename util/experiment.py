@@ -4,11 +4,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import cv2
 import numpy as np
-from torch.utils.data import DataLoader
-
 import torch
+from torch.utils.data import DataLoader
 
 from model import build_model
 from model.backbone import calibrate_frozen_batch_norm
@@ -37,27 +35,6 @@ def test_class_ids(cfg):
     return get_class_lists(cfg.data_set, cfg.split, cfg.get("use_split_coco", False))[1]
 
 
-class SquareResize:
-    """HSNet-style test resize: image (linear) and label (nearest) to size x size."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, image, label):
-        image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        label = cv2.resize(label, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
-        return image, label
-
-
-def build_hsnet_val_transform(val_size: int):
-    mean = [item * 255 for item in transforms.MEAN] if hasattr(transforms, "MEAN") else \
-        [0.485 * 255, 0.456 * 255, 0.406 * 255]
-    std = [item * 255 for item in transforms.STD] if hasattr(transforms, "STD") else \
-        [0.229 * 255, 0.224 * 255, 0.225 * 255]
-    return transforms.Compose([SquareResize(val_size), transforms.ToTensor(),
-                               transforms.Normalize(mean=mean, std=std)])
-
-
 def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
     """The training or validation episode dataset of a config."""
     if mode == "train":
@@ -65,7 +42,7 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
             cfg.train_h, cfg.train_w, cfg.scale_min, cfg.scale_max, cfg.rotate_min, cfg.rotate_max)
         data_list = cfg.train_list
     elif mode == "val":
-        transform = build_hsnet_val_transform(cfg.val_size) if hsnet_resize else \
+        transform = transforms.build_hsnet_val_transform(cfg.val_size) if hsnet_resize else \
             transforms.build_val_transform(cfg.val_size, cfg.resized_val)
         data_list = cfg.val_list
     else:

@@ -47,6 +47,8 @@ __all__ = [
     "ValidationResize",
     "IMAGE_MEAN",
     "IMAGE_STD",
+    "SquareResize",
+    "build_hsnet_val_transform",
     "validation_resize_shape",
     "build_train_transform",
     "build_val_transform",
@@ -409,3 +411,22 @@ def build_val_transform(val_size: int, resized_val: bool = True) -> Compose:
         ToTensor(),
         Normalize(mean=IMAGE_MEAN, std=IMAGE_STD),
     ])
+
+
+class SquareResize:
+    """HSNet-style test resize (the paper's double-dagger rows): image (linear) and label
+    (nearest) straight to size x size, aspect ratio not kept. Draws nothing."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image, label):
+        image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+        return image, label
+
+
+def build_hsnet_val_transform(val_size: int) -> Compose:
+    """`SquareResize`, tensor, normalise; the evaluator then scores logits resized to the
+    original label size."""
+    return Compose([SquareResize(val_size), ToTensor(), Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
