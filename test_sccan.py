@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
-from typing import List, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
 from model.checkpoint import load_model_weights
+from util.baselines import FeatureMatching
 from util.config import config_argparser, load_config
 from util.evaluation import (RecordingDataset, ReplayDataset, evaluate, format_result_table,
                              load_episodes, save_episodes)
@@ -54,6 +53,9 @@ def parse_arguments(argv=None):
                         help="skip loading weights (baseline: the untrained model)")
     parser.add_argument("--all-foreground", action="store_true",
                         help="baseline: predict every pixel as foreground")
+    parser.add_argument("--prior-baseline", action="store_true",
+                        help="training-free baseline: SCCAN's prior mask (layer4 query/support matching "
+                             "of the frozen backbone, no learned weights) thresholded at 0.7")
     parser.add_argument("--previous-support", action="store_true",
                         help="diagnostic: give the model the supports of the PREVIOUS episode (usually "
                              "another class); a model that uses its support scores lower")
@@ -90,6 +92,8 @@ def build_predictor(cfg, arguments, device, logger):
     if arguments.all_foreground:
         return AllForeground(), "all-foreground baseline"
     model = build_experiment_model(cfg, device)
+    if arguments.prior_baseline:
+        return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
     if arguments.untrained:
         return model, "untrained model"
     weight = arguments.weight or os.path.join(snapshot_dir(cfg), cfg.weight)

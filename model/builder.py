@@ -20,10 +20,12 @@ def _get(cfg, key, default):
 
 def build_model(cfg) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
-    pretrained_backbone, feature_size, window_size, feature_dropout``) to an :class:`SCCAN`."""
+    pretrained_backbone, random_backbone_residual_gain, feature_size, window_size,
+    feature_dropout``) to an :class:`SCCAN`."""
     layers = int(_get(cfg, "layers", 50))
     weights = _get(cfg, "backbone_weights", None) or f"initmodel/resnet{layers}_v2.pth"
-    backbone = build_backbone(layers, weights, pretrained=bool(_get(cfg, "pretrained_backbone", True)))
+    backbone = build_backbone(layers, weights, pretrained=bool(_get(cfg, "pretrained_backbone", True)),
+                              random_residual_gain=float(_get(cfg, "random_backbone_residual_gain", 1.0)))
     return SCCAN(backbone, shot=int(_get(cfg, "shot", 1)),
                  zoom_factor=int(_get(cfg, "zoom_factor", 8)),
                  feature_size=int(_get(cfg, "feature_size", 64)),

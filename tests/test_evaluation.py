@@ -132,3 +132,15 @@ def test_previous_support_diagnostic_feeds_the_last_episodes_support():
     for value in (1, 2, 3):
         wrapper(torch.zeros(1), torch.full((1, 1), float(value)), torch.zeros(1))
     assert seen == [1, 1, 2]
+
+
+def test_prior_baseline_matches_the_support_without_learned_weights(toy_data_root, tmp_path):
+    episodes = str(tmp_path / "episodes.json")
+    prior = _run(toy_data_root, tmp_path, "--prior-baseline", "--dump-episodes", episodes,
+                 "--output", str(tmp_path / "prior.json"))
+    assert prior["weights"] == "training-free prior baseline"
+    everything = _run(toy_data_root, tmp_path, "--all-foreground", "--episodes-from", episodes,
+                      "--output", str(tmp_path / "all.json"))
+    # On the toy data the calibrated random backbone's prior finds the support's object among
+    # the others: far above labelling everything foreground on the same episodes.
+    assert prior["runs"][0]["mIoU"] > everything["runs"][0]["mIoU"] + 0.2

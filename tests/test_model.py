@@ -242,3 +242,33 @@ def test_calibrated_random_backbone_normalises_every_frozen_bn():
                                    atol=1e-3, rtol=0, msg=name)
         torch.testing.assert_close(output.var(dim=(0, 2, 3), unbiased=False),
                                    torch.ones(output.shape[1]), atol=2e-2, rtol=0, msg=name)
+
+
+def test_random_backbone_residual_gain_scales_the_residual_branches():
+    from model.backbone import Bottleneck, initialise_random_backbone
+    backbone = Backbone(50)
+    initialise_random_backbone(backbone, residual_gain=0.0)
+    # Gain 0 silences every residual branch: a block without a downsample then passes its
+    # (post-ReLU, non-negative) input through unchanged.
+    block = backbone.body.layer1[1]
+    assert block.downsample is None
+    x = torch.relu(torch.randn(2, 256, 9, 9, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(block(x), x)
+    initialise_random_backbone(backbone, residual_gain=1.0)
+    assert not torch.allclose(block(x), x)
+    with pytest.raises(ValueError, match="residual_gain"):
+        initialise_random_backbone(backbone, residual_gain=-1.0)
+
+    class Config:
+        layers = 50
+        pretrained_backbone = False
+        random_backbone_residual_gain = 0.1
+
+    with pytest.warns(UserWarning, match="RANDOMLY"):
+        model = build_model(Config)
+    blocks = [m for m in model.backbone.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16
+    for module in model.backbone.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            expected = 0.1 if any(module is b.bn3 for b in blocks) else 1.0
+            torch.testing.assert_close(module.weight, torch.full_like(module.weight, expected))

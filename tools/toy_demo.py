@@ -6,8 +6,9 @@
 2. trains SCCAN (random frozen backbone: no ImageNet weights here) on the 15 base classes of
    fold 0 with train_sccan.py;
 3. evaluates on the 5 novel classes with test_sccan.py, recording the episodes, then replays
-   exactly those episodes for two baselines (the untrained model; "everything foreground") and
-   one diagnostic (the trained model given the previous episode's support: a model that really
+   exactly those episodes for two baselines (the untrained model; "everything foreground"), a
+   training-free reference (SCCAN's prior mask of the same backbone, thresholded) and one
+   diagnostic (the trained model given the previous episode's support: a model that really
    uses its support scores lower there);
 4. prints the comparison table (also written to exp/toy/.../result/toy_demo.json).
 """
@@ -59,6 +60,9 @@ def main(argv=None):
     rows["untrained model (same random backbone)"] = test_sccan.run(
         common + ["--episodes-from", episodes, "--untrained",
                   "--output", os.path.join(out, "toy_untrained.json")] + opts)
+    rows["training-free prior mask, threshold 0.7 (same backbone)"] = test_sccan.run(
+        common + ["--episodes-from", episodes, "--prior-baseline",
+                  "--output", os.path.join(out, "toy_prior_baseline.json")] + opts)
     rows["predict everything foreground"] = test_sccan.run(
         common + ["--episodes-from", episodes, "--all-foreground",
                   "--output", os.path.join(out, "toy_all_foreground.json")] + opts)
