@@ -53,6 +53,9 @@ class FrozenBatchNorm2d(nn.Module):
         scale, shift = self.scale_and_shift()
         return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
 
 def conv_frozen_bn(x: torch.Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> torch.Tensor:
     """bn(conv(x)) as ONE convolution with the frozen BN folded into its weights and bias.
@@ -66,9 +69,6 @@ def conv_frozen_bn(x: torch.Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> t
     scale, shift = bn.scale_and_shift()
     weight = conv.weight * scale.view(-1, 1, 1, 1)
     return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 class Bottleneck(nn.Module):

@@ -272,3 +272,7 @@ def test_random_backbone_residual_gain_scales_the_residual_branches():
         if isinstance(module, FrozenBatchNorm2d):
             expected = 0.1 if any(module is b.bn3 for b in blocks) else 1.0
             torch.testing.assert_close(module.weight, torch.full_like(module.weight, expected))
+
+
+def test_frozen_batch_norm_repr_names_its_size():
+    assert repr(FrozenBatchNorm2d(4)) == "FrozenBatchNorm2d(4, eps=1e-05)"
