@@ -30,6 +30,15 @@ def masked_average_pooling(features: torch.Tensor, mask: torch.Tensor) -> torch.
     return total / area
 
 
+def min_max_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max scaling of x (B, ...) to [0, 1], as the original scales its prior;
+    COSINE_EPS keeps a constant map finite."""
+    flat = x.flatten(1)  # (B, N)
+    low = flat.min(dim=1, keepdim=True)[0]
+    high = flat.max(dim=1, keepdim=True)[0]
+    return ((flat - low) / (high - low + COSINE_EPS)).view_as(x)
+
+
 def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, support_mask: torch.Tensor,
                output_size: Tuple[int, int]) -> torch.Tensor:
     """Training-free prior of one shot (SPEC 2.6).
@@ -48,10 +57,7 @@ def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, support_mas
     # part matches the original to ~1e-5 (the costly C-dim product above stays float32).
     weights = similarity.double().softmax(dim=1)  # softmax over support pixels
     mask = support_mask.flatten(2).double()  # (B, 1, hs*ws)
-    prior = torch.bmm(mask, weights).squeeze(1)  # (B, hq*wq)
-    low = prior.min(dim=1, keepdim=True)[0]
-    high = prior.max(dim=1, keepdim=True)[0]
-    prior = (prior - low) / (high - low + COSINE_EPS)
+    prior = min_max_normalise(torch.bmm(mask, weights).squeeze(1))  # (B, hq*wq)
     prior = prior.to(query_high.dtype).view(batch, 1, query_height, query_width)  # (B, 1, hq, wq)
     return resize(prior, output_size)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
-from util.baselines import FeatureMatching, min_max
+from model.sccan import min_max_normalise
+from util.baselines import FeatureMatching
 
 
 def _scene(generator):
@@ -26,7 +27,7 @@ def _iou(prediction, target):
 
 def test_min_max_maps_each_sample_to_unit_range():
     x = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[-4.0, -4.0], [0.0, -2.0]]]])  # (2, 1, 2, 2)
-    scaled = min_max(x)
+    scaled = min_max_normalise(x)
     torch.testing.assert_close(scaled.amin(dim=(1, 2, 3)), torch.zeros(2))
     torch.testing.assert_close(scaled.amax(dim=(1, 2, 3)), torch.ones(2), atol=1e-6, rtol=0)
     torch.testing.assert_close(scaled[0, 0, 0, 1], torch.tensor(0.5))

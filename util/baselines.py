@@ -8,16 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.sccan import masked_average_pooling, prior_mask, resize
+from model.sccan import masked_average_pooling, min_max_normalise, prior_mask, resize
 
 LEVELS = ("layer1", "layer2", "layer3", "layer4")
-
-
-def min_max(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample min-max scaling of (B, 1, H, W) maps to [0, 1]."""
-    low = x.amin(dim=(2, 3), keepdim=True)
-    high = x.amax(dim=(2, 3), keepdim=True)
-    return (x - low) / (high - low + 1e-7)
 
 
 class FeatureMatching(nn.Module):
@@ -53,6 +46,6 @@ class FeatureMatching(nn.Module):
                 features = support[self.level]
                 prototype = masked_average_pooling(features, resize(mask, features.shape[-2:]))  # (B, C, 1, 1)
                 similarity = F.cosine_similarity(query[self.level], prototype, dim=1)  # (B, h, w)
-                maps.append(min_max(similarity.unsqueeze(1)))  # (B, 1, h, w)
+                maps.append(min_max_normalise(similarity.unsqueeze(1)))  # (B, 1, h, w)
         score = resize(torch.stack(maps).mean(0), x.shape[-2:])  # (B, 1, H, W)
         return torch.cat([torch.full_like(score, self.threshold), score], dim=1)  # (B, 2, H, W)
