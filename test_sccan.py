@@ -14,17 +14,20 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 
 import torch
 from torch.utils.data import DataLoader
 
 from model.checkpoint import load_model_weights
 from util.baselines import FeatureMatching
+from util.cli import positive_int, run_entry_point
 from util.config import config_argparser, load_config
 from util.evaluation import (RecordingDataset, ReplayDataset, evaluate, format_result_table,
                              load_episodes, save_episodes)
-from util.experiment import (build_dataset, build_experiment_model, build_val_loader, result_dir,
-                             snapshot_dir, test_class_ids)
+from util.experiment import (build_dataset, build_experiment_model, build_val_loader,
+                             experiment_dir, per_shot_name, result_dir, snapshot_dir,
+                             test_class_ids)
 from util.runtime import get_logger, init_distributed, set_seed
 
 STARTUP_SEED = 123
@@ -35,9 +38,12 @@ def parse_arguments(argv=None):
     parser.add_argument("--weight", default=None,
                         help="checkpoint (released training checkpoint or bare state_dict); default "
                              "exp/<dataset>/SCCAN/split<i>/resnet<L>/snapshot/<config weight>")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seeds", type=positive_int, default=1,
                         help="evaluate with N seeds (321, 322, ...): per-seed rows, mean and std")
-    parser.add_argument("--episodes", type=int, default=None, help="override test_num")
+    parser.add_argument("--episodes", type=positive_int, default=None, help="override test_num")
+    parser.add_argument("--viz", action="store_true",
+                        help="write TensorBoard event files (mIoU, FB-IoU, per-class IoU per seed) to "
+                             "<exp>/tensorboard_<K>shot/test/")
     parser.add_argument("--save-vis", default=None, metavar="DIR",
                         help="write one PNG panel per episode (support+mask, query+GT, query+prediction)")
     parser.add_argument("--dump-episodes", default=None, metavar="FILE",
@@ -91,16 +97,21 @@ class AllForeground(torch.nn.Module):
 def build_predictor(cfg, arguments, device, logger):
     if arguments.all_foreground:
         return AllForeground(), "all-foreground baseline"
-    model = build_experiment_model(cfg, device)
-    if arguments.prior_baseline:
-        return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
-    if arguments.untrained:
+    if arguments.prior_baseline or arguments.untrained:
+        model = build_experiment_model(cfg, device)
+        if arguments.prior_baseline:
+            return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
         return model, "untrained model"
     weight = arguments.weight or os.path.join(snapshot_dir(cfg), cfg.weight)
+    if arguments.weight and not os.path.isfile(weight):
+        raise FileNotFoundError(f"--weight {weight!r}: no such checkpoint file")
     if not os.path.isfile(weight):
         raise FileNotFoundError(
-            f"weights not found: {weight!r}. Put the released checkpoint '{cfg.weight}' in "
-            f"{snapshot_dir(cfg)}/ or pass --weight PATH (see README, 'Released checkpoints').")
+            f"weights not found: {weight!r} (the config's 'weight' key, looked up in "
+            f"{snapshot_dir(cfg)}/). Put the released checkpoint '{cfg.weight}' there, or pass "
+            f"--weight PATH (README, 'Quick start')")
+    # A full SCCAN checkpoint holds the backbone too: the ImageNet files in initmodel/ are not read.
+    model = build_experiment_model(cfg, device, backbone_from_checkpoint=True)
     checkpoint = load_model_weights(model, weight, map_location=device)
     epoch = checkpoint.get("epoch") if checkpoint else None
     logger.info(f"loaded {weight}" + (f" (epoch {epoch})" if epoch is not None else ""))
@@ -134,6 +145,10 @@ def run(argv=None) -> dict:
     predictor, source = build_predictor(cfg, arguments, device, logger)
     record = [] if (arguments.dump_episodes or arguments.episodes_from) else None
 
+    writer = None
+    if arguments.viz:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(experiment_dir(cfg), per_shot_name(cfg, "tensorboard"), "test"))
     rows = []
     for seed_index in range(arguments.seeds):
         seed = cfg.manual_seed + seed_index
@@ -142,10 +157,16 @@ def run(argv=None) -> dict:
         result = evaluate(predictor, loader, test_num=test_num, num_test_classes=len(class_ids),
                           device=device, seed=seed, seed_deterministic=cfg.seed_deterministic,
                           ori_resize=cfg.ori_resize, hsnet_resize=arguments.hsnet_resize,
-                          record=record, visualisation_dir=arguments.save_vis if seed_index == 0 else None,
+                          ignore_label=cfg.ignore_label, record=record,
+                          visualisation_dir=arguments.save_vis if seed_index == 0 else None,
                           progress=True)
         result["seed"] = seed
         rows.append(result)
+        if writer is not None:
+            for key in ("mIoU", "FB_IoU", "pIoU"):
+                writer.add_scalar(f"test/{key}", result[key], seed)
+            for class_id, iou in zip(class_ids, result["class_IoU"]):
+                writer.add_scalar(f"test/class_{class_id}_IoU", iou, seed)
         print(format_result_table(result, class_ids, title=f"{source}, seed {seed}"), flush=True)
         if arguments.dump_episodes and seed_index == 0 and not replaying:
             save_episodes(arguments.dump_episodes, record,
@@ -153,6 +174,8 @@ def run(argv=None) -> dict:
                                 "workers": cfg.workers, "test_num": test_num})
             logger.info(f"wrote {len(record)} episodes to {arguments.dump_episodes}")
 
+    if writer is not None:
+        writer.close()
     summary = {"config": arguments.config, "weights": source, "class_ids": class_ids,
                "test_num": test_num, "hsnet_resize": arguments.hsnet_resize, "runs": rows}
     if len(rows) > 1:
@@ -167,7 +190,7 @@ def run(argv=None) -> dict:
     output = arguments.output
     if output is None:
         tag = os.path.splitext(os.path.basename(source))[0].replace(" ", "_")
-        output = os.path.join(result_dir(cfg), f"test_{tag}.json")
+        output = os.path.join(result_dir(cfg), per_shot_name(cfg, f"test_{tag}", ".json"))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output + ".tmp", "w") as handle:
         json.dump(summary, handle, indent=1)
@@ -177,4 +200,4 @@ def run(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(run_entry_point(run))

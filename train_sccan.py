@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -22,15 +23,20 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from model import build_optimizers, poly_learning_rate
-from model.checkpoint import load_checkpoint, load_model_weights, save_checkpoint_atomic
-from util.config import parse_args, save_config
+from model.checkpoint import (CheckpointError, load_checkpoint, load_model_weights,
+                              save_checkpoint_atomic)
+from util.cli import UserError, run_entry_point
+from util.config import config_argparser, config_from_arguments, save_config
 from util.evaluation import evaluate
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader,
-                             experiment_dir, snapshot_dir, test_class_ids)
+                             experiment_dir, per_shot_name, snapshot_dir, test_class_ids)
 from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
 
+# A checkpoint trained for another of these cannot be resumed under this config.
+RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(UserError):
     pass
 
 
@@ -39,13 +45,32 @@ class TrainingState:
     epoch: int = 0            # completed epochs
     iteration: int = 0        # completed iterations
     best_miou: float = 0.0
-    best_epoch: float = 0.0
+    best_epoch: float = -1.0  # epoch label of the best validation (-1: none yet)
     best_path: str = ""
 
 
-def epoch_label(value: float) -> str:
-    """43 -> '43', 33.5 -> '33.5' (the released checkpoint names)."""
-    return str(int(value)) if float(value).is_integer() else str(value)
+def epoch_label(epoch: int, half: bool = False):
+    """The original's label of a validation in 0-based epoch ``epoch``: ``epoch`` at its end,
+    ``epoch - 0.5`` at its half (the released ``train_epoch_43_0.6753.pth`` is the end of the
+    44th epoch, ``train_epoch_33.5_...`` the half of the 35th)."""
+    return epoch - 0.5 if half else epoch
+
+
+def format_epoch_label(value: float) -> str:
+    """43 -> '43', 33.5 -> '33.5' (as in the released checkpoint names)."""
+    return str(int(value)) if float(value).is_integer() else str(float(value))
+
+
+def half_epoch_index(iterations: int) -> int:
+    """0-based index of the iteration after which the half-epoch validation runs: the original
+    tests ``i == round(len(train_loader) / 2)`` (Python's round: 2.5 -> 2, 3.5 -> 4)."""
+    return round(iterations / 2)
+
+
+def best_checkpoint_name(shot: int, label: float, miou: float) -> str:
+    """The original's best-checkpoint name: train_epoch_<label>_<miou>.pth, train<K>_... for K > 1."""
+    prefix = "train" if shot == 1 else f"train{shot}"
+    return f"{prefix}_epoch_{format_epoch_label(label)}_{miou:.4f}.pth"
 
 
 def fix_batch_norm(module: torch.nn.Module) -> None:
@@ -87,24 +112,51 @@ class Trainer:
         self.writer = None
         if cfg.get("viz", False) and context.is_main:
             from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(experiment_dir(cfg), "tensorboard"))
+            self.writer = SummaryWriter(os.path.join(experiment_dir(cfg),
+                                                     per_shot_name(cfg, "tensorboard")))
 
     # ----------------------------------------------------------------------------- resume
     def _resume(self, path: str) -> None:
         checkpoint = load_checkpoint(path, map_location=self.device)
+        latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
+        needed = ("state_dict", "optimizer", "optimizer_swin", "epoch")
+        missing = [key for key in needed if not (isinstance(checkpoint, dict) and key in checkpoint)]
+        if missing:
+            what = "a bare state_dict (weights only)" if "state_dict" in missing else \
+                f"a checkpoint without {', '.join(repr(key) for key in missing)}"
+            raise CheckpointError(
+                f"resume: {path} is {what}; resume needs a training checkpoint with "
+                f"{', '.join(repr(key) for key in needed)} such as {latest} (written by "
+                f"train_sccan.py every epoch)")
+        self._check_same_run(checkpoint, path)
         load_model_weights(self.model, checkpoint)
         self.sgd.load_state_dict(checkpoint["optimizer"])
         self.adamw.load_state_dict(checkpoint["optimizer_swin"])
         training = checkpoint.get("training_state")
-        if training is None:  # a checkpoint of the original code: epoch only
-            self.state.epoch = int(math.floor(checkpoint["epoch"]))
+        if training is None:  # a checkpoint of the original code: an epoch label only
+            # label e ends 0-based epoch e (e + 1 done); label e - 0.5 lies inside epoch e (e done)
+            self.state.epoch = int(math.floor(checkpoint["epoch"])) + 1
             self.logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
-                                f"epoch {self.state.epoch} without exact continuation")
+                                f"epoch {self.state.epoch + 1} without exact continuation")
         else:
             self.state = TrainingState(**{k: v for k, v in training.items() if k != "rng"})
             set_rng_states(training["rng"])
         self.logger.info(f"resumed from {path} at epoch {self.state.epoch}, iteration "
                          f"{self.state.iteration}, best mIoU {self.state.best_miou:.4f}")
+
+    def _check_same_run(self, checkpoint: dict, path: str) -> None:
+        saved = checkpoint.get("config")
+        if not isinstance(saved, dict):
+            self.logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
+                                f"checked against this config (the backbone depth is)")
+            return
+        differences = [f"{key} {saved[key]!r} (config: {self.cfg[key]!r})" for key in RUN_IDENTITY_KEYS
+                       if key in saved and saved[key] != self.cfg[key]]
+        if differences:
+            raise CheckpointError(
+                f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
+                f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
+                f"or start this run without resume")
 
     # ------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch_value: float) -> dict:
@@ -128,8 +180,8 @@ class Trainer:
                               num_test_classes=len(self.test_classes), device=self.device,
                               seed=cfg.manual_seed if cfg.fix_random_seed_val else None,
                               seed_deterministic=cfg.seed_deterministic, ori_resize=cfg.ori_resize,
-                              progress=True)
-            self.logger.info(f"val epoch {epoch_label(epoch_value)}: mIoU {result['mIoU']:.4f} "
+                              ignore_label=cfg.ignore_label, progress=True)
+            self.logger.info(f"val epoch {format_epoch_label(epoch_value)}: mIoU {result['mIoU']:.4f} "
                              f"FB-IoU {result['FB_IoU']:.4f} pIoU {result['pIoU']:.4f} "
                              f"({result['episodes']} episodes, {result['seconds']:.0f}s)")
             if self.writer is not None:
@@ -138,8 +190,7 @@ class Trainer:
             if result["mIoU"] > self.state.best_miou:
                 previous = self.state.best_path
                 self.state.best_miou, self.state.best_epoch = result["mIoU"], epoch_value
-                prefix = "train" if cfg.shot == 1 else f"train{cfg.shot}"
-                name = f"{prefix}_epoch_{epoch_label(epoch_value)}_{result['mIoU']:.4f}.pth"
+                name = best_checkpoint_name(cfg.shot, epoch_value, result["mIoU"])
                 self.state.best_path = os.path.join(self.snapshot_dir, name)
                 self._save(name, epoch_value)
                 if previous and previous != self.state.best_path and os.path.exists(previous):
@@ -197,8 +248,8 @@ class Trainer:
                                  f"({(time.time() - start) / (index + 1):.2f}s/it)")
                 if self.writer is not None:
                     self.writer.add_scalar("loss_train_batch", loss.item(), current)
-            if half_epoch_validation and index + 1 == iterations // 2:
-                self.validate(epoch + 0.5)
+            if half_epoch_validation and index == half_epoch_index(iterations):
+                self.validate(epoch_label(epoch, half=True))
         if progress is not None:
             progress.close()
 
@@ -220,40 +271,76 @@ class Trainer:
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)
             self.train_epoch(epoch)
-            epoch_value = epoch + 1
+            label = epoch_label(epoch)
             if cfg.evaluate:
-                self.validate(epoch_value)
-            self.state.epoch = epoch_value
+                self.validate(label)
+            self.state.epoch = epoch + 1
             if self.context.is_main:
-                self._save("latest.pth", epoch_value)
-                if cfg.save_freq and epoch_value % cfg.save_freq == 0:
-                    self._save(f"epoch_{epoch_value}.pth", epoch_value)
+                self._save(per_shot_name(cfg, "latest", ".pth"), label)
+                if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
+                    self._save(per_shot_name(cfg, f"epoch_{label}", ".pth"), label)
             if self.context.distributed:
                 dist.barrier()
-            if cfg.evaluate and epoch_value - self.state.best_epoch >= cfg.stop_interval:
+            if cfg.evaluate and label - self.state.best_epoch >= cfg.stop_interval:
                 self.logger.info(f"early stop: no better mIoU for {cfg.stop_interval} epochs "
                                  f"(best {self.state.best_miou:.4f} at epoch "
-                                 f"{epoch_label(self.state.best_epoch)})")
+                                 f"{format_epoch_label(self.state.best_epoch)})")
                 break
-            if interrupt_after_epochs is not None and epoch_value >= interrupt_after_epochs:
+            if interrupt_after_epochs is not None and self.state.epoch >= interrupt_after_epochs:
                 return self.state  # simulated crash point (tests of exact resume)
         if self.context.is_main:
-            path = self._save("final.pth", self.state.epoch)
-            self.logger.info(f"done: final weights {path}; best mIoU {self.state.best_miou:.4f} "
-                             f"at epoch {epoch_label(self.state.best_epoch)}")
+            path = self._save(per_shot_name(cfg, "final", ".pth"), epoch_label(self.state.epoch - 1))
+            if not cfg.evaluate:
+                outcome = "validation was off (evaluate: False), so no best checkpoint was kept"
+            elif self.state.best_path:
+                outcome = (f"best mIoU {self.state.best_miou:.4f} at epoch "
+                           f"{format_epoch_label(self.state.best_epoch)} ({self.state.best_path})")
+            else:
+                outcome = "no validation scored above 0, so no best checkpoint was kept"
+            self.logger.info(f"done after {self.state.epoch} epochs: final weights {path}; {outcome}")
         return self.state
+
+
+def parse_arguments(argv=None):
+    parser = config_argparser("Train SCCAN")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in an output folder that already holds a run of this shot "
+                             "(its latest/final checkpoints are replaced; best checkpoints are kept)")
+    parser.add_argument("--viz", action="store_true",
+                        help="write TensorBoard event files to <exp>/tensorboard_<K>shot/")
+    arguments = parser.parse_args(argv)
+    cfg = config_from_arguments(arguments)
+    if arguments.viz:
+        cfg.viz = True
+    return arguments, cfg
+
+
+def check_fresh_output(cfg, overwrite: bool) -> None:
+    """Refuse to silently replace another run of the same shot in the shared output folder."""
+    if cfg.resume or overwrite:
+        return
+    names = [per_shot_name(cfg, stem, ".pth") for stem in ("latest", "final")]
+    existing = [name for name in names if os.path.exists(os.path.join(snapshot_dir(cfg), name))]
+    if existing:
+        latest = os.path.join(snapshot_dir(cfg), names[0])
+        raise UserError(
+            f"{experiment_dir(cfg)} already holds a {cfg.shot}-shot run ({', '.join(existing)}): "
+            f"continue it with --opts resume {latest}, or start again with --overwrite "
+            f"(or --opts save_path OTHER_FOLDER)")
 
 
 def main(argv=None, interrupt_after_epochs: Optional[int] = None) -> Trainer:
     """Train from a command line; returns the :class:`Trainer` (model, optimizers, state)."""
-    cfg = parse_args(argv, description="Train SCCAN")
+    arguments, cfg = parse_arguments(argv)
+    check_fresh_output(cfg, arguments.overwrite)
     context = init_distributed(cfg.get("local_rank"))
     set_seed(cfg.manual_seed, cfg.seed_deterministic)
     out_dir = experiment_dir(cfg)
-    logger = get_logger("sccan.train", os.path.join(out_dir, "train.log"), context.is_main)
+    logger = get_logger("sccan.train", os.path.join(out_dir, per_shot_name(cfg, "train", ".log")),
+                        context.is_main)
     if context.is_main:
         os.makedirs(snapshot_dir(cfg), exist_ok=True)
-        save_config(cfg, os.path.join(out_dir, "config.yaml"))
+        save_config(cfg, os.path.join(out_dir, per_shot_name(cfg, "config", ".yaml")))
         logger.info(f"config {cfg.source}; outputs in {out_dir}; device {context.device}; "
                     f"world size {context.world_size}")
     trainer = Trainer(cfg, context, logger)
@@ -268,4 +355,4 @@ def main(argv=None, interrupt_after_epochs: Optional[int] = None) -> Trainer:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

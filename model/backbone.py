@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoint
+
 BLOCKS_PER_LAYER = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
@@ -206,13 +208,9 @@ def load_backbone_weights(backbone: Backbone, path: str) -> None:
             f"ResNet ('resnet50_v2.pth' / 'resnet101_v2.pth', the PSPNet/PFENet/BAM initmodel "
             f"files) and put them in initmodel/ (see initmodel/README.md), or set "
             f"'pretrained_backbone: False' to train from a random backbone (toy runs only).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = extract_state_dict(load_checkpoint(path))
     state = {k: v for k, v in state.items()
              if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    from model.checkpoint import check_state_dict  # local import: avoids a cycle
     check_state_dict(backbone.body, state, source=path)
     backbone.body.load_state_dict(state, strict=True)
 

@@ -6,7 +6,7 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
-from model.backbone import build_backbone
+from model.backbone import Backbone, build_backbone
 from model.sccan import SCCAN
 
 # SGD parameter groups in the original order: poly_learning_rate's index_split refers to it.
@@ -18,14 +18,22 @@ def _get(cfg, key, default):
     return getattr(cfg, key, default) if not isinstance(cfg, dict) else cfg.get(key, default)
 
 
-def build_model(cfg) -> SCCAN:
+def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
     pretrained_backbone, random_backbone_residual_gain, feature_size, window_size,
-    feature_dropout``) to an :class:`SCCAN`."""
+    feature_dropout``) to an :class:`SCCAN`.
+
+    ``backbone_from_checkpoint``: the caller loads a full SCCAN checkpoint next (it holds the
+    backbone too, and strict loading replaces every tensor), so the ImageNet backbone file is
+    neither needed nor read."""
     layers = int(_get(cfg, "layers", 50))
     weights = _get(cfg, "backbone_weights", None) or f"initmodel/resnet{layers}_v2.pth"
-    backbone = build_backbone(layers, weights, pretrained=bool(_get(cfg, "pretrained_backbone", True)),
-                              random_residual_gain=float(_get(cfg, "random_backbone_residual_gain", 1.0)))
+    if backbone_from_checkpoint:
+        backbone = Backbone(layers)
+    else:
+        backbone = build_backbone(
+            layers, weights, pretrained=bool(_get(cfg, "pretrained_backbone", True)),
+            random_residual_gain=float(_get(cfg, "random_backbone_residual_gain", 1.0)))
     return SCCAN(backbone, shot=int(_get(cfg, "shot", 1)),
                  zoom_factor=int(_get(cfg, "zoom_factor", 8)),
                  feature_size=int(_get(cfg, "feature_size", 64)),

@@ -2,14 +2,30 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import zipfile
 from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
 
+from util.cli import UserError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint does not fit the model; the message names the offending keys."""
+
+class CheckpointError(UserError):
+    """A checkpoint is unreadable or does not fit the model; the message says what to do."""
+
+
+# layer3 of the deep-stem ResNet has 6 bottlenecks in ResNet-50 and 23 in ResNet-101.
+DEPTH_BY_LAYER3_BLOCKS = {6: 50, 23: 101}
+_LAYER3_BLOCK = re.compile(r"(?:^|\.)layer3\.(\d+)\.")
+
+
+def backbone_depth(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """50 or 101 from the number of layer3 blocks in a state_dict's keys; None if unknown."""
+    blocks = {int(match.group(1)) for key in state_dict for match in [_LAYER3_BLOCK.search(key)] if match}
+    return DEPTH_BY_LAYER3_BLOCKS.get(max(blocks) + 1) if blocks else None
 
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -38,8 +54,15 @@ def _list(keys, limit: int = 20) -> str:
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                      source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped keys."""
+    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped keys (or, for
+    a checkpoint of the other ResNet depth, the depth found and the config to use)."""
     expected = model.state_dict()
+    found_depth, model_depth = backbone_depth(state_dict), backbone_depth(expected)
+    if found_depth and model_depth and found_depth != model_depth:
+        raise CheckpointError(
+            f"{source} holds a ResNet-{found_depth} backbone but the config builds ResNet-"
+            f"{model_depth}: use a resnet{found_depth} config (config/<dataset>/<dataset>_split<i>"
+            f"_resnet{found_depth}[_5s].yaml) or --opts layers {found_depth}")
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     mis_shaped = [f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model "
@@ -59,10 +82,38 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
 
 
 def load_checkpoint(path: str, map_location="cpu"):
-    """torch.load with weights_only=True and a clear error for a missing file."""
+    """torch.load with weights_only=True and clear errors for a missing or damaged file.
+
+    Never falls back to full unpickling: a checkpoint that holds arbitrary Python objects could
+    run code, so such a file is refused with an explanation instead.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive ('PK\x03\x04'); files of old PyTorch versions are a bare
+    # pickle (protocol byte 0x80). Anything else (an HTML error page, a partial download) would
+    # otherwise surface as torch's advice to retry with weights_only=False, which is unsafe.
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
+        raise CheckpointError(_not_a_checkpoint(path, ValueError(f"starts with {magic!r}")))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if magic.startswith(b"PK"):
+            raise CheckpointError(
+                f"{path} holds Python objects other than tensors, numbers and containers; it is "
+                f"not loaded because unpickling them could run code. Re-save its 'state_dict' "
+                f"with torch.save from the code that wrote it") from None
+        raise CheckpointError(_not_a_checkpoint(path, error)) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(_not_a_checkpoint(path, error)) from None
+
+
+def _not_a_checkpoint(path: str, error: BaseException) -> str:
+    # torch's own text goes on with advice about loading options; its first sentence is the fact.
+    reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
+    return (f"{path} is not a PyTorch checkpoint ({os.path.getsize(path)} bytes; truncated or "
+            f"failed download?): {reason}")
 
 
 def load_model_weights(model: nn.Module, source, map_location="cpu") -> Optional[dict]:

@@ -360,26 +360,31 @@ def test_bbox_supports(toy_data_root):
         s_y = data[seed][3][0].numpy()
         raw = cv2.imread(episode["supports"][0][1], cv2.IMREAD_GRAYSCALE)
         target = raw == episode["class_chosen"]
-        # Independent bbox: scipy 8-connected components, slices filled, then 255 restored.
+        # Independent bbox: scipy 8-connected components, each box drawn with cv2.rectangle
+        # (inclusive end point, as the original), then 255 restored.
         components, _ = ndimage.label(target, structure=np.ones((3, 3)))
-        expected = np.zeros(raw.shape, np.int64)
+        expected = np.zeros(raw.shape, np.uint8)
         for rows, cols in ndimage.find_objects(components):
-            expected[rows, cols] = 1
+            cv2.rectangle(expected, (cols.start, rows.start), (cols.stop, rows.stop), 1, -1)
+        expected = expected.astype(np.int64)
         expected[raw == 255] = 255
         assert np.array_equal(s_y, expected)
         checked_boxes += int(((expected == 1) & ~target).sum() > 0)
     assert checked_boxes > 0  # boxes really add pixels beyond the masks
 
 
-def test_fill_bounding_boxes_uses_8_connectivity():
+def test_fill_bounding_boxes_uses_8_connectivity_and_inclusive_rectangles():
     mask = np.zeros((10, 12), np.uint8)
-    mask[1, 1] = mask[2, 2] = mask[3, 3] = 1       # one diagonal component -> box rows 1..3, cols 1..3
+    mask[1, 1] = mask[2, 2] = mask[3, 3] = 1       # one diagonal component: x 1..3, y 1..3, w = h = 3
     mask[6:9, 8] = 1
-    mask[8, 9:11] = 1                             # an L -> box rows 6..8, cols 8..10
+    mask[8, 9:11] = 1                             # an L: x 8..10, y 6..8; its box reaches the last row and column
     expected = np.zeros_like(mask)
-    expected[1:4, 1:4] = 1
-    expected[6:9, 8:11] = 1
-    assert np.array_equal(fill_bounding_boxes(mask), expected)
+    # What the original draws: cv2.rectangle((x, y), (x + w, y + h), 1, -1) per component.
+    cv2.rectangle(expected, (1, 1), (1 + 3, 1 + 3), 1, -1)
+    cv2.rectangle(expected, (8, 6), (8 + 3, 6 + 3), 1, -1)
+    filled = fill_bounding_boxes(mask)
+    assert np.array_equal(filled, expected)
+    assert filled[1:5, 1:5].all() and filled[6:10, 8:12].all() and filled.sum() == 16 + 16
 
 
 # ----------------------------------------------------------------------------------- loaders

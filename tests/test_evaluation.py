@@ -116,7 +116,7 @@ def test_seeds_visualisation_and_hsnet_resize(toy_data_root, tmp_path):
 
 def test_missing_weights_are_a_clear_error(toy_data_root, tmp_path):
     opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"))
-    with pytest.raises(FileNotFoundError, match="final.pth"):
+    with pytest.raises(FileNotFoundError, match="final_1shot.pth"):
         test_sccan.run(["--config", CONFIG, "--opts", *opts])
 
 

@@ -174,47 +174,6 @@ def test_meter_batch_with_per_sample_classes():
         batched.update(torch.zeros(2, 3, 3, dtype=torch.long), torch.zeros(2, 3, 3, dtype=torch.long), [0, 1, 2])
 
 
-def test_meter_merge_and_tensor_round_trip():
-    episodes = random_episodes(20, num_test_classes=4, seed=2)
-    whole, first, second = FewShotMeter(4), FewShotMeter(4), FewShotMeter(4)
-    for number, (prediction, target, class_index) in enumerate(episodes):
-        whole.update(prediction, target, class_index)
-        (first if number % 2 else second).update(prediction, target, class_index)
-
-    # Summing the raw tensors (what all_reduce does) equals the whole run.
-    reduced = FewShotMeter.from_tensor(first.to_tensor() + second.to_tensor(), 4)
-    assert reduced.summary() == pytest.approx(whole.summary())
-    assert first.merge(second).summary() == pytest.approx(whole.summary())
-    assert first.to_tensor().dtype == torch.float64
-    with pytest.raises(ValueError):
-        FewShotMeter.from_tensor(whole.to_tensor(), 5)
-
-    whole.reset()
-    assert whole.episodes == 0 and whole.to_tensor().abs().sum() == 0
-
-
-def test_meter_all_reduce_single_process(tmp_path):
-    episodes = random_episodes(5, num_test_classes=2, seed=3)
-    meter = FewShotMeter(2)
-    for prediction, target, class_index in episodes:
-        meter.update(prediction, target, class_index)
-    before = meter.summary()
-    meter.all_reduce()  # no process group: a no-op
-    assert meter.summary() == before
-
-    import torch.distributed as distributed
-    if not distributed.is_available():
-        pytest.skip("torch.distributed unavailable")
-    distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
-                                   rank=0, world_size=1)
-    try:
-        meter.all_reduce()
-        assert meter.summary() == before
-    finally:
-        distributed.destroy_process_group()
-
-
-# --------------------------------------------------------------------------- pad_to_square
 def test_pad_to_square_tall_and_wide():
     tall = torch.arange(2 * 5 * 3).reshape(2, 5, 3) % 3
     padded = pad_to_square(tall)

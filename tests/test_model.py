@@ -7,6 +7,7 @@ import torch
 
 from model import build_model, build_optimizers, count_parameters, poly_learning_rate
 from model.backbone import Backbone, FrozenBatchNorm2d
+from model.checkpoint import CheckpointError
 from model.sccan import SCCAN
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -212,7 +213,7 @@ def test_backbone_weights_file_loads_and_ignores_fc(tmp_path):
         torch.testing.assert_close(model.backbone.body.state_dict()[key], value)
     state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)
     torch.save(state, path)
-    with pytest.raises(RuntimeError, match=r"layer1\.0\.conv1\.weight"):
+    with pytest.raises(CheckpointError, match=r"layer1\.0\.conv1\.weight"):
         build_model(Config)
 
 

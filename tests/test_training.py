@@ -34,34 +34,67 @@ def test_smoke_training_writes_checkpoints(toy_data_root, tmp_path, small_list):
                                      evaluate=True, SubEpoch_val=True, test_num=4, save_freq=1))
     snapshot = tmp_path / "exp" / "snapshot"
     names = sorted(os.listdir(snapshot))
-    assert "latest.pth" in names and "final.pth" in names and "epoch_1.pth" in names
-    checkpoint = torch.load(snapshot / "latest.pth", weights_only=True)
+    # Everything this implementation adds is per shot; epochs carry the original's labels (0, 1).
+    assert {"latest_1shot.pth", "final_1shot.pth", "epoch_0_1shot.pth", "epoch_1_1shot.pth"} <= set(names)
+    checkpoint = torch.load(snapshot / "latest_1shot.pth", weights_only=True)
     assert set(checkpoint) >= {"epoch", "state_dict", "optimizer", "optimizer_swin", "config"}
-    assert checkpoint["epoch"] == 2 and checkpoint["config"]["train_h"] == 65
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["train_h"] == 65
     assert trainer.state.iteration == 2 * (small_list[1] // 4)
-    assert (tmp_path / "exp" / "config.yaml").exists() and (tmp_path / "exp" / "train.log").exists()
+    assert (tmp_path / "exp" / "config_1shot.yaml").exists()
+    assert (tmp_path / "exp" / "train_1shot.log").exists()
     for name, parameter in trainer.model.named_parameters():
         assert torch.isfinite(parameter).all(), name
 
 
 def test_best_checkpoint_naming_and_early_stop(toy_data_root, tmp_path, small_list, monkeypatch):
     scores = iter([0.10, 0.30, 0.20, 0.25, 0.29, 0.28, 0.27])
-    calls = []
+    calls, iterations_done = [], []
+    holder = {}
 
     def fake_evaluate(model, loader, **kwargs):
         calls.append(kwargs["seed"])
+        iterations_done.append(holder["trainer"].state.iteration)
         return {"mIoU": next(scores), "FB_IoU": 0.5, "pIoU": 0.1, "episodes": 4, "seconds": 0.0}
 
+    original_fit = train_sccan.Trainer.fit
+
+    def fit(self, *args, **kwargs):
+        holder["trainer"] = self
+        return original_fit(self, *args, **kwargs)
+
     monkeypatch.setattr(train_sccan, "evaluate", fake_evaluate)
+    monkeypatch.setattr(train_sccan.Trainer, "fit", fit)
     trainer = train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=5, batch_size=8,
                                      evaluate=True, SubEpoch_val=True, stop_interval=2, shot=1))
-    # validations: 1, 1.5, 2, 2.5, 3, 3.5, 4 -> best 0.30 at 1.5; 4 - 1.5 >= 2 stops before epoch 5
+    # The original's labels: end of 0-based epoch e -> e, half of epoch e (e > 0) -> e - 0.5.
+    # Validations 0, 0.5, 1, 1.5, 2, 2.5, 3 -> best 0.30 at 0.5; 3 - 0.5 >= 2 stops after 4 epochs.
     assert calls == [321] * 7
     names = sorted(os.listdir(tmp_path / "exp" / "snapshot"))
-    assert [n for n in names if n.startswith("train")] == ["train_epoch_1.5_0.3000.pth"]
-    assert trainer.state.best_epoch == 1.5 and trainer.state.epoch == 4
-    best = torch.load(tmp_path / "exp" / "snapshot" / "train_epoch_1.5_0.3000.pth", weights_only=True)
-    assert best["epoch"] == 1.5
+    assert [n for n in names if n.startswith("train")] == ["train_epoch_0.5_0.3000.pth"]
+    assert trainer.state.best_epoch == 0.5 and trainer.state.epoch == 4
+    best = torch.load(tmp_path / "exp" / "snapshot" / "train_epoch_0.5_0.3000.pth", weights_only=True)
+    assert best["epoch"] == 0.5
+    # The half-epoch validation follows the iteration whose 0-based index is round(L / 2).
+    length = small_list[1] // 8
+    half = {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 3, 7: 4}[length]  # Python's round, by hand
+    assert iterations_done[:3] == [length, length + half + 1, 2 * length]
+
+
+@pytest.mark.parametrize("length, index", [(1, 0), (2, 1), (3, 2), (4, 2), (5, 2), (6, 3), (7, 4),
+                                           (8, 4), (9, 4), (11, 6), (13, 6), (15, 8)])
+def test_half_epoch_index_follows_pythons_round(length, index):
+    # By hand: round(L / 2) rounds halves to the even neighbour (2.5 -> 2, 3.5 -> 4, 6.5 -> 6).
+    assert train_sccan.half_epoch_index(length) == index
+
+
+def test_epoch_labels_and_best_checkpoint_names_match_the_released_ones():
+    # win8_train_epoch_43_0.6753.pth ends the 44th epoch; train5_epoch_33.5_0.4571.pth is the
+    # half-epoch validation inside the 35th (0-based 34).
+    assert train_sccan.best_checkpoint_name(1, train_sccan.epoch_label(43), 0.67534) == \
+        "train_epoch_43_0.6753.pth"
+    assert train_sccan.best_checkpoint_name(5, train_sccan.epoch_label(34, half=True), 0.45712) == \
+        "train5_epoch_33.5_0.4571.pth"
+    assert train_sccan.format_epoch_label(0) == "0" and train_sccan.format_epoch_label(0.5) == "0.5"
 
 
 def test_resume_is_exact(toy_data_root, tmp_path, small_list):
@@ -71,7 +104,7 @@ def test_resume_is_exact(toy_data_root, tmp_path, small_list):
     first = train_sccan.main(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2,
                                    batch_size=batch), interrupt_after_epochs=1)
     assert first.state.iteration == 2
-    latest = str(tmp_path / "b" / "exp" / "snapshot" / "latest.pth")
+    latest = str(tmp_path / "b" / "exp" / "snapshot" / "latest_1shot.pth")
     resumed = train_sccan.main(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2,
                                      batch_size=batch, resume=latest))
     assert straight.state.iteration == resumed.state.iteration == 4
@@ -119,7 +152,7 @@ def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_pat
     mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    initial = torch.load(glob.glob(str(tmp_path / "exp" / "snapshot" / "final.pth"))[0],
+    initial = torch.load(glob.glob(str(tmp_path / "exp" / "snapshot" / "final_1shot.pth"))[0],
                          weights_only=True)["state_dict"]
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key

@@ -28,6 +28,7 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from tools.make_toy_dataset import make_toy_dataset  # noqa: E402
+from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
 from util.dataset import SemData  # noqa: E402
 from util.transform import build_train_transform, build_val_transform  # noqa: E402
 
@@ -46,10 +47,12 @@ def measure(data: SemData, episodes: int, warmup: int = 3, seed: int = 0) -> flo
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default="data/toy", help="toy dataset root (generated if missing)")
-    parser.add_argument("--episodes", type=int, default=100, help="timed episodes per row")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[473, 225], help="train crop = val size")
-    parser.add_argument("--split", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (1 = one worker on one core)")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="timed episodes per row")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[473, 225], help="train crop = val size")
+    parser.add_argument("--split", type=int, choices=range(4), default=0, help="fold 0..3 (default 0)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch/OpenCV threads (1 = one worker on one core)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -85,4 +88,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -21,6 +21,7 @@ sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(
     __import__("os").path.abspath(__file__))))
 from model.backbone import Backbone  # noqa: E402
 from model.builder import count_parameters  # noqa: E402
+from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
 from model.sccan import SCCAN  # noqa: E402
 
 
@@ -46,13 +47,20 @@ def time_forward(model, shot, size, device, runs, warmup):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda if present)")
-    parser.add_argument("--layers", nargs="+", type=int, default=[50, 101])
-    parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
-    parser.add_argument("--size", type=int, default=473)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--layers", nargs="+", type=int, choices=[50, 101], default=[50, 101],
+                        help="backbone depths to time (default: 50 101)")
+    parser.add_argument("--shots", nargs="+", type=positive_int, default=[1, 5],
+                        help="shots to time (default: 1 5)")
+    parser.add_argument("--size", type=positive_int, default=473,
+                        help="square input side; (size - 1) must be a multiple of 8 (default 473)")
+    parser.add_argument("--runs", type=positive_int, default=3, help="timed runs; the median is printed")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
+    if (args.size - 1) % 8:
+        raise ValueError(f"--size {args.size}: (size - 1) must be a multiple of 8, e.g. 473 or 225")
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -77,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

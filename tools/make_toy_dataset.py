@@ -39,6 +39,12 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPOSITORY_ROOT not in sys.path:  # run as a script: python tools/make_toy_dataset.py
+    sys.path.insert(0, REPOSITORY_ROOT)
+
+from util.cli import add_debug_argument, run_entry_point  # noqa: E402
+
 GENERATOR_VERSION = 2
 NUM_CLASSES = 20
 NUM_FOLDS = 4
@@ -389,12 +395,17 @@ def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/toy", help="output folder (data_root), default data/toy")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-images", type=int, default=300, help="total images; one third go to val.txt")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0: the README's dataset)")
+    parser.add_argument("--num-images", type=int, default=300,
+                        help="total images (default 300); one third go to val.txt. 5-shot episodes need "
+                             f"{MIN_IMAGES_PER_CLASS} images of every class in train and val of every "
+                             "fold, which takes at least about 240 images (seed 0); fewer are refused "
+                             "with a message")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     make_toy_dataset(args.out, num_images=args.num_images, seed=args.seed, verbose=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

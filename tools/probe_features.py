@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from util.baselines import LEVELS, FeatureMatching  # noqa: E402
+from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
 from util.config import load_config  # noqa: E402
 from util.evaluation import ReplayDataset, evaluate, load_episodes  # noqa: E402
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader,  # noqa: E402
@@ -31,11 +32,15 @@ from util.experiment import (build_dataset, build_experiment_model, build_val_lo
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="path to a YAML config file")
     parser.add_argument("--episodes-from", default=None, help="replay a test_sccan.py --dump-episodes file")
-    parser.add_argument("--episodes", type=int, default=None, help="episodes (default: the config's test_num)")
-    parser.add_argument("--threshold", type=float, default=0.7)
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER)
+    parser.add_argument("--episodes", type=positive_int, default=None,
+                        help="episodes (default: the config's test_num)")
+    parser.add_argument("--threshold", type=float, default=0.7,
+                        help="foreground threshold on the min-max normalised similarity map (default 0.7)")
+    add_debug_argument(parser)
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides 'key value ...' (must come last)")
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
     device = torch.device("cpu")
@@ -65,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -25,16 +25,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import test_sccan  # noqa: E402
 import train_sccan  # noqa: E402
 from tools.make_toy_dataset import make_toy_dataset  # noqa: E402
+from util.cli import add_debug_argument, run_entry_point  # noqa: E402
 from util.config import load_config  # noqa: E402
 from util.experiment import result_dir  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="config/toy/toy_split0_resnet50.yaml")
+    parser.add_argument("--config", default="config/toy/toy_split0_resnet50.yaml",
+                        help="toy config (default: 1-shot; config/toy/toy_split0_resnet50_5s.yaml for 5-shot)")
     parser.add_argument("--skip-training", action="store_true",
-                        help="reuse the existing final.pth of a previous run")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER)
+                        help="reuse the final checkpoint (the config's 'weight') of a previous run")
+    add_debug_argument(parser)
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides 'key value ...' passed to both scripts (must come last)")
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
     start = time.time()
@@ -46,7 +50,8 @@ def main(argv=None):
     opts = ["--opts", *arguments.opts] if arguments.opts else []
 
     if not arguments.skip_training:
-        train_sccan.main(common + opts)
+        # The demo is a fresh run by definition: it replaces an earlier toy run's checkpoints.
+        train_sccan.main(common + ["--overwrite"] + opts)
     trained_at = time.time()
 
     out = result_dir(cfg)
@@ -84,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

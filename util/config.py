@@ -21,6 +21,7 @@ Public API::
     apply_overrides(config, opts) -> Config
     save_config(config, path) -> None
     config_argparser(description) -> argparse.ArgumentParser
+    config_from_arguments(arguments) -> Config
     parse_args(argv=None, description=...) -> Config
 """
 
@@ -35,12 +36,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
+from util.cli import add_debug_argument
+
 __all__ = [
     "Config",
     "ConfigError",
     "RUNTIME_SECTION",
     "apply_overrides",
     "config_argparser",
+    "config_from_arguments",
     "load_config",
     "parse_args",
     "save_config",
@@ -51,7 +55,7 @@ __all__ = [
 RUNTIME_SECTION = "Runtime"
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError):  # a ValueError, so the scripts print it as 'error: ...'
     """Raised for any malformed configuration file or invalid override."""
 
 
@@ -316,23 +320,46 @@ def _coerce_to_file_type(key: str, given: Any, original: Any) -> Any:
     )
 
 
+def _override_pairs(opts: list, problems: list[str]) -> list[tuple[Any, Any]]:
+    """Split ``--opts`` items into (key, value) pairs: ``key value`` or ``key=value`` (the
+    spelling of mmsegmentation's --cfg-options, which users type out of habit)."""
+    pairs = []
+    position = 0
+    while position < len(opts):
+        item = opts[position]
+        if isinstance(item, str) and "=" in item and item.split("=", 1)[0].isidentifier():
+            pairs.append(tuple(item.split("=", 1)))
+            position += 1
+        elif isinstance(item, str) and item.startswith("-"):
+            pairs.append((item, None))  # a misplaced flag: reported by the caller
+            position += 1
+        elif position + 1 < len(opts):
+            pairs.append((item, opts[position + 1]))
+            position += 2
+        else:
+            problems.append(f"--opts: key {item!r} has no value (keys and values must alternate)")
+            position += 1
+    return pairs
+
+
 def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
     """Apply a flat ``[key, value, ...]`` override list to ``config`` in place and return it.
 
     Values are parsed with ``ast.literal_eval`` (raw string when that fails) and must match
     the type of the file's value (int accepted for float; anything accepted where the file has
-    ``None``; list/tuple interchangeable). All problems are collected and reported together:
+    ``None``; list/tuple interchangeable); ``key=value`` items work too. All problems are collected and reported together:
     unknown keys (with close matches), wrong types, and a trailing key without a value.
     Nothing is changed when any override is invalid.
     """
-    opts = list(opts)
     problems: list[str] = []
-    if len(opts) % 2 == 1:
-        problems.append(f"--opts: key {opts[-1]!r} has no value (keys and values must alternate)")
-        opts = opts[:-1]
+    pairs = _override_pairs(list(opts), problems)
 
     updates: dict[str, Any] = {}
-    for key, raw_value in zip(opts[0::2], opts[1::2]):
+    for key, raw_value in pairs:
+        if isinstance(key, str) and key.startswith("-"):
+            problems.append(f"--opts: {key!r} looks like a flag; flags go before --opts "
+                            f"(everything after --opts is read as 'key value' overrides)")
+            continue
         if not isinstance(key, str):
             problems.append(f"--opts: keys must be strings, got {key!r}")
             continue
@@ -413,24 +440,29 @@ def config_argparser(description: str = "SCCAN") -> argparse.ArgumentParser:
         "--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
         help="set by torch.distributed.launch; recorded only",
     )
+    add_debug_argument(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER,
-        help="overrides as 'key value' pairs, e.g. --opts split 1 base_lr 0.01 (must come last)",
+        help="overrides as 'key value' (or key=value) pairs, e.g. --opts split 1 base_lr 0.01 "
+             "(must come last: flags go before --opts)",
     )
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None, description: str = "SCCAN") -> Config:
-    """Parse the command line and return the loaded, overridden configuration.
+def config_from_arguments(arguments: argparse.Namespace) -> Config:
+    """The loaded, overridden configuration of parsed ``config_argparser`` arguments.
 
-    The configuration additionally records ``config_file`` (the ``--config`` path) and
-    ``local_rank`` (the ``--local_rank`` value or None) as run-time keys, unless the YAML
-    already defines them.
+    It additionally records ``config_file`` (the ``--config`` path) and ``local_rank`` (the
+    ``--local_rank`` value or None) as run-time keys, unless the YAML already defines them.
     """
-    arguments = config_argparser(description).parse_args(argv)
     config = load_config(arguments.config, arguments.opts)
     if "config_file" not in config:
         config.config_file = arguments.config
     if "local_rank" not in config:
         config.local_rank = arguments.local_rank
     return config
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str = "SCCAN") -> Config:
+    """Parse the shared command line (``config_argparser``) and return the configuration."""
+    return config_from_arguments(config_argparser(description).parse_args(argv))

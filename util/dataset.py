@@ -287,13 +287,15 @@ def fill_bounding_boxes(mask: np.ndarray) -> np.ndarray:
 
     ``mask``: uint8 ``(H, W)`` with 0/1 values. Returns a new uint8 ``(H, W)`` 0/1 array. Same as
     the original's ``transform_anns(mask, 'bbox')`` (cv2.connectedComponentsWithStats, default
-    connectivity 8, then filled rectangles), which also keeps the mask pixels themselves.
+    connectivity 8, then ``cv2.rectangle(mask, (x, y), (x + w, y + h), 1, -1)`` per component).
     """
     binary = (mask == 1).astype(np.uint8)
     _, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     filled = binary.copy()
     for left, top, width, height, _ in stats[1:]:
-        filled[top:top + height, left:left + width] = 1
+        # Parity quirk: cv2.rectangle's end point (x + w, y + h) is inclusive, so the original's
+        # boxes are one row and one column larger than the component (clipped at the border).
+        filled[top:top + height + 1, left:left + width + 1] = 1
     return filled
 
 

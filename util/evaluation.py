@@ -123,7 +123,8 @@ def save_visualisation(path: str, image, label, support_images, support_labels, 
 @torch.no_grad()
 def evaluate(model: Callable, loader: DataLoader, *, test_num: int, num_test_classes: int,
              device: torch.device, seed: Optional[int] = 321, seed_deterministic: bool = False,
-             ori_resize: bool = True, hsnet_resize: bool = False, record: Optional[list] = None,
+             ori_resize: bool = True, hsnet_resize: bool = False, ignore_label: int = 255,
+             record: Optional[list] = None,
              visualisation_dir: Optional[str] = None, progress: bool = False,
              log: Callable[[str], None] = None) -> Dict:
     """Run the few-shot evaluation protocol and return the metric summary.
@@ -131,14 +132,15 @@ def evaluate(model: Callable, loader: DataLoader, *, test_num: int, num_test_cla
     ``model(x=..., s_x=..., s_y=...)`` must return logits (B, 2, h, w). Batches are the
     validation tuples (image, label, s_x, s_y, subcls, raw_label[, episode_json]).
     ``record``: a list the episodes are appended to (needs a :class:`RecordingDataset` or
-    :class:`ReplayDataset`). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes,
+    :class:`ReplayDataset`). ``ignore_label``: target pixels scored as nothing (the config's
+    ``ignore_label``; also the value the ori_resize target is padded with). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes,
     seconds).
     """
     if seed is not None:
         set_seed(seed, seed_deterministic)
     if hasattr(model, "eval"):
         model.eval()
-    meter = FewShotMeter(num_test_classes)
+    meter = FewShotMeter(num_test_classes, ignore_index=ignore_label)
     batch_size = loader.batch_size or 1
     passes = evaluation_passes(test_num, len(loader), batch_size)
     done = 0
@@ -162,7 +164,7 @@ def evaluate(model: Callable, loader: DataLoader, *, test_num: int, num_test_cla
             if hsnet_resize:
                 target = raw_label.long()
             elif ori_resize:
-                target = pad_to_square(raw_label.long())
+                target = pad_to_square(raw_label.long(), ignore_label)
             else:
                 target = label.long()
             target = target.to(device)

@@ -27,6 +27,33 @@ def snapshot_dir(cfg) -> str:
     return os.path.join(experiment_dir(cfg), "snapshot")
 
 
+def per_shot_name(cfg, stem: str, extension: str = "") -> str:
+    """``latest`` -> ``latest_1shot`` (+ extension): 1-shot and 5-shot runs of one fold and
+    backbone share the original's output folder, so every file this implementation adds to it
+    carries the shot (the original's best-checkpoint names already do: train_ / train5_)."""
+    return f"{stem}_{cfg.shot}shot{extension}"
+
+
+def _is_toy(cfg) -> bool:
+    return "toy" in (os.path.basename(os.path.normpath(str(cfg.data_root))),
+                     os.path.basename(os.path.dirname(os.path.abspath(str(cfg.get("config_file", ""))))))
+
+
+def check_data_root(cfg) -> None:
+    """A missing data_root is the most common first-run mistake: say which key and how to get it."""
+    if os.path.isdir(str(cfg.data_root)):
+        return
+    if _is_toy(cfg):
+        hint = (f"generate it with 'python tools/make_toy_dataset.py --out {cfg.data_root}' "
+                f"(python tools/toy_demo.py does this by itself)")
+    elif cfg.data_set == "coco":
+        hint = "download COCO 2014 and run tools/prepare_coco.py (README, 'Data')"
+    else:
+        hint = "download VOC2012 + SBD and run tools/prepare_pascal.py (README, 'Data')"
+    raise FileNotFoundError(f"data_root {cfg.data_root!r} (config key data_root) is not a folder: "
+                            f"{hint}, or point it at your copy with --opts data_root PATH")
+
+
 def result_dir(cfg) -> str:
     return os.path.join(experiment_dir(cfg), "result")
 
@@ -37,9 +64,11 @@ def test_class_ids(cfg):
 
 def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
     """The training or validation episode dataset of a config."""
+    check_data_root(cfg)
     if mode == "train":
         transform = transforms.build_train_transform(
-            cfg.train_h, cfg.train_w, cfg.scale_min, cfg.scale_max, cfg.rotate_min, cfg.rotate_max)
+            cfg.train_h, cfg.train_w, cfg.scale_min, cfg.scale_max, cfg.rotate_min, cfg.rotate_max,
+            padding_label=cfg.padding_label)
         data_list = cfg.train_list
     elif mode == "val":
         transform = transforms.build_hsnet_val_transform(cfg.val_size) if hsnet_resize else \
@@ -60,14 +89,23 @@ def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
                       drop_last=False)
 
 
-def build_experiment_model(cfg, device) -> torch.nn.Module:
+def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) -> torch.nn.Module:
     """build_model(cfg) on ``device``; a random backbone (``pretrained_backbone: False``) gets its
     frozen BN statistics calibrated on the first images of the training base list, so that the
-    training and the test script (``--untrained`` baseline) build the very same backbone."""
-    model = build_model(cfg)
-    if not cfg.get("pretrained_backbone", True):
+    training and the test script (``--untrained`` baseline) build the very same backbone.
+    ``backbone_from_checkpoint``: a full checkpoint is loaded next, so no backbone is prepared."""
+    model = build_model(cfg, backbone_from_checkpoint=backbone_from_checkpoint)
+    if not backbone_from_checkpoint and not cfg.get("pretrained_backbone", True):
+        check_data_root(cfg)
+        if not os.path.isfile(cfg.train_list):
+            raise FileNotFoundError(f"train_list {cfg.train_list!r} (config key train_list) not "
+                                    f"found; the random backbone is calibrated on its first images")
         transform = transforms.build_val_transform(cfg.val_size, True)
         pairs = read_pair_list(cfg.train_list)[:CALIBRATION_IMAGES]
+        if not pairs:
+            raise ValueError(f"train_list {cfg.train_list!r} is empty: the random backbone "
+                             f"(pretrained_backbone: False) is calibrated on its first "
+                             f"{CALIBRATION_IMAGES} images")
         images = []
         for image_path, label_path, _ in pairs:
             image = read_image(resolve_path(image_path, cfg.data_root))

@@ -22,8 +22,6 @@ Public API::
     FewShotMeter(num_test_classes, num_classes=2, ignore_index=255)
         .update(prediction, target, class_index) -> (intersection, union, target) of the batch
         .summary() -> {'mIoU', 'FB_IoU', 'pIoU', 'class_IoU', 'accuracy', 'episodes'}
-        .to_tensor() / FewShotMeter.from_tensor(tensor, num_test_classes) / .merge(other)
-        .all_reduce(device=None)                                   # torch.distributed
 """
 
 from __future__ import annotations
@@ -138,8 +136,7 @@ class FewShotMeter:
 
     ``num_test_classes`` is the number of test classes of the fold (5 on PASCAL-5i, 20 on
     COCO-20i); ``class_index`` in ``update`` is the episode's ``subcls``, the index of its
-    class in the fold's test list. All sums are float64 and can be exported to one flat tensor
-    (``to_tensor``) for ``torch.distributed.all_reduce`` and rebuilt with ``from_tensor``.
+    class in the fold's test list. All sums are float64.
     """
 
     def __init__(self, num_test_classes: int, num_classes: int = 2, ignore_index: int = 255):
@@ -240,51 +237,3 @@ class FewShotMeter:
             "accuracy": float(self.intersection.sum() / (self.target.sum() + EPSILON)),
             "episodes": self.episodes,
         }
-
-    # ---------------------------------------------------------------------- distributed use
-    def to_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """All raw sums as one flat float64 tensor (layout private to this class)."""
-        flat = np.concatenate([
-            self.intersection, self.union, self.target,
-            self.class_intersection, self.class_union, self.class_episodes,
-        ])
-        return torch.as_tensor(flat, dtype=torch.float64, device=device)
-
-    def load_tensor(self, tensor: torch.Tensor) -> "FewShotMeter":
-        """Replace the sums with those of ``tensor`` (a ``to_tensor`` output); returns self."""
-        flat = tensor.detach().to("cpu", torch.float64).numpy().reshape(-1)
-        sizes = [self.num_classes] * 3 + [self.num_test_classes] * 3
-        if flat.size != sum(sizes):
-            raise ValueError(f"expected {sum(sizes)} values, got {flat.size}")
-        parts = np.split(flat, np.cumsum(sizes)[:-1])
-        (self.intersection, self.union, self.target,
-         self.class_intersection, self.class_union, self.class_episodes) = (
-            part.copy() for part in parts)
-        return self
-
-    @classmethod
-    def from_tensor(
-        cls, tensor: torch.Tensor, num_test_classes: int, num_classes: int = 2,
-        ignore_index: int = 255,
-    ) -> "FewShotMeter":
-        """Build a meter from the raw sums of ``to_tensor`` (e.g. after an all_reduce)."""
-        return cls(num_test_classes, num_classes, ignore_index).load_tensor(tensor)
-
-    def merge(self, other: "FewShotMeter") -> "FewShotMeter":
-        """Add the sums of ``other`` (same fold layout) into this meter; returns self."""
-        if (other.num_test_classes, other.num_classes) != (self.num_test_classes, self.num_classes):
-            raise ValueError("cannot merge meters of different class layouts")
-        return self.load_tensor(self.to_tensor() + other.to_tensor())
-
-    def all_reduce(self, device: torch.device | str | None = None) -> "FewShotMeter":
-        """Sum the meters of all processes in place (no-op without torch.distributed).
-
-        ``device`` must suit the backend (a CUDA device for NCCL). Every process must call it.
-        """
-        import torch.distributed as distributed
-
-        if not (distributed.is_available() and distributed.is_initialized()):
-            return self
-        tensor = self.to_tensor(device)
-        distributed.all_reduce(tensor, op=distributed.ReduceOp.SUM)
-        return self.load_tensor(tensor)
