@@ -158,6 +158,18 @@ def test_resolve_path_rules(tmp_path):
     assert resolve_path("data/voc2/a.jpg", "data/voc") == os.path.join("data/voc", "data/voc2/a.jpg")
 
 
+def test_resolve_path_moves_the_original_data_root_onto_the_configured_one():
+    shipped = "../data/VOCdevkit2012/VOC2012/JPEGImages/a.jpg"
+    assert resolve_path(shipped, "/datasets/VOC2012", "pascal") == os.path.join("/datasets/VOC2012", "JPEGImages/a.jpg")
+    assert resolve_path(shipped, "../data/VOCdevkit2012/VOC2012", "pascal") == shipped
+    coco = "../data/MSCOCO2014/annotations/val2014/b.png"
+    assert resolve_path(coco, "data/coco", "coco") == os.path.join("data/coco", "annotations/val2014/b.png")
+    # Only the dataset's own original root, by whole path components; without data_set, joined.
+    assert resolve_path(coco, "data/voc", "pascal") == os.path.join("data/voc", coco)
+    assert resolve_path("../data/MSCOCO2014x/b.png", "data/coco", "coco") == os.path.join("data/coco", "../data/MSCOCO2014x/b.png")
+    assert resolve_path(shipped, "/datasets/VOC2012") == os.path.join("/datasets/VOC2012", shipped)
+
+
 def test_write_format_is_the_original_one(tmp_path):
     data_list = [("JPEGImages/a.jpg", "SegmentationClassAug/a.png"), ("JPEGImages/b.jpg", "SegmentationClassAug/b.png")]
     sub_lists = {1: [data_list[0]], 2: [data_list[0], data_list[1]], 3: []}

@@ -1,10 +1,12 @@
-"""The FSS list cache follows changes of its base list; dropped-in lists are used as they are."""
+"""The FSS list cache follows changes of its source; dropped-in (shipped) lists are never rewritten,
+and a missing class list is derived from its data list."""
 import os
 import shutil
 
 import pytest
 
-from util.dataset import SemData
+from util import dataset as dataset_module
+from util.dataset import SemData, fss_list_paths, get_class_lists, load_fss_lists, make_fss_lists, write_fss_lists
 
 
 def _dataset(root, base_list, list_root):
@@ -41,3 +43,64 @@ def test_lists_without_a_source_record_are_used_as_they_are(toy_data_root, tmp_p
         handle.writelines(lines[:10])
     reused = _dataset(toy_data_root, other, list_root)
     assert reused.data_list == built.data_list
+
+
+ORIGINAL_PASCAL_ROOT = "../data/VOCdevkit2012/VOC2012/"
+
+
+def _as_shipped(pairs):
+    """Paths joined with the original's data_root, as in the FSS lists it shipped."""
+    return [(ORIGINAL_PASCAL_ROOT + image, ORIGINAL_PASCAL_ROOT + label) for image, label in pairs]
+
+
+@pytest.mark.parametrize("mode", ["train", "val"])
+def test_a_missing_class_list_is_derived_from_the_data_list_exactly(toy_data_root, tmp_path, monkeypatch, mode):
+    base = os.path.join(toy_data_root, f"{mode}.txt")
+    train_classes, val_classes = get_class_lists("pascal", 0)
+    data_list, sub_lists = make_fss_lists(toy_data_root, base, train_classes if mode == "train" else val_classes,
+                                          filter_intersection=(mode == "train"), show_progress=False)
+    list_root = str(tmp_path / "fss")
+    data_path, sub_path = fss_list_paths(list_root, mode, 0)
+    write_fss_lists(data_path, sub_path, _as_shipped(data_list),
+                    {c: _as_shipped(items) for c, items in sub_lists.items()})
+    with open(sub_path, "rb") as handle:
+        original_sub_bytes = handle.read()
+    with open(data_path, "rb") as handle:
+        data_bytes = handle.read()
+    os.remove(sub_path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt from the base list although the data_list exists")
+
+    monkeypatch.setattr(dataset_module, "make_fss_lists", fail)
+    dataset = SemData(split=0, shot=1, data_root=toy_data_root, data_list=base, data_set="pascal",
+                      mode=mode, list_root=list_root, show_progress=False)
+    with open(sub_path, "rb") as handle:
+        assert handle.read() == original_sub_bytes
+    with open(data_path, "rb") as handle:
+        assert handle.read() == data_bytes
+    assert not os.path.exists(data_path + ".source.json")
+    assert os.path.isfile(sub_path + ".source.json")
+    # The original's data_root in the list paths is moved onto the configured one.
+    assert dataset.data_list[0] == tuple(os.path.join(toy_data_root, path) for path in data_list[0])
+
+    # Deriving again when the data_list changes; the shipped-style data_list itself is kept.
+    kept = data_bytes.splitlines(keepends=True)[: len(data_list) // 2]
+    with open(data_path, "wb") as handle:
+        handle.writelines(kept)
+    with pytest.warns(UserWarning, match="deriving it again"):
+        rederived = SemData(split=0, shot=1, data_root=toy_data_root, data_list=base, data_set="pascal",
+                            mode=mode, list_root=list_root, show_progress=False)
+    kept_pairs = set(_as_shipped(data_list[: len(kept)]))
+    expected = {c: [pair for pair in _as_shipped(items) if pair in kept_pairs] for c, items in sub_lists.items()}
+    assert load_fss_lists(data_path, sub_path)[1] == expected
+    assert len(rederived) == len(kept)
+
+
+def test_a_class_list_without_its_data_list_is_an_error(toy_data_root, tmp_path):
+    list_root = str(tmp_path / "fss")
+    built = _dataset(toy_data_root, os.path.join(toy_data_root, "val.txt"), list_root)
+    os.remove(built.data_list_path)
+    os.remove(built.data_list_path + ".source.json")
+    with pytest.raises(FileNotFoundError, match=r"sub_class_file_list_0\.txt exists but .*data_list_0\.txt does not"):
+        _dataset(toy_data_root, os.path.join(toy_data_root, "val.txt"), list_root)

@@ -27,9 +27,9 @@ from tools import prepare_coco, prepare_pascal
 # PASCAL: a miniature VOC2012 devkit and SBD release
 # --------------------------------------------------------------------------------------------
 
-VOC_TRAIN_IDS = ["2007_000032", "2007_000039", "2008_000008"]
+VOC_TRAIN_IDS = ["2007_000039", "2007_000032", "2008_000008"]  # not sorted: the train list sorts them
 VOC_VAL_IDS = ["2008_000002", "2007_000033"]  # deliberately not sorted: the order must be kept
-# 2007_000039 duplicates a VOC train id (must appear once, at its VOC position, with VOC's label).
+# 2007_000039 duplicates a VOC train id (must appear once, at its SBD position, with VOC's label).
 SBD_TRAIN_NOVAL_IDS = ["2008_000100", "2007_000039", "2008_000101"]
 SBD_TRAIN_IDS = SBD_TRAIN_NOVAL_IDS + ["2008_000102"]  # 2008_000102: labelled but in no list
 SBD_VAL_IDS = ["2007_000033", "2008_000103"]  # 2007_000033 is also a VOC val id: VOC wins
@@ -39,13 +39,15 @@ EXPECTED_VAL_LINES = [
     "JPEGImages/2008_000002.jpg SegmentationClassAug/2008_000002.png",
     "JPEGImages/2007_000033.jpg SegmentationClassAug/2007_000033.png",
 ]
+# The original's rule: SBD train_noval ascending, then VOC train ascending, first occurrence kept.
 EXPECTED_TRAIN_LINES = [
-    "JPEGImages/2007_000032.jpg SegmentationClassAug/2007_000032.png",
     "JPEGImages/2007_000039.jpg SegmentationClassAug/2007_000039.png",
-    "JPEGImages/2008_000008.jpg SegmentationClassAug/2008_000008.png",
     "JPEGImages/2008_000100.jpg SegmentationClassAug/2008_000100.png",
     "JPEGImages/2008_000101.jpg SegmentationClassAug/2008_000101.png",
+    "JPEGImages/2007_000032.jpg SegmentationClassAug/2007_000032.png",
+    "JPEGImages/2008_000008.jpg SegmentationClassAug/2008_000008.png",
 ]
+SHIPPED_PASCAL_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists", "pascal")
 
 
 def _image_size(identifier: str) -> tuple[int, int]:
@@ -184,6 +186,53 @@ def test_build_pascal_lists_keeps_order_and_first_occurrence():
     lists = prepare_pascal.build_pascal_lists(VOC_TRAIN_IDS, VOC_VAL_IDS, SBD_TRAIN_NOVAL_IDS)
     assert lists["val.txt"] == EXPECTED_VAL_LINES
     assert lists["voc_sbd_merge_noduplicate.txt"] == EXPECTED_TRAIN_LINES
+
+
+def _shipped_ids(name: str) -> list[str]:
+    return [os.path.splitext(os.path.basename(line.split()[0]))[0]
+            for line in _read_lines(os.path.join(SHIPPED_PASCAL_LISTS, name))]
+
+
+def _shipped_bytes(name: str) -> bytes:
+    with open(os.path.join(SHIPPED_PASCAL_LISTS, name), "rb") as handle:
+        return handle.read()
+
+
+def test_the_train_list_rule_reproduces_the_shipped_lists_byte_for_byte(tmp_path):
+    sbd_ids, voc_ids = _shipped_ids("sbd_data.txt"), _shipped_ids("voc_original_train.txt")
+    assert len(sbd_ids) == 5623 and len(voc_ids) == 1464 and len(set(sbd_ids) & set(voc_ids)) == 1134
+    # The original's intermediate lists: both ascending, and voc_sbd_merge.txt is SBD then VOC.
+    assert sbd_ids == sorted(sbd_ids) and voc_ids == sorted(voc_ids)
+    assert _read_lines(os.path.join(SHIPPED_PASCAL_LISTS, "voc_sbd_merge.txt")) == [
+        prepare_pascal.list_line(identifier) for identifier in sbd_ids + voc_ids
+    ]
+    # Whatever order SBD's train_noval.txt comes in, the rule gives the shipped files exactly.
+    lists = prepare_pascal.build_pascal_lists(voc_ids, _shipped_ids("val.txt"), sbd_ids[::-1])
+    for name in ("voc_sbd_merge_noduplicate.txt", "val.txt"):
+        progress.write_list_file(str(tmp_path / name), lists[name])
+        with open(tmp_path / name, "rb") as handle:
+            assert handle.read() == _shipped_bytes(name), name
+    assert len(lists["voc_sbd_merge_noduplicate.txt"]) == 5953
+
+
+def test_prepare_pascal_keeps_existing_lists_unless_asked(pascal_inputs, capsys):
+    voc, sbd, lists_dir = pascal_inputs["voc"], pascal_inputs["sbd"], pascal_inputs["lists"]
+    train_path = os.path.join(lists_dir, "voc_sbd_merge_noduplicate.txt")
+    val_path = os.path.join(lists_dir, "val.txt")
+    os.makedirs(lists_dir)
+    different = EXPECTED_TRAIN_LINES[:-1] + ["JPEGImages/2009_000001.jpg SegmentationClassAug/2009_000001.png"]
+    progress.write_list_file(train_path, different)
+    progress.write_list_file(val_path, EXPECTED_VAL_LINES[::-1])
+    summary = prepare_pascal.prepare_pascal(voc, sbd, lists_dir=lists_dir)
+    assert summary["lists"] == {"val.txt": "reordered", "voc_sbd_merge_noduplicate.txt": "kept"}
+    assert _read_lines(train_path) == different and _read_lines(val_path) == EXPECTED_VAL_LINES[::-1]
+    warning = capsys.readouterr().err
+    assert f"{train_path} is kept, not replaced" in warning and "2009_000001" in warning and "2008_000008" in warning
+
+    assert prepare_pascal.main(["--voc", voc, "--sbd", sbd, "--lists-dir", lists_dir, "--replace-lists"]) == 0
+    assert _read_lines(train_path) == EXPECTED_TRAIN_LINES and _read_lines(val_path) == EXPECTED_VAL_LINES
+    summary = prepare_pascal.prepare_pascal(voc, sbd, lists_dir=lists_dir)
+    assert summary["lists"] == {"val.txt": "identical", "voc_sbd_merge_noduplicate.txt": "identical"}
 
 
 def test_prepare_pascal_end_to_end(pascal_inputs, capsys):
@@ -443,6 +492,34 @@ def test_build_coco_end_to_end_and_resume(coco_inputs, capsys):
     summaries = prepare_coco.build_coco(root, lists_dir, ["val2014"], force=True)
     assert summaries["val2014"]["labels_written"] == 3
     assert _partial_files(root) == [] and _partial_files(lists_dir) == []
+
+
+def test_prepare_coco_keeps_the_order_of_an_existing_list(coco_inputs, capsys):
+    root, lists_dir = coco_inputs["root"], coco_inputs["lists"]
+    lines = [
+        f"val2014/COCO_val2014_{image_id:012d}.jpg annotations/val2014/COCO_val2014_{image_id:012d}.png"
+        for image_id in (7, 3)  # not in image-id order, like the shipped val.txt
+    ]
+    val_path, train_path = os.path.join(lists_dir, "val.txt"), os.path.join(lists_dir, "train.txt")
+    os.makedirs(lists_dir)
+    progress.write_list_file(val_path, lines)
+    summaries = prepare_coco.build_coco(root, lists_dir)
+    assert summaries["val2014"]["list_outcome"] == "reordered" and _read_lines(val_path) == lines
+    # No train.txt was there: written in image-id order, and said so.
+    assert summaries["train2014"]["list_outcome"] == "written"
+    assert [line.split()[0] for line in _read_lines(train_path)] == [
+        "train2014/COCO_train2014_000000000003.jpg", "train2014/COCO_train2014_000000000007.jpg"
+    ]
+    assert f"{train_path}: written in ascending image-id order" in capsys.readouterr().out
+
+    # Other images than the data gives: kept, with a warning naming the difference.
+    progress.write_list_file(val_path, lines[:1])
+    summaries = prepare_coco.build_coco(root, lists_dir, ["val2014"])
+    assert summaries["val2014"]["list_outcome"] == "kept" and _read_lines(val_path) == lines[:1]
+    warning = capsys.readouterr().err
+    assert f"{val_path} is kept, not replaced" in warning and "COCO_val2014_000000000003.jpg" in warning
+    summaries = prepare_coco.build_coco(root, lists_dir, ["val2014"], replace_lists=True)
+    assert summaries["val2014"]["list_outcome"] == "written" and _read_lines(val_path) == lines[::-1]
 
 
 def test_build_coco_missing_annotation_file(coco_inputs, capsys):

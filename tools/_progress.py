@@ -11,6 +11,7 @@ started again:
 * ``run_tasks`` runs one conversion function over many tasks with a tqdm progress bar,
   optionally in worker processes.
 * ``report_count`` prints a produced count beside the count the paper's lists have.
+* ``write_list_unless_present`` keeps a list that is already there (the shipped original lists).
 
 This module is a private helper of the tools; it is not part of the training code.
 """
@@ -95,6 +96,37 @@ def write_label_png(destination: str, label: np.ndarray) -> None:
 def write_list_file(destination: str, lines: Sequence[str]) -> None:
     """Write a list file (one entry per line, trailing newline), atomically."""
     write_bytes_atomically(destination, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def write_list_unless_present(destination: str, lines: Sequence[str], replace: bool = False) -> str:
+    """Write a list file only where none is there yet (or ``replace``), and compare otherwise.
+
+    An existing list may be the one shipped from the original repository, whose ORDER (not only
+    its entries) fixes the FSS lists and so the episode stream; a rebuilt list must not silently
+    take its place. Returns 'written', 'identical', 'reordered' (same entries, the existing order
+    kept) or 'kept' (different entries, the existing file kept; a warning says how they differ).
+    """
+    if replace or not os.path.isfile(destination):
+        write_list_file(destination, lines)
+        return "written"
+    with open(destination, "r", encoding="utf-8") as handle:
+        existing = [line for line in handle.read().splitlines() if line.strip()]
+    if existing == list(lines):
+        print(f"{destination}: already there and identical to the list built from the data")
+        return "identical"
+    only_existing = sorted(set(existing) - set(lines))
+    only_built = sorted(set(lines) - set(existing))
+    if not only_existing and not only_built:
+        print(f"{destination}: already there with the same {len(existing):,} entries in another order; "
+              "its order is kept (the FSS lists are built in base-list order)")
+        return "reordered"
+    print(
+        f"WARNING: {destination} is kept, not replaced: it differs from the list built from the data "
+        f"({len(only_existing):,} entries only in it: {first_few(only_existing, 2)}; {len(only_built):,} only in "
+        f"the built list: {first_few(only_built, 2)}). Pass --replace-lists to write the built list over it.",
+        file=sys.stderr,
+    )
+    return "kept"
 
 
 def read_label_png(path: str) -> np.ndarray:

@@ -4,7 +4,7 @@ Usage::
 
     pip install pycocotools        # optional dependency, needed only by this tool
     python tools/prepare_coco.py --coco-root ../data/MSCOCO2014 [--lists-dir lists/coco] \\
-        [--splits train2014 val2014] [--workers N] [--force]
+        [--splits train2014 val2014] [--workers N] [--force] [--replace-lists]
 
 Inputs (under ``--coco-root``)
 ------------------------------
@@ -21,6 +21,14 @@ Outputs
   give ``<split>.txt``): one line ``<split>/<file_name> annotations/<split>/<stem>.png`` per
   image with at least one annotation (crowd annotations count), in ascending image-id order.
   Reference counts: val 40,137 lines, train 82,081 lines.
+
+Lists already in ``--lists-dir`` are not replaced. ``lists/coco/val.txt`` ships the original
+SCCAN repository's val list, whose order (not ascending) the shipped COCO val FSS lists follow:
+it is kept, after checking that it holds the same images as the list built from the
+annotations (a WARNING names the differences otherwise). The original's ``train.txt`` is not
+available, so ``train.txt`` is written in ascending image-id order and the COCO training FSS
+lists of folds 1-3 follow that order, not the original's. ``--replace-lists`` writes the built
+lists over existing ones.
 
 Overlapping instances -- the painting rule
 ------------------------------------------
@@ -161,10 +169,17 @@ def _write_label_task(task: tuple) -> str:
 
 
 def build_coco_split(
-    coco_root: str, split: str, lists_dir: str, force: bool = False, workers: int = 1, expected_classes=None
+    coco_root: str,
+    split: str,
+    lists_dir: str,
+    force: bool = False,
+    workers: int = 1,
+    expected_classes=None,
+    replace_lists: bool = False,
 ) -> dict:
     """Labels and list of one split. ``expected_classes`` (a category-id -> class map from another
-    split) guards against two splits numbering the classes differently."""
+    split) guards against two splits numbering the classes differently. The summary's
+    'list_outcome' says what happened to the list (see `_progress.write_list_unless_present`)."""
     COCO, _ = _import_pycocotools()
     annotation_file = os.path.join(coco_root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(annotation_file):
@@ -216,12 +231,15 @@ def build_coco_split(
 
     os.makedirs(lists_dir, exist_ok=True)
     list_path = os.path.join(lists_dir, list_file_name(split))
-    progress.write_list_file(list_path, list_lines)
+    list_outcome = progress.write_list_unless_present(list_path, list_lines, replace_lists)
+    if list_outcome == "written":
+        print(f"{list_path}: written in ascending image-id order")
     progress.report_count(f"{list_path} lines", len(list_lines), REFERENCE_LIST_COUNTS.get(split))
     return {
         "split": split,
         "list_path": list_path,
         "list_count": len(list_lines),
+        "list_outcome": list_outcome,
         "labels_written": outcomes["written"],
         "labels_skipped": outcomes["skipped"],
         "cat_to_class": cat_to_class,
@@ -234,6 +252,7 @@ def build_coco(
     splits: Sequence[str] = DEFAULT_SPLITS,
     force: bool = False,
     workers: int = 1,
+    replace_lists: bool = False,
 ) -> dict[str, dict]:
     """Build every requested split; returns {split: summary}."""
     _import_pycocotools()  # fail early, before any work, when the dependency is missing
@@ -242,7 +261,9 @@ def build_coco(
     summaries: dict[str, dict] = {}
     expected_classes = None
     for split in splits:
-        summaries[split] = build_coco_split(coco_root, split, lists_dir, force, workers, expected_classes)
+        summaries[split] = build_coco_split(
+            coco_root, split, lists_dir, force, workers, expected_classes, replace_lists
+        )
         expected_classes = summaries[split]["cat_to_class"]
     return summaries
 
@@ -256,13 +277,21 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="COCO splits to convert (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=progress.default_worker_count(), help="worker processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
+    parser.add_argument(
+        "--replace-lists", action="store_true",
+        help="write the built lists over lists already in --lists-dir (by default an existing list, such as "
+        "the original's shipped val.txt, is kept and compared with the built one)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
-        build_coco(arguments.coco_root, arguments.lists_dir, arguments.splits, arguments.force, arguments.workers)
+        build_coco(
+            arguments.coco_root, arguments.lists_dir, arguments.splits, arguments.force, arguments.workers,
+            arguments.replace_lists,
+        )
     except PrepareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ Usage::
 
     python tools/prepare_pascal.py --voc ../data/VOCdevkit2012/VOC2012 \\
         --sbd ../data/benchmark_RELEASE/dataset [--out-root DIR] [--lists-dir lists/pascal] \\
-        [--sbd-train-list FILE] [--workers N] [--force]
+        [--sbd-train-list FILE] [--workers N] [--force] [--replace-lists]
 
 Inputs
 ------
@@ -28,9 +28,21 @@ Outputs
   missing ones are copied from VOC ``JPEGImages`` or else from SBD ``img``.
   ``--out-root`` defaults to the VOC2012 folder, so usually only a handful of SBD images are copied.
 * ``<lists-dir>/val.txt``: VOC2012 ``val.txt`` in its own order (1,449 lines).
-* ``<lists-dir>/voc_sbd_merge_noduplicate.txt``: VOC2012 ``train.txt`` followed by SBD
-  ``train_noval.txt``, de-duplicated keeping the first occurrence (5,953 lines).
+* ``<lists-dir>/voc_sbd_merge_noduplicate.txt``: the SBD ``train_noval`` ids in ascending order
+  followed by the VOC2012 ``train`` ids in ascending order, de-duplicated keeping the first
+  occurrence (5,953 lines). This is the original SCCAN repository's rule, checked against its
+  shipped lists: ``voc_sbd_merge_noduplicate.txt`` is ``sbd_data.txt`` (5,623 ids, ascending)
+  followed by ``voc_original_train.txt`` (1,464 ids, ascending) with the 1,134 repeated ids
+  dropped at their second occurrence, so the SBD-only ids come first.
   Lines read ``JPEGImages/<id>.jpg SegmentationClassAug/<id>.png`` (relative to the data root).
+
+Lists already in ``--lists-dir`` (``lists/pascal`` ships the original repository's ``val.txt`` and
+``voc_sbd_merge_noduplicate.txt``) are
+not replaced: the FSS lists are built in base-list order, so the order of a list decides the
+episodes. A list is written only where none exists; an existing one is compared with the list
+built from the data and kept, with a note when it is identical or holds the same entries in
+another order, and a WARNING naming the differing entries otherwise. ``--replace-lists`` writes
+the built lists over existing ones.
 
 The run is resumable: label PNGs that already exist and decode to a valid label of the image's
 size are skipped (``--force`` rewrites them), and every file is written to a temporary file and
@@ -229,13 +241,15 @@ def build_pascal_lists(
     """The two base lists, as {file name: lines}.
 
     val: VOC2012 val in its own order (duplicates, which the release has none of, are dropped).
-    train: VOC2012 train then SBD train_noval, each id once, first occurrence wins -- this is the
-    order in which the reference FSS lists were built, and the FSS list building is
-    order-dependent."""
+    train: SBD train_noval ascending, then VOC2012 train ascending, each id once, first occurrence
+    wins -- the original repository's ``sbd_data.txt`` + ``voc_original_train.txt`` ->
+    ``voc_sbd_merge_noduplicate.txt``. The FSS lists are built in this order, so it decides
+    which images the original's episodes use."""
     return {
         VAL_LIST_NAME: [list_line(identifier) for identifier in merge_without_duplicates(voc_val_ids)],
         TRAIN_LIST_NAME: [
-            list_line(identifier) for identifier in merge_without_duplicates(voc_train_ids, sbd_train_noval_ids)
+            list_line(identifier)
+            for identifier in merge_without_duplicates(sorted(sbd_train_noval_ids), sorted(voc_train_ids))
         ],
     }
 
@@ -278,8 +292,10 @@ def prepare_pascal(
     force: bool = False,
     workers: int = 1,
     sbd_train_list: str | None = None,
+    replace_lists: bool = False,
 ) -> dict:
-    """Do the whole preparation; returns a summary dict (counts and output paths)."""
+    """Do the whole preparation; returns a summary dict (counts, output paths and, under
+    'lists', what happened to each list: see `_progress.write_list_unless_present`)."""
     out_root = out_root or voc_root
     voc_image_folder = os.path.join(voc_root, IMAGE_FOLDER)
     voc_label_folder = os.path.join(voc_root, "SegmentationClass")
@@ -402,8 +418,10 @@ def prepare_pascal(
 
     # --- lists (written last, so a list never names a label that is not there yet) ----------
     os.makedirs(lists_dir, exist_ok=True)
-    for name, lines in lists.items():
-        progress.write_list_file(os.path.join(lists_dir, name), lines)
+    list_outcomes = {
+        name: progress.write_list_unless_present(os.path.join(lists_dir, name), lines, replace_lists)
+        for name, lines in lists.items()
+    }
     progress.report_count(f"{os.path.join(lists_dir, VAL_LIST_NAME)} lines", len(lists[VAL_LIST_NAME]), REFERENCE_VAL_COUNT)
     progress.report_count(
         f"{os.path.join(lists_dir, TRAIN_LIST_NAME)} lines", len(lists[TRAIN_LIST_NAME]), REFERENCE_TRAIN_COUNT
@@ -417,6 +435,7 @@ def prepare_pascal(
         "images_copied": images_copied,
         "val_count": len(lists[VAL_LIST_NAME]),
         "train_count": len(lists[TRAIN_LIST_NAME]),
+        "lists": list_outcomes,
     }
 
 
@@ -433,6 +452,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=progress.default_worker_count(), help="worker processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
+    parser.add_argument(
+        "--replace-lists", action="store_true",
+        help="write the built lists over lists already in --lists-dir (by default an existing list, such as "
+        "the original's shipped one, is kept and compared with the built one)",
+    )
     return parser.parse_args(argv)
 
 
@@ -447,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=arguments.force,
             workers=arguments.workers,
             sbd_train_list=arguments.sbd_train_list,
+            replace_lists=arguments.replace_lists,
         )
     except PrepareError as error:
         print(f"error: {error}", file=sys.stderr)

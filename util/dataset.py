@@ -1,19 +1,23 @@
-"""Few-shot segmentation episodes exactly as the original BAM/SCCAN `util/dataset.py` (SPEC section 7).
+"""Few-shot segmentation episodes exactly as the original BAM/SCCAN `util/dataset.py` (``SemData``).
 
 Pieces:
 
 - `get_class_lists` — the fold's (train classes, val classes), 1-based, ascending.
 - `make_fss_lists` — the FSS lists (``data_list`` and ``sub_class_file_list``) built from a base
-  list; `load_fss_lists` / `write_fss_lists` read and write them in the original's file formats
-  (``img lbl`` lines and a Python dict literal ``{1: [('img', 'lbl'), ...], ...}``).
+  list, like the original's ``make_dataset``; `derive_sub_class_file_list` rebuilds a missing
+  ``sub_class_file_list`` from a ``data_list`` alone; `load_fss_lists` / `write_fss_lists` read
+  and write them in the original's file formats (``img lbl`` lines and a Python dict literal
+  ``{1: [('img', 'lbl'), ...], ...}``).
 - `SemData` — the episode dataset. ``SemData[i]`` draws one episode with Python's global
   `random` module in exactly the original order, so that a seed (and a DataLoader worker count)
   gives the original's episode stream.
 
-Paths in lists: a path that is absolute is used as is; a relative path that already starts with
-``data_root`` (the BAM/SCCAN released lists store ``data_root``-joined paths such as
-``../data/VOCdevkit2012/VOC2012/JPEGImages/x.jpg``) is used as is, relative to the working
-directory like the original; any other relative path is joined with ``data_root``.
+Paths in lists (`resolve_path`): a path that is absolute is used as is; a relative path that
+already starts with ``data_root`` is used as is, relative to the working directory like the
+original; a path that starts with the original's own data_root for the dataset
+(``../data/VOCdevkit2012/VOC2012`` or ``../data/MSCOCO2014``, which the original's ``make_dataset``
+joined into every line of the FSS lists shipped in ``lists/``) is re-rooted onto ``data_root``;
+any other relative path is joined with ``data_root``.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ __all__ = [
     "MIN_CLASS_PIXELS",
     "EXPECTED_LAYOUT",
     "get_class_lists",
+    "ORIGINAL_DATA_ROOTS",
     "resolve_path",
     "read_pair_list",
     "make_fss_lists",
+    "derive_sub_class_file_list",
     "write_fss_lists",
     "load_fss_lists",
     "fss_list_paths",
@@ -78,6 +84,10 @@ EXPECTED_LAYOUT = {
     ),
 }
 
+# The data_root of the original's configs, joined by its make_dataset into every path of the FSS
+# lists it wrote (the ones shipped in lists/<data_set>/fss_list).
+ORIGINAL_DATA_ROOTS = {"pascal": "../data/VOCdevkit2012/VOC2012", "coco": "../data/MSCOCO2014"}
+
 PathPair = Tuple[str, str]
 
 
@@ -105,13 +115,29 @@ def get_class_lists(data_set: str, split: int, use_split_coco: bool = False) -> 
     return train_classes, val_classes
 
 
-def resolve_path(path: str, data_root: str) -> str:
-    """Resolve a list path: absolute, or already ``data_root``-prefixed, as is; else ``data_root/path``."""
+def _strip_root(path: str, root: str) -> Optional[str]:
+    """``path`` relative to ``root`` when it lies below it (by whole path components), else None."""
+    root = os.path.normpath(root)
+    normalised = os.path.normpath(path)
+    if root in ("", ".") or not normalised.startswith(root + os.sep):
+        return None
+    return normalised[len(root) + 1:]
+
+
+def resolve_path(path: str, data_root: str, data_set: Optional[str] = None) -> str:
+    """Resolve a list path against ``data_root`` (the rules are in the module docstring).
+
+    ``data_set`` ('pascal' or 'coco') enables re-rooting the original's data_root
+    (`ORIGINAL_DATA_ROOTS`), so that the shipped FSS lists work wherever the data lives.
+    """
     if os.path.isabs(path):
         return path
-    root = os.path.normpath(data_root) if data_root else ""
-    if root and root != "." and os.path.normpath(path).startswith(root + os.sep):
+    if data_root and _strip_root(path, data_root) is not None:
         return path
+    if data_set is not None:
+        below_original_root = _strip_root(path, ORIGINAL_DATA_ROOTS[data_set])
+        if below_original_root is not None:
+            return os.path.join(data_root, below_original_root)
     return os.path.join(data_root, path)
 
 
@@ -158,14 +184,28 @@ def _label_classes(label: np.ndarray) -> List[int]:
     return [int(c) for c in np.unique(label) if c != 0 and c != IGNORE_LABEL]
 
 
+def _read_list_label(label_path: str, data_root: str, data_set: Optional[str], where: str) -> np.ndarray:
+    resolved_label = resolve_path(label_path, data_root, data_set)
+    label = cv2.imread(resolved_label, cv2.IMREAD_GRAYSCALE)
+    if label is None:
+        raise FileNotFoundError(f"{where}: cannot read label {resolved_label!r} (missing or not a readable image file)")
+    return label
+
+
+def _counted_classes(label: np.ndarray, classes: Sequence[int], class_set: set) -> List[int]:
+    """The classes of ``class_set`` among ``classes`` that cover >= 2048 pixels of ``label``."""
+    return [c for c in classes if c in class_set and np.count_nonzero(label == c) >= MIN_CLASS_PIXELS]
+
+
 def make_fss_lists(
     data_root: str,
     base_list: str,
     class_list: Sequence[int],
     filter_intersection: bool,
     show_progress: bool = True,
+    data_set: Optional[str] = None,
 ) -> Tuple[List[PathPair], Dict[int, List[PathPair]]]:
-    """Build the FSS lists from a base list, in its order (SPEC 7).
+    """Build the FSS lists from a base list, in its order, like the original's ``make_dataset``.
 
     For each line: the label's classes minus {0, 255}; with ``filter_intersection`` (training)
     the image is skipped unless all its classes are in ``class_list``; a class of ``class_list``
@@ -174,7 +214,7 @@ def make_fss_lists(
 
     Returns ``(data_list, sub_class_file_list)`` with the paths as written in the base list
     (typically relative to ``data_root``); ``sub_class_file_list`` has a key for every class of
-    ``class_list`` (ascending).
+    ``class_list`` (ascending). ``data_set`` is passed on to `resolve_path`.
     """
     class_set = set(class_list)
     pairs = read_pair_list(base_list)
@@ -183,23 +223,54 @@ def make_fss_lists(
     for image_path, label_path, line_number in tqdm(
         pairs, desc=f"building FSS lists from {os.path.basename(base_list)}", disable=not show_progress
     ):
-        resolved_label = resolve_path(label_path, data_root)
-        label = cv2.imread(resolved_label, cv2.IMREAD_GRAYSCALE)
-        if label is None:
-            raise FileNotFoundError(
-                f"{base_list}:{line_number}: cannot read label {resolved_label!r} "
-                f"(missing or not a readable image file)"
-            )
+        label = _read_list_label(label_path, data_root, data_set, f"{base_list}:{line_number}")
         classes = _label_classes(label)
         if filter_intersection and not set(classes).issubset(class_set):
             continue
-        counted = [c for c in classes if c in class_set and np.count_nonzero(label == c) >= MIN_CLASS_PIXELS]
+        counted = _counted_classes(label, classes, class_set)
         if counted:
             item = (image_path, label_path)
             data_list.append(item)
             for c in counted:
                 sub_class_file_list[c].append(item)
     return data_list, sub_class_file_list
+
+
+def derive_sub_class_file_list(
+    data_root: str,
+    data_list_path: str,
+    class_list: Sequence[int],
+    show_progress: bool = True,
+    data_set: Optional[str] = None,
+) -> Dict[int, List[PathPair]]:
+    """Rebuild the ``sub_class_file_list`` that belongs to an existing ``data_list`` file.
+
+    The original's ``make_dataset`` writes both lists in one pass over the base list, so
+    ``sub_class_file_list[c]`` is exactly the ``data_list`` entries, in ``data_list`` order, in
+    which class c covers >= 2048 pixels (every entry already passed ``filter_intersection``). No
+    base list is needed, which is why this reproduces the original's file even where its base
+    list order is unknown (COCO training). Paths are kept as written in ``data_list``.
+    """
+    class_set = set(class_list)
+    sub_class_file_list: Dict[int, List[PathPair]] = {c: [] for c in sorted(class_list)}
+    without_class = []
+    for image_path, label_path, line_number in tqdm(
+        read_pair_list(data_list_path), desc=f"deriving the class lists of {os.path.basename(data_list_path)}",
+        disable=not show_progress,
+    ):
+        label = _read_list_label(label_path, data_root, data_set, f"{data_list_path}:{line_number}")
+        counted = _counted_classes(label, _label_classes(label), class_set)
+        if not counted:
+            without_class.append(line_number)
+        for c in counted:
+            sub_class_file_list[c].append((image_path, label_path))
+    if without_class:
+        warnings.warn(
+            f"{data_list_path}: {len(without_class)} entries (lines {without_class[:5]}...) have no class of "
+            f"{sorted(class_set)} covering {MIN_CLASS_PIXELS} pixels in their label; these labels differ from "
+            f"the ones the list was built from", stacklevel=2,
+        )
+    return sub_class_file_list
 
 
 def fss_list_paths(list_root: str, mode: str, split: int) -> Tuple[str, str]:
@@ -230,6 +301,11 @@ def _atomic_write(path: str, text: str) -> None:
         raise
 
 
+def _sub_class_file_list_text(sub_class_file_list: Dict[int, List[PathPair]]) -> str:
+    """The original's ``str(dict)`` of ``(image, label)`` tuples."""
+    return str({int(c): [(str(image), str(label)) for image, label in items] for c, items in sub_class_file_list.items()})
+
+
 def write_fss_lists(
     data_list_path: str,
     sub_class_file_list_path: str,
@@ -238,8 +314,7 @@ def write_fss_lists(
 ) -> None:
     """Write the FSS lists in the original formats (``img lbl`` lines; ``str(dict)`` of tuples)."""
     _atomic_write(data_list_path, "".join(f"{image} {label}\n" for image, label in data_list))
-    literal = {int(c): [(str(image), str(label)) for image, label in items] for c, items in sub_class_file_list.items()}
-    _atomic_write(sub_class_file_list_path, str(literal))
+    _atomic_write(sub_class_file_list_path, _sub_class_file_list_text(sub_class_file_list))
 
 
 def load_fss_lists(
@@ -299,27 +374,41 @@ def fill_bounding_boxes(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
-def _base_list_fingerprint(base_list: str) -> str:
-    with open(base_list, "rb") as handle:
+SOURCE_RECORD_SUFFIX = ".source.json"
+
+
+def _file_fingerprint(path: str) -> str:
+    with open(path, "rb") as handle:
         return hashlib.sha1(handle.read()).hexdigest()
 
 
-def _cache_is_stale(data_list_path: str, base_list: Optional[str]) -> bool:
-    """True when the cached lists record a base list whose content has changed since.
+def _read_source_record(list_path: str) -> Optional[dict]:
+    """The record of the file a list was built from, or None for a list that was not built here
+    (the lists shipped from the original repository, or dropped in from BAM/SCCAN releases)."""
+    record_path = list_path + SOURCE_RECORD_SUFFIX
+    if not os.path.isfile(record_path):
+        return None
+    try:
+        with open(record_path) as handle:
+            record = json.load(handle)
+    except ValueError as error:
+        raise ValueError(f"{record_path}: not a JSON record {{'sha1': ...}} of the file {list_path} was built from "
+                         f"({error}); delete it together with {list_path} to rebuild the list") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{record_path}: expected a JSON object, got {type(record).__name__}")
+    return record
 
-    Lists dropped in from the BAM/SCCAN releases carry no record and are always used as they are.
-    """
-    record = data_list_path + ".source.json"
-    if not os.path.isfile(record) or not base_list or not os.path.isfile(base_list):
+
+def _source_changed(record: Optional[dict], source_path: Optional[str]) -> bool:
+    """True when a list's record names a content of ``source_path`` other than the current one."""
+    if record is None or not source_path or not os.path.isfile(source_path):
         return False
-    with open(record) as handle:
-        source = json.load(handle)
-    return source.get("sha1") != _base_list_fingerprint(base_list)
+    return record.get("sha1") != _file_fingerprint(source_path)
 
 
-def _write_cache_source(data_list_path: str, base_list: str) -> None:
-    _atomic_write(data_list_path + ".source.json", json.dumps(
-        {"base_list": os.path.abspath(base_list), "sha1": _base_list_fingerprint(base_list)}))
+def _write_source_record(list_path: str, source_key: str, source_path: str) -> None:
+    _atomic_write(list_path + SOURCE_RECORD_SUFFIX, json.dumps(
+        {source_key: os.path.abspath(source_path), "sha1": _file_fingerprint(source_path)}))
 
 
 def _default_list_root(data_set: str) -> str:
@@ -328,14 +417,14 @@ def _default_list_root(data_set: str) -> str:
 
 
 class SemData(Dataset):
-    """Episode dataset of the original (SPEC 7).
+    """Episode dataset of the original's ``SemData`` (BAM/SCCAN ``util/dataset.py``).
 
     Args:
         split: fold 0..3.
         shot: K supports per episode.
         data_root: dataset root (see `EXPECTED_LAYOUT`).
         data_list: base list (``<image> <label>`` lines); needed only when the FSS lists must be
-            built (they are cached under ``list_root`` and reused when present).
+            built (they are kept under ``list_root`` and reused when present).
         data_set: 'pascal' or 'coco' (the toy dataset is 'pascal').
         use_split_coco: COCO fold definition (see `get_class_lists`).
         transform: ``t(image, label) -> (image tensor (3, H, W), label tensor (H, W))`` applied to
@@ -343,8 +432,10 @@ class SemData(Dataset):
         mode: 'train' (train classes, filter_intersection) or 'val' (val classes).
         ann_type: 'mask' or 'bbox' (support labels become filled boxes).
         list_root: FSS list folder; None or '' means ``./lists/<data_set>/fss_list``
-            (cwd-relative, as the original). Files: ``<list_root>/<mode>/data_list_<split>.txt`` and
-            ``<list_root>/<mode>/sub_class_file_list_<split>.txt``.
+            (cwd-relative, as the original), where the original's lists are shipped. Files:
+            ``<list_root>/<mode>/data_list_<split>.txt`` and
+            ``<list_root>/<mode>/sub_class_file_list_<split>.txt``; see `_prepare_fss_lists` for
+            which of them are written.
         show_progress: tqdm bar while building the lists.
 
     ``dataset[i]`` returns, for train: ``(image (3,H,W) float32, label (H,W) int64,
@@ -393,23 +484,7 @@ class SemData(Dataset):
         self.list_root = list_root if list_root else _default_list_root(data_set)
         self.data_list_path, self.sub_class_file_list_path = fss_list_paths(self.list_root, mode, split)
 
-        cached = os.path.isfile(self.data_list_path) and os.path.isfile(self.sub_class_file_list_path)
-        if cached and _cache_is_stale(self.data_list_path, data_list):
-            warnings.warn(f"{self.data_list_path} was built from another version of {data_list}; "
-                          f"rebuilding the FSS lists", stacklevel=2)
-            cached = False
-        if not cached:
-            if data_list is None or not os.path.isfile(data_list):
-                raise FileNotFoundError(
-                    f"base list {data_list!r} not found (needed to build the missing FSS lists "
-                    f"{self.data_list_path}); expected layout: {EXPECTED_LAYOUT[data_set]}"
-                )
-            built_data_list, built_sub_lists = make_fss_lists(
-                data_root, data_list, self.class_list, filter_intersection=(mode == "train"),
-                show_progress=show_progress,
-            )
-            write_fss_lists(self.data_list_path, self.sub_class_file_list_path, built_data_list, built_sub_lists)
-            _write_cache_source(self.data_list_path, data_list)
+        self._prepare_fss_lists(data_list, show_progress)
         raw_data_list, raw_sub_lists = load_fss_lists(self.data_list_path, self.sub_class_file_list_path)
         self.data_list: List[PathPair] = [self._resolve_pair(pair) for pair in raw_data_list]
         self.sub_class_file_list: Dict[int, List[PathPair]] = {
@@ -418,8 +493,60 @@ class SemData(Dataset):
         self._check_lists()
 
     # ----------------------------------------------------------------------------- construction
+    def _prepare_fss_lists(self, base_list: Optional[str], show_progress: bool) -> None:
+        """Make sure both FSS list files exist, writing only what is missing or was built here.
+
+        A list without a ``.source.json`` record (shipped from the original repository) is never
+        rewritten. A ``data_list`` whose ``sub_class_file_list`` is missing gets it derived from
+        itself (`derive_sub_class_file_list`), which is exact; only when both are missing are they
+        built from the base list. Lists built here are rebuilt when their source has changed.
+        """
+        data_path, sub_path = self.data_list_path, self.sub_class_file_list_path
+        data_record = _read_source_record(data_path)
+        sub_record = _read_source_record(sub_path)
+        has_data, has_sub = os.path.isfile(data_path), os.path.isfile(sub_path)
+        if has_data and _source_changed(data_record, base_list):
+            warnings.warn(f"{data_path} was built from another version of {base_list}; "
+                          f"rebuilding the FSS lists", stacklevel=3)
+            # Both files were written together from the base list, so both are stale.
+            has_data = has_sub = False
+        if has_data and has_sub and _source_changed(sub_record, data_path):
+            warnings.warn(f"{sub_path} was derived from another version of {data_path}; deriving it again",
+                          stacklevel=3)
+            has_sub = False
+        if has_sub and not has_data:
+            if sub_record is None:
+                raise FileNotFoundError(
+                    f"{sub_path} exists but {data_path} does not; the original's make_dataset writes both "
+                    f"in one pass, so they cannot be completed from the class lists alone: add the matching "
+                    f"{os.path.basename(data_path)}, or delete {sub_path} to build both from the base list"
+                )
+            has_sub = False  # derived from a data_list that is gone
+
+        if not has_data:
+            if base_list is None or not os.path.isfile(base_list):
+                raise FileNotFoundError(
+                    f"base list {base_list!r} not found (needed to build the missing FSS lists "
+                    f"{data_path}); expected layout: {EXPECTED_LAYOUT[self.data_set]}"
+                )
+            built_data_list, built_sub_lists = make_fss_lists(
+                self.data_root, base_list, self.class_list, filter_intersection=(self.mode == "train"),
+                show_progress=show_progress, data_set=self.data_set,
+            )
+            write_fss_lists(data_path, sub_path, built_data_list, built_sub_lists)
+            _write_source_record(data_path, "base_list", base_list)
+            if sub_record is not None:
+                os.remove(sub_path + SOURCE_RECORD_SUFFIX)
+        elif not has_sub:
+            derived = derive_sub_class_file_list(
+                self.data_root, data_path, self.class_list, show_progress=show_progress, data_set=self.data_set
+            )
+            _atomic_write(sub_path, _sub_class_file_list_text(derived))
+            _write_source_record(sub_path, "data_list", data_path)
+
     def _resolve_pair(self, pair: PathPair) -> PathPair:
-        return resolve_path(pair[0], self.data_root), resolve_path(pair[1], self.data_root)
+        return (resolve_path(pair[0], self.data_root, self.data_set),
+                resolve_path(pair[1], self.data_root, self.data_set))
 
     def _check_lists(self) -> None:
         if not self.data_list:
@@ -439,7 +566,8 @@ class SemData(Dataset):
             if not os.path.isfile(path):
                 raise FileNotFoundError(
                     f"{path!r} (first entry of {self.data_list_path}) does not exist. Relative list paths "
-                    f"are joined with data_root={self.data_root!r} unless they already start with it; "
+                    f"are joined with data_root={self.data_root!r} unless they already start with it "
+                    f"(paths under the original's {ORIGINAL_DATA_ROOTS[self.data_set]!r} are moved onto it); "
                     f"if the lists were built for another data_root, delete {os.path.join(self.list_root, self.mode)} "
                     f"to rebuild them. Expected layout: {EXPECTED_LAYOUT[self.data_set]}"
                 )
@@ -449,7 +577,7 @@ class SemData(Dataset):
         return len(self.data_list)
 
     def _sample(self, index: int):
-        """Episode choice with the original's draws (SPEC 7 steps 1-5). Returns (episode dict, query label)."""
+        """Episode choice with the original's draws, in the order of its ``__getitem__``. Returns (episode dict, query label)."""
         image_path, label_path = self.data_list[index]
         label = read_label(label_path)
         candidates = [c for c in _label_classes(label) if c in self.class_list]
