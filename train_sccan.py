@@ -29,7 +29,8 @@ from util.cli import UserError, run_entry_point
 from util.config import config_argparser, config_from_arguments, save_config
 from util.evaluation import evaluate
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader,
-                             experiment_dir, per_shot_name, snapshot_dir, test_class_ids)
+                             check_data_root, experiment_dir, per_shot_name, snapshot_dir,
+                             test_class_ids)
 from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
 
 # A checkpoint trained for another of these cannot be resumed under this config.
@@ -332,6 +333,7 @@ def check_fresh_output(cfg, overwrite: bool) -> None:
 def main(argv=None, interrupt_after_epochs: Optional[int] = None) -> Trainer:
     """Train from a command line; returns the :class:`Trainer` (model, optimizers, state)."""
     arguments, cfg = parse_arguments(argv)
+    check_data_root(cfg)  # before anything is written into the output folder
     check_fresh_output(cfg, arguments.overwrite)
     context = init_distributed(cfg.get("local_rank"))
     set_seed(cfg.manual_seed, cfg.seed_deterministic)

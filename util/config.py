@@ -314,8 +314,9 @@ def _coerce_to_file_type(key: str, given: Any, original: Any) -> Any:
     # The original CfgNode accepted list <-> tuple; keep the file's container type.
     if isinstance(original, (list, tuple)) and isinstance(given, (list, tuple)):
         return type(original)(given)
+    expected = type(original).__name__
     raise ConfigError(
-        f"--opts {key}: the config file has a {type(original).__name__} "
+        f"--opts {key}: the config file has {'an' if expected[0] in 'aeiou' else 'a'} {expected} "
         f"({original!r}), got {given!r} of type {type(given).__name__}"
     )
 

@@ -1,0 +1,224 @@
+"""User mistakes at every entry point end in one line ``error: ...`` and exit status 2.
+
+Each case runs the script as a user would (a subprocess from the repository root) and checks the
+message, the exit status and that no traceback is shown; ``--debug`` / SCCAN_DEBUG=1 bring the
+traceback back.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model import build_model
+from tests.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from util.config import load_config
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*arguments, environment=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("SCCAN_DEBUG", None)
+    env.update(environment or {})
+    return subprocess.run([sys.executable, *arguments], cwd=REPOSITORY, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def assert_names_a_readme_section(message):
+    section = message.split("README, '")[1].split("'")[0]
+    with open(os.path.join(REPOSITORY, "README.md")) as handle:
+        headings = [line.lstrip("#").strip() for line in handle if line.startswith("## ") or
+                    line.startswith("### ")]
+    assert section in headings, (section, headings)
+
+
+def assert_user_error(result, *fragments, absent=()):
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error: " in last, result.stderr
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+    for fragment in absent:
+        assert fragment not in last, (fragment, last)
+    return last
+
+
+@pytest.fixture(scope="module")
+def toy(toy_data_root, tmp_path_factory):
+    """The toy config's --opts for a tiny run, and a tiny training list."""
+    folder = tmp_path_factory.mktemp("cli")
+    small = str(folder / "train_small.txt")
+    reduced_train_list(toy_data_root, small)
+    opts = toy_opts(toy_data_root, str(folder / "exp"), list_root=str(folder / "fss"), train_list=small)
+    return {"folder": folder, "opts": opts, "small_list": small}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(toy):
+    """A full SCCAN checkpoint of the toy config (ResNet-50) and a ResNet-101 one."""
+    folder = toy["folder"]
+    paths = {}
+    torch.manual_seed(0)
+    for layers in (50, 101):
+        cfg = load_config(CONFIG, ["layers", str(layers)])
+        state = build_model(cfg, backbone_from_checkpoint=True).state_dict()
+        paths[layers] = str(folder / f"sccan_resnet{layers}.pth")
+        torch.save({"epoch": 3, "state_dict": state}, paths[layers])
+    paths["bare"] = str(folder / "bare_state_dict.pth")
+    torch.save(torch.load(paths[50], weights_only=True)["state_dict"], paths["bare"])
+    return paths
+
+
+# ------------------------------------------------------------------------ configs and --opts
+@pytest.mark.parametrize("script", ["train_sccan.py", "test_sccan.py", "tools/probe_features.py"])
+def test_missing_config_file(script):
+    assert_user_error(run(script, "--config", "config/nope.yaml"),
+                      "configuration file not found", "config/nope.yaml")
+
+
+def test_unknown_and_mistyped_opts_and_misplaced_flags():
+    last = assert_user_error(run("test_sccan.py", "--config", CONFIG, "--opts", "base_lrr", "0.1",
+                                 "shot", "'five'"),
+                             "unknown configuration key 'base_lrr'", "did you mean 'base_lr'")
+    assert "--opts shot" in last and "int" in last  # both problems in one line
+    assert_user_error(run("test_sccan.py", "--config", CONFIG, "--opts", "shot", "1", "--weight", "x.pth"),
+                      "'--weight' looks like a flag", "flags go before --opts")
+
+
+def test_opts_accept_key_equals_value(toy):
+    result = run("test_sccan.py", "--config", CONFIG, "--all-foreground", "--episodes", "2",
+                 "--output", str(toy["folder"] / "equals.json"),
+                 "--opts", *toy["opts"], "test_num=3", "val_size", "65")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| episodes | 2 |" in result.stdout
+
+
+@pytest.mark.parametrize("flag, value", [("--episodes", "0"), ("--seeds", "-1")])
+def test_non_positive_counts(flag, value):
+    result = run("test_sccan.py", "--config", CONFIG, flag, value)
+    assert result.returncode == 2 and "expected a positive integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_flag_and_environment_show_the_traceback():
+    for result in (run("test_sccan.py", "--config", "config/nope.yaml", "--debug"),
+                   run("test_sccan.py", "--config", "config/nope.yaml", environment={"SCCAN_DEBUG": "1"})):
+        assert result.returncode != 2 and "Traceback" in result.stderr
+        assert "configuration file not found" in result.stderr
+
+
+# --------------------------------------------------------------------------------- data
+def test_missing_toy_data_root_names_the_key_and_the_generator(tmp_path):
+    missing = str(tmp_path / "toy")
+    assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", "data_root", repr(missing),
+                          "save_path", repr(str(tmp_path / "exp"))),
+                      "data_root", missing, "tools/make_toy_dataset.py")
+    assert not (tmp_path / "exp").exists()  # nothing is written before the inputs are checked
+    pascal = os.path.join("config", "pascal", "pascal_split0_resnet50.yaml")
+    missing_voc = str(tmp_path / "VOC2012")
+    last = assert_user_error(run("test_sccan.py", "--config", pascal, "--opts", "data_root", repr(missing_voc)),
+                             "data_root", "tools/prepare_pascal.py")
+    assert_names_a_readme_section(last)
+
+
+def test_empty_training_list_with_a_random_backbone(toy, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    opts = toy["opts"] + ["train_list", repr(str(empty)), "save_path", repr(str(tmp_path / "exp"))]
+    assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
+                      "train_list", "is empty", "random backbone")
+
+
+# -------------------------------------------------------------------------- checkpoints
+def test_garbage_and_truncated_checkpoints(toy, checkpoints, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"<html>quota exceeded</html>")
+    truncated = tmp_path / "truncated.pth"
+    with open(checkpoints[50], "rb") as handle:
+        truncated.write_bytes(handle.read()[:100_000])
+    for path in (garbage, truncated):
+        last = assert_user_error(run("test_sccan.py", "--config", CONFIG, "--weight", str(path),
+                                     "--opts", *toy["opts"]),
+                                 str(path), "is not a PyTorch checkpoint", "truncated or failed download")
+        assert "weights_only" not in last
+
+
+def test_checkpoint_of_the_other_depth_names_the_config_to_use(toy, checkpoints):
+    last = assert_user_error(run("test_sccan.py", "--config", CONFIG, "--weight", checkpoints[101],
+                                 "--opts", *toy["opts"]),
+                             "ResNet-101 backbone", "builds ResNet-50", "resnet101")
+    assert "missing keys" not in last and len(last) < 400
+
+
+def test_weights_not_found_messages(toy, tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    assert_user_error(run("test_sccan.py", "--config", CONFIG, "--weight", missing, "--opts", *toy["opts"]),
+                      f"--weight {missing!r}", absent=("pass --weight",))
+    last = assert_user_error(run("test_sccan.py", "--config", CONFIG, "--opts", *toy["opts"]),
+                             "weights not found", "final_1shot.pth", "--weight PATH")
+    assert_names_a_readme_section(last)
+
+
+def test_released_checkpoint_evaluates_without_backbone_files(toy, checkpoints, tmp_path):
+    # pretrained_backbone True and no ImageNet file: a full checkpoint needs none ...
+    opts = toy["opts"] + ["pretrained_backbone", "True",
+                          "backbone_weights", repr(str(tmp_path / "initmodel" / "resnet50_v2.pth"))]
+    result = run("test_sccan.py", "--config", CONFIG, "--weight", checkpoints[50], "--episodes", "2",
+                 "--output", str(tmp_path / "released.json"), "--opts", *opts)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "released.json").exists()
+    # ... while the untrained model, which has no checkpoint, does need it.
+    assert_user_error(run("test_sccan.py", "--config", CONFIG, "--untrained", "--opts", *opts),
+                      "Backbone weights not found", "resnet50_v2.pth")
+
+
+# ------------------------------------------------------------------------------ training
+def test_resume_needs_a_training_checkpoint(toy, checkpoints, tmp_path):
+    for path, fragment in ((checkpoints["bare"], "bare state_dict"),
+                           (checkpoints[50], "without 'optimizer', 'optimizer_swin'")):
+        opts = toy["opts"] + ["resume", repr(path), "save_path", repr(str(tmp_path / "exp"))]
+        assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
+                          fragment, "resume needs a training checkpoint", "latest_1shot.pth")
+
+
+def test_resume_refuses_another_shot_fold_or_backbone(toy, checkpoints, tmp_path):
+    other = torch.load(checkpoints[50], weights_only=True)
+    other.update(optimizer={}, optimizer_swin={}, config={"data_set": "pascal", "split": 2, "shot": 5,
+                                                           "layers": 50, "config_file": "other.yaml"})
+    path = str(tmp_path / "other_run.pth")
+    torch.save(other, path)
+    opts = toy["opts"] + ["resume", repr(path), "save_path", repr(str(tmp_path / "exp"))]
+    assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
+                      "belongs to another run", "split 2", "shot 5", "other.yaml")
+
+
+def test_rerun_into_a_used_folder_and_validation_off(toy, tmp_path):
+    save_path = str(tmp_path / "exp")
+    opts = toy["opts"] + ["save_path", repr(save_path), "epochs", "1", "batch_size", "8"]
+    snapshot = os.path.join(save_path, "snapshot")
+    os.makedirs(snapshot)
+    with open(os.path.join(snapshot, "latest_1shot.pth"), "wb") as handle:
+        handle.write(b"an earlier run")
+    assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
+                      "already holds a 1-shot run", f"--opts resume {snapshot}/latest_1shot.pth",
+                      "--overwrite")
+    # A 5-shot run does not collide with the 1-shot one (its files carry its shot).
+    assert not os.path.exists(os.path.join(snapshot, "latest_5shot.pth"))
+    result = run("train_sccan.py", "--config", CONFIG, "--overwrite", "--opts", *opts)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation was off" in result.stdout and "best mIoU 0.0000" not in result.stdout
+    assert torch.load(os.path.join(snapshot, "latest_1shot.pth"), weights_only=True)["epoch"] == 0
+
+
+# --------------------------------------------------------------------------------- tools
+def test_tools_report_user_errors_in_one_line(tmp_path):
+    assert_user_error(run("tools/make_toy_dataset.py", "--out", str(tmp_path / "toy"), "--num-images", "20"),
+                      "too small")
+    assert_user_error(run("tools/bench_model.py", "--size", "100"), "--size 100", "multiple of 8")
+    assert_user_error(run("tools/toy_demo.py", "--config", "config/nope.yaml"),
+                      "configuration file not found")
+    assert_user_error(run("tools/probe_features.py", "--config", CONFIG, "--opts", "data_root",
+                          repr(str(tmp_path / "none"))), "data_root")
