@@ -1,4 +1,5 @@
-"""Evaluate SCCAN on the novel classes of a fold with the paper's protocol (SPEC section 8).
+"""Evaluate SCCAN on the novel classes of a fold with the paper's protocol (the original's
+test.py; docs/PROTOCOL.md section 1).
 
     python test_sccan.py --config config/pascal/pascal_split0_resnet50.yaml
     python test_sccan.py --config ... --weight exp/.../train_epoch_43_0.6753.pth --seeds 5

@@ -1,4 +1,4 @@
-"""Train SCCAN on one fold (SPEC sections 6, 8, 9).
+"""Train SCCAN on one fold, as the original's train.py does (docs/PROTOCOL.md sections 1 and 5).
 
     python train_sccan.py --config config/pascal/pascal_split0_resnet50.yaml [--opts key value ...]
     torchrun --nproc_per_node 4 train_sccan.py --config config/coco/coco_split0_resnet50.yaml

@@ -1,4 +1,5 @@
-"""Atrous spatial pyramid pooling of the meta learner (``ASPP_meta.*``), SPEC section 4."""
+"""Atrous spatial pyramid pooling of the meta learner (``ASPP_meta.*`` of the original's
+``OneModel``, model/SCCAN.py)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""Frozen deep-stem dilated ResNet ("ResNet v2" of PSPNet/PFENet/BAM), SPEC section 1.
+"""Frozen deep-stem dilated ResNet ("ResNet v2" of PSPNet/PFENet/BAM), the backbone of the
+original SCCAN's ``OneModel`` (model/SCCAN.py in github.com/Sam1224/SCCAN).
 
 The state_dict names follow the original exactly (``backbone.body.conv1.weight`` ...), so the
 released SCCAN checkpoints and the ``initmodel/resnet{50,101}_v2.pth`` ImageNet weights load

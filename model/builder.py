@@ -1,4 +1,5 @@
-"""Config -> model, optimizers and learning-rate schedule (SPEC section 6)."""
+"""Config -> model, optimizers and learning-rate schedule (as set up in the original's train.py,
+with util/util.py ``poly_learning_rate``)."""
 from __future__ import annotations
 
 from typing import List, Tuple

@@ -1,4 +1,5 @@
-"""Loading released SCCAN checkpoints and bare state_dicts (SPEC section 5)."""
+"""Loading released SCCAN checkpoints and bare state_dicts (the files the original's train.py
+saves; their names are explained in docs/PROTOCOL.md section 5)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Weighted dice loss of SCCAN (SPEC section 2)."""
+"""Weighted dice loss of SCCAN (the main loss of the original's ``OneModel``, model/SCCAN.py)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The SCCAN meta learner (the original's ``OneModel``), SPEC section 2."""
+"""The SCCAN meta learner (the original's ``OneModel`` in model/SCCAN.py)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -41,7 +41,7 @@ def min_max_normalise(x: torch.Tensor) -> torch.Tensor:
 
 def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, support_mask: torch.Tensor,
                output_size: Tuple[int, int]) -> torch.Tensor:
-    """Training-free prior of one shot (SPEC 2.6).
+    """Training-free prior of one shot (the prior mask of the original's ``OneModel.forward``).
 
     query_high: (B, C, hq, wq) at its native size; support_high: (B, C, hs, ws);
     support_mask: (B, 1, hs, ws) -> (B, 1, *output_size), min-max normalised per sample.

@@ -1,4 +1,5 @@
-"""Self-calibrated cross attention (SCCA) transformer, SPEC section 3.
+"""Self-calibrated cross attention (SCCA) transformer: the ``transformer`` of the original's
+``OneModel`` (model/SCCAN.py) and the SCCA block of the paper (Xu et al., ICCV 2023).
 
 Pure tensor helpers (window partition/reverse, patch alignment, window gathering) are
 module-level functions so that they can be tested on hand-built examples.

@@ -1,4 +1,5 @@
-"""The deterministic weight generator the parity fixture was made with (SPEC section 12)."""
+"""The deterministic weight generator of the parity fixture made with the original implementation
+(tests/fixtures/sccan_parity_fixture.pt)."""
 import math
 
 import torch

@@ -1,4 +1,4 @@
-"""Tests for util/config.py and the 32 shipped configs (SPEC section 9)."""
+"""Tests for util/config.py and the 32 shipped configs (config/{pascal,coco}/*.yaml)."""
 
 from __future__ import annotations
 
@@ -264,7 +264,8 @@ def test_argument_parser_and_parse_args(sample_path):
 
 
 # -------------------------------------------------------------------- the shipped configs
-# Transcribed by hand from SPEC section 5 (an independent source from tools/make_configs.py).
+# The released checkpoint names of the original SCCAN repository, transcribed by hand (an
+# independent source from tools/make_configs.py).
 EXPECTED_WEIGHTS = {
     "pascal_split0_resnet101": "train_epoch_96_0.6907.pth",
     "pascal_split0_resnet101_5s": "train5_epoch_33_0.7155.pth",
@@ -300,7 +301,8 @@ EXPECTED_WEIGHTS = {
     "coco_split3_resnet50_5s": "train5_epoch_48_0.5066.pth",
 }
 
-# SPEC section 9 shared values (plus the brief's fixed values), checked with their types.
+# Values shared by every paper config (the original's, plus keys this re-implementation adds),
+# checked with their types.
 SHARED_VALUES = {
     "train_h": 473, "train_w": 473, "val_size": 473,
     "rotate_min": -10, "rotate_max": 10,

@@ -84,7 +84,9 @@ def brute_force_lists(root, base_list, class_list, filter_intersection):
 
 
 def replay_choices(rng, data_list, sub_lists, class_list, labels, index, shot):
-    """Independent replay of SPEC 7 steps 2-5 with a `random.Random` stream."""
+    """Independent replay, with a `random.Random` stream, of the original's episode draws
+    (util/dataset.py ``SemData.__getitem__``: class, query label, supports; docs/PROTOCOL.md
+    section 2)."""
     query = data_list[index]
     label = labels[query[1]]
     candidates = [c for c in range(1, 255) if (label == c).any() and c in class_list]

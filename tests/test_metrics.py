@@ -1,4 +1,4 @@
-"""Tests for util/metrics.py (SPEC section 8).
+"""Tests for util/metrics.py (the protocol of docs/PROTOCOL.md section 1).
 
 Expected values are computed independently: by hand for tiny maps, and by explicit Python
 loops over pixels for random ones.

@@ -5,11 +5,12 @@
 
 For every backbone level (layer1..layer4) the support's masked-average prototype is matched
 to every query position by cosine similarity; the similarity map is min-max scaled per episode
-and thresholded. The last row is SCCAN's own training-free prior mask (layer4, SPEC 2.6) with
-the same threshold. Everything runs through the shared evaluator on the validation episodes
-of the config (or replays a ``--dump-episodes`` file of test_sccan.py), so the numbers compare
-directly with test_sccan.py's. With a random backbone (``pretrained_backbone: False``) this is
-the check that its deep features still carry the image (see ``random_backbone_residual_gain``).
+and thresholded. The last row is SCCAN's own training-free prior mask (layer4,
+`model.sccan.prior_mask`) with the same threshold. Everything runs through the shared evaluator
+on the validation episodes of the config (or replays a ``--dump-episodes`` file of
+test_sccan.py), so the numbers compare directly with test_sccan.py's. With a random backbone
+(``pretrained_backbone: False``) this is the check that its deep features still carry the image
+(see ``random_backbone_residual_gain``).
 """
 from __future__ import annotations
 

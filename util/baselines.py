@@ -20,7 +20,7 @@ class FeatureMatching(nn.Module):
         backbone: the frozen backbone (returns the four level features).
         level: 0..3 matches the support's masked-average prototype on that backbone level by
             cosine similarity; ``"prior"`` uses SCCAN's own training-free prior mask (layer4,
-            SPEC 2.6). K supports are averaged like the model does.
+            `model.sccan.prior_mask`). K supports are averaged like the model does.
         threshold: on the [0, 1] map.
     """
 

@@ -1,4 +1,5 @@
-"""The one evaluator used by in-training validation and test_sccan.py (SPEC section 8).
+"""The one evaluator used by in-training validation and test_sccan.py (the original's test.py
+protocol, described in docs/PROTOCOL.md section 1).
 
 Protocol: reseed (torch, numpy, random) to ``seed`` (321), then iterate the validation loader in
 passes, a new iterator each pass (so workers are re-seeded like the original), until

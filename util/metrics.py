@@ -1,4 +1,5 @@
-"""Few-shot segmentation metrics (SPEC section 8).
+"""Few-shot segmentation metrics (the original's util/util.py ``intersectionAndUnionGPU`` and
+the sums of its test.py; docs/PROTOCOL.md section 1).
 
 The protocol that produced the paper's numbers accumulates, over all test episodes:
 
@@ -132,7 +133,7 @@ def pad_to_square(raw_label: torch.Tensor, ignore_label: int = 255) -> torch.Ten
 
 
 class FewShotMeter:
-    """Accumulates the few-shot metrics of SPEC section 8 over episodes.
+    """Accumulates the few-shot metrics of docs/PROTOCOL.md section 1 over episodes.
 
     ``num_test_classes`` is the number of test classes of the fold (5 on PASCAL-5i, 20 on
     COCO-20i); ``class_index`` in ``update`` is the episode's ``subcls``, the index of its

@@ -1,4 +1,4 @@
-"""Paired image/label transforms of the original BAM/SCCAN `util/transform.py` (SPEC section 7).
+"""Paired image/label transforms of the original BAM/SCCAN `util/transform.py`.
 
 Every transform is a callable ``t(image, label) -> (image, label)``. Random transforms draw their
 parameters from Python's global `random` module once per call and apply the SAME parameters to the
@@ -385,7 +385,8 @@ def build_train_transform(
     rotate_max: float,
     padding_label: int = 255,
 ) -> Compose:
-    """The SPEC 7 training pipeline: scale, rotate, blur, flip, random crop, tensor, normalise.
+    """The original train.py's training pipeline: scale, rotate, blur, flip, random crop, tensor,
+    normalise.
 
     Output of the pipeline: image float32 ``(3, train_h, train_w)`` normalised, label int64
     ``(train_h, train_w)``.
@@ -402,7 +403,7 @@ def build_train_transform(
 
 
 def build_val_transform(val_size: int, resized_val: bool = True) -> Compose:
-    """The SPEC 7 validation pipeline: `test_Resize`, tensor, normalise (no random draws).
+    """The original's validation pipeline: `test_Resize`, tensor, normalise (no random draws).
 
     Output: image float32 ``(3, val_size, val_size)``, label int64 ``(val_size, val_size)``.
     """
