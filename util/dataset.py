@@ -567,9 +567,10 @@ class SemData(Dataset):
                 raise FileNotFoundError(
                     f"{path!r} (first entry of {self.data_list_path}) does not exist. Relative list paths "
                     f"are joined with data_root={self.data_root!r} unless they already start with it "
-                    f"(paths under the original's {ORIGINAL_DATA_ROOTS[self.data_set]!r} are moved onto it); "
-                    f"if the lists were built for another data_root, delete {os.path.join(self.list_root, self.mode)} "
-                    f"to rebuild them. Expected layout: {EXPECTED_LAYOUT[self.data_set]}"
+                    f"(paths under the original's {ORIGINAL_DATA_ROOTS[self.data_set]!r} are moved onto it): "
+                    f"check data_root (expected layout: {EXPECTED_LAYOUT[self.data_set]}); if "
+                    f"{self.list_root} holds lists made for other data, set list_root to another folder "
+                    f"(the shipped lists there are never rewritten)"
                 )
 
     # --------------------------------------------------------------------------------- episodes
