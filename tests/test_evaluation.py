@@ -114,6 +114,55 @@ def test_seeds_visualisation_and_hsnet_resize(toy_data_root, tmp_path):
     assert hsnet["hsnet_resize"] and 0 < hsnet["runs"][0]["FB_IoU"] < 1
 
 
+class OneEpisodeLoader:
+    """Two copies of one hand-made validation batch (the protocol needs more than one batch)."""
+    batch_size = 1
+
+    def __init__(self, raw_label):
+        label = torch.tensor(raw_label)[None]
+        self.batch = (torch.zeros(1, 3, *label.shape[-2:]), label, torch.zeros(1, 1, 3, *label.shape[-2:]),
+                      torch.zeros(1, 1, *label.shape[-2:]), [torch.tensor([0])], label)
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self):
+        return iter([self.batch, self.batch])
+
+
+def test_ignore_label_reaches_the_metrics_and_the_square_padding():
+    loader = OneEpisodeLoader([[1, 1, 0], [7, 0, 1]])
+    scored = evaluate(test_sccan.AllForeground(), loader, test_num=1, num_test_classes=1,
+                      device=torch.device("cpu"), ignore_label=7)
+    # By hand: ori_resize pads to 3x3 with the ignore label 7, so 5 pixels count (three 1s, two
+    # 0s); predicting all foreground gives I1 = 3, U1 = 5 and I0 = 0, U0 = 2.
+    assert scored["pIoU"] == pytest.approx(3 / 5) and scored["FB_IoU"] == pytest.approx(0.3)
+    default = evaluate(test_sccan.AllForeground(), loader, test_num=1, num_test_classes=1,
+                       device=torch.device("cpu"))
+    # With 255 ignored instead, the pixel labelled 7 is scored: predicted 1, so U1 = 6.
+    assert default["pIoU"] == pytest.approx(3 / 6)
+
+
+def test_scripts_pass_the_configs_ignore_and_padding_labels(val_config, toy_data_root, tmp_path,
+                                                              monkeypatch):
+    cfg = val_config.copy()
+    cfg.padding_label, cfg.ignore_label = 7, 9
+    dataset = build_dataset(cfg, "train", show_progress=False)
+    # toy images scaled by 0.32-0.65 are smaller than the crop, so the crop pads the label
+    import random
+    random.seed(0)
+    labels = [dataset[index][1] for index in range(4)]
+    assert any((label == 7).any() for label in labels)
+    seen = []
+    monkeypatch.setattr(test_sccan, "evaluate", lambda *a, **k: seen.append(k["ignore_label"]) or
+                        {"mIoU": 0.0, "FB_IoU": 0.0, "pIoU": 0.0, "class_IoU": [0.0] * 5, "episodes": 1,
+                         "seconds": 0.0})
+    opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"), ignore_label=9)
+    test_sccan.run(["--config", CONFIG, "--all-foreground", "--output", str(tmp_path / "x.json"),
+                    "--opts", *opts])
+    assert seen == [9]
+
+
 def test_missing_weights_are_a_clear_error(toy_data_root, tmp_path):
     opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"))
     with pytest.raises(FileNotFoundError, match="final_1shot.pth"):

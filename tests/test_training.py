@@ -18,11 +18,11 @@ def small_list(toy_data_root, tmp_path_factory):
     return path, length
 
 
-def _argv(toy_data_root, tmp_path, small_list, **overrides):
+def _argv(toy_data_root, tmp_path, small_list, flags=(), **overrides):
     path, length = small_list
     values = dict(train_list=path, list_root=str(tmp_path / "fss_list"))
     values.update(overrides)
-    return ["--config", CONFIG, "--opts", *toy_opts(toy_data_root, str(tmp_path / "exp"), **values)]
+    return ["--config", CONFIG, *flags, "--opts", *toy_opts(toy_data_root, str(tmp_path / "exp"), **values)]
 
 
 def _parameters(trainer):
@@ -30,8 +30,9 @@ def _parameters(trainer):
 
 
 def test_smoke_training_writes_checkpoints(toy_data_root, tmp_path, small_list):
-    trainer = train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=2, batch_size=4,
-                                     evaluate=True, SubEpoch_val=True, test_num=4, save_freq=1))
+    trainer = train_sccan.main(_argv(toy_data_root, tmp_path, small_list, flags=["--viz"], epochs=2,
+                                     batch_size=4, evaluate=True, SubEpoch_val=True, test_num=4,
+                                     save_freq=1))
     snapshot = tmp_path / "exp" / "snapshot"
     names = sorted(os.listdir(snapshot))
     # Everything this implementation adds is per shot; epochs carry the original's labels (0, 1).
@@ -42,6 +43,8 @@ def test_smoke_training_writes_checkpoints(toy_data_root, tmp_path, small_list):
     assert trainer.state.iteration == 2 * (small_list[1] // 4)
     assert (tmp_path / "exp" / "config_1shot.yaml").exists()
     assert (tmp_path / "exp" / "train_1shot.log").exists()
+    events = os.listdir(tmp_path / "exp" / "tensorboard_1shot")  # --viz
+    assert any(name.startswith("events.out.tfevents") for name in events)
     for name, parameter in trainer.model.named_parameters():
         assert torch.isfinite(parameter).all(), name
 
