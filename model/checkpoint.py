@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from util.cli import UserError
+from util.io import strip_module_prefix
 
 
 class CheckpointError(UserError):
@@ -27,12 +28,6 @@ def backbone_depth(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
     """50 or 101 from the number of layer3 blocks in a state_dict's keys; None if unknown."""
     blocks = {int(match.group(1)) for key in state_dict for match in [_LAYER3_BLOCK.search(key)] if match}
     return DEPTH_BY_LAYER3_BLOCKS.get(max(blocks) + 1) if blocks else None
-
-
-def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Remove the ``module.`` prefix that DistributedDataParallel puts on every key."""
-    return {key[len("module."):] if key.startswith("module.") else key: value
-            for key, value in state_dict.items()}
 
 
 def extract_state_dict(checkpoint) -> Dict[str, torch.Tensor]:
@@ -128,28 +123,3 @@ def load_model_weights(model: nn.Module, source, map_location="cpu") -> Optional
     check_state_dict(model, state_dict, source=name)
     model.load_state_dict(state_dict, strict=True)
     return checkpoint if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint else None
-
-
-def save_checkpoint_atomic(obj, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``: a crash
-    at any moment leaves either the old file or the new one, never a truncated file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    try:  # make the rename itself durable
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError:
-        pass

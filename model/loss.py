@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 
 def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -20,8 +19,3 @@ def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     denominator = (probability * probability).sum(-1) + (onehot * onehot).sum(-1)  # (B, 2)
     dice = 1 - 2 * intersection / denominator.clamp(min=1e-8)
     return dice.sum() / batch
-
-
-class WeightedDiceLoss(nn.Module):
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return weighted_dice_loss(logits, target)

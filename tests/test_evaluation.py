@@ -7,7 +7,9 @@ import torch
 
 import test_sccan
 from tests.toy_experiment import CONFIG, toy_opts
-from util.evaluation import RecordingDataset, evaluate, evaluation_passes
+from util.baselines import PREDICTOR_CHOICES, AllForeground, PreviousSupport
+from util.episodes import EpisodeRecorder, RecordingDataset
+from util.evaluation import EvaluationProtocol, evaluation_passes
 from util.experiment import build_dataset, build_val_loader
 from util.config import load_config
 
@@ -59,23 +61,22 @@ def test_passes_episodes_and_determinism(val_config):
     loader = CountingLoader(build_val_loader(val_config, dataset))
     length = len(loader)
     test_num = 2 * length + 3  # needs 3 passes: ceil(test_num / (length - 1))
+    protocol = EvaluationProtocol(test_num=test_num, num_test_classes=5)
     records = []
     results = []
     for _ in range(2):
-        record = []
-        results.append(evaluate(LabelEcho(), loader, test_num=test_num, num_test_classes=5,
-                                device=torch.device("cpu"), record=record))
-        records.append(record)
+        recorder = EpisodeRecorder()
+        results.append(protocol.run(LabelEcho(), loader, torch.device("cpu"), observers=[recorder]))
+        records.append(list(recorder.episodes))
     assert loader.iterators == 2 * evaluation_passes(test_num, length, 1) == 6
     assert results[0]["episodes"] == test_num == len(records[0])
     assert records[0] == records[1]
     for key in ("mIoU", "FB_IoU", "pIoU", "class_IoU"):
         assert results[0][key] == results[1][key]
     # a different seed draws other episodes
-    other = []
-    evaluate(LabelEcho(), loader, test_num=test_num, num_test_classes=5, device=torch.device("cpu"),
-             record=other, seed=322)
-    assert other != records[0]
+    other = EpisodeRecorder()
+    protocol.run(LabelEcho(), loader, torch.device("cpu"), seed=322, observers=[other])
+    assert other.episodes != records[0]
     # every query holds its class, supports differ from the query
     for episode in records[0]:
         assert episode["query"] not in episode["supports"]
@@ -84,7 +85,9 @@ def test_passes_episodes_and_determinism(val_config):
 def _run(toy_data_root, tmp_path, *extra, **overrides):
     opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"),
                     test_num=8, **overrides)
-    return test_sccan.run(["--config", CONFIG, "--untrained", *extra, "--opts", *opts])
+    choices = {f"--{name}" for name in PREDICTOR_CHOICES}
+    predictor = [] if choices & set(extra) else ["--untrained"]
+    return test_sccan.run(["--config", CONFIG, *predictor, *extra, "--opts", *opts])
 
 
 def test_dump_and_replay_give_identical_numbers(toy_data_root, tmp_path):
@@ -132,13 +135,12 @@ class OneEpisodeLoader:
 
 def test_ignore_label_reaches_the_metrics_and_the_square_padding():
     loader = OneEpisodeLoader([[1, 1, 0], [7, 0, 1]])
-    scored = evaluate(test_sccan.AllForeground(), loader, test_num=1, num_test_classes=1,
-                      device=torch.device("cpu"), ignore_label=7)
+    cpu = torch.device("cpu")
+    scored = EvaluationProtocol(1, 1, ignore_label=7).run(AllForeground(), loader, cpu)
     # By hand: ori_resize pads to 3x3 with the ignore label 7, so 5 pixels count (three 1s, two
     # 0s); predicting all foreground gives I1 = 3, U1 = 5 and I0 = 0, U0 = 2.
     assert scored["pIoU"] == pytest.approx(3 / 5) and scored["FB_IoU"] == pytest.approx(0.3)
-    default = evaluate(test_sccan.AllForeground(), loader, test_num=1, num_test_classes=1,
-                       device=torch.device("cpu"))
+    default = EvaluationProtocol(1, 1).run(AllForeground(), loader, cpu)
     # With 255 ignored instead, the pixel labelled 7 is scored: predicted 1, so U1 = 6.
     assert default["pIoU"] == pytest.approx(3 / 6)
 
@@ -154,9 +156,9 @@ def test_scripts_pass_the_configs_ignore_and_padding_labels(val_config, toy_data
     labels = [dataset[index][1] for index in range(4)]
     assert any((label == 7).any() for label in labels)
     seen = []
-    monkeypatch.setattr(test_sccan, "evaluate", lambda *a, **k: seen.append(k["ignore_label"]) or
-                        {"mIoU": 0.0, "FB_IoU": 0.0, "pIoU": 0.0, "class_IoU": [0.0] * 5, "episodes": 1,
-                         "seconds": 0.0})
+    monkeypatch.setattr(EvaluationProtocol, "run", lambda protocol, *a, **k: seen.append(protocol.ignore_label)
+                        or {"mIoU": 0.0, "FB_IoU": 0.0, "pIoU": 0.0, "class_IoU": [0.0] * 5, "episodes": 1,
+                            "seconds": 0.0})
     opts = toy_opts(toy_data_root, str(tmp_path / "exp"), list_root=str(tmp_path / "fss"), ignore_label=9)
     test_sccan.run(["--config", CONFIG, "--all-foreground", "--output", str(tmp_path / "x.json"),
                     "--opts", *opts])
@@ -177,7 +179,7 @@ def test_previous_support_diagnostic_feeds_the_last_episodes_support():
             seen.append(int(s_x.flatten()[0]))
             return torch.zeros(1, 2, 1, 1)
 
-    wrapper = test_sccan.PreviousSupport(Recorder())
+    wrapper = PreviousSupport(Recorder())
     for value in (1, 2, 3):
         wrapper(torch.zeros(1), torch.full((1, 1), float(value)), torch.zeros(1))
     assert seen == [1, 1, 2]

@@ -15,11 +15,39 @@ import torch
 from util.metrics import (
     FewShotMeter,
     intersection_and_union,
-    intersection_and_union_numpy,
     pad_to_square,
 )
 
 IGNORE = 255
+
+
+def intersection_and_union_numpy(
+    prediction: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    ignore_index: int = 255,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An independent NumPy implementation (BAM's intersectionAndUnion) to check the torch one."""
+    prediction = np.asarray(prediction)
+    target = np.asarray(target)
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction shape {prediction.shape} != target shape {target.shape}")
+    prediction = prediction.reshape(-1).astype(np.int64)
+    target = target.reshape(-1).astype(np.int64)
+    prediction = np.where(target == ignore_index, ignore_index, prediction)
+    intersection = prediction[prediction == target]
+    bin_edges = np.arange(num_classes + 1)  # one integer per bin: [0,1), [1,2), ... [K-1, K]
+
+    def histogram(values: np.ndarray) -> np.ndarray:
+        # Drop out-of-range ids first: np.histogram's last bin is closed and would take K.
+        values = values[(values >= 0) & (values < num_classes)]
+        return np.histogram(values, bins=bin_edges)[0].astype(np.float64)
+
+    area_intersection = histogram(intersection)
+    area_prediction = histogram(prediction)
+    area_target = histogram(target)
+    area_union = area_prediction + area_target - area_intersection
+    return area_intersection, area_union, area_target
 
 
 def loop_areas(prediction, target, num_classes=2, ignore=IGNORE):

@@ -8,6 +8,9 @@ import torch
 import torch.multiprocessing as mp
 
 import train_sccan
+from util.best_checkpoint import BestCheckpoint, best_checkpoint_name, epoch_label, format_epoch_label, half_epoch_index
+from util.evaluation import EvaluationProtocol
+from util.trainer import NonFiniteLossError, Trainer
 from tests.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
@@ -54,19 +57,19 @@ def test_best_checkpoint_naming_and_early_stop(toy_data_root, tmp_path, small_li
     calls, iterations_done = [], []
     holder = {}
 
-    def fake_evaluate(model, loader, **kwargs):
-        calls.append(kwargs["seed"])
+    def fake_run(protocol, model, loader, device, seed=None, observers=(), progress=False):
+        calls.append(seed)
         iterations_done.append(holder["trainer"].state.iteration)
         return {"mIoU": next(scores), "FB_IoU": 0.5, "pIoU": 0.1, "episodes": 4, "seconds": 0.0}
 
-    original_fit = train_sccan.Trainer.fit
+    original_fit = Trainer.fit
 
     def fit(self, *args, **kwargs):
         holder["trainer"] = self
         return original_fit(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_sccan, "evaluate", fake_evaluate)
-    monkeypatch.setattr(train_sccan.Trainer, "fit", fit)
+    monkeypatch.setattr(EvaluationProtocol, "run", fake_run)
+    monkeypatch.setattr(Trainer, "fit", fit)
     trainer = train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=5, batch_size=8,
                                      evaluate=True, SubEpoch_val=True, stop_interval=2, shot=1))
     # The original's labels: end of 0-based epoch e -> e, half of epoch e (e > 0) -> e - 0.5.
@@ -74,7 +77,7 @@ def test_best_checkpoint_naming_and_early_stop(toy_data_root, tmp_path, small_li
     assert calls == [321] * 7
     names = sorted(os.listdir(tmp_path / "exp" / "snapshot"))
     assert [n for n in names if n.startswith("train")] == ["train_epoch_0.5_0.3000.pth"]
-    assert trainer.state.best_epoch == 0.5 and trainer.state.epoch == 4
+    assert trainer.state.best.epoch == 0.5 and trainer.state.epoch == 4
     best = torch.load(tmp_path / "exp" / "snapshot" / "train_epoch_0.5_0.3000.pth", weights_only=True)
     assert best["epoch"] == 0.5
     # The half-epoch validation follows the iteration whose 0-based index is round(L / 2).
@@ -87,25 +90,42 @@ def test_best_checkpoint_naming_and_early_stop(toy_data_root, tmp_path, small_li
                                            (8, 4), (9, 4), (11, 6), (13, 6), (15, 8)])
 def test_half_epoch_index_follows_pythons_round(length, index):
     # By hand: round(L / 2) rounds halves to the even neighbour (2.5 -> 2, 3.5 -> 4, 6.5 -> 6).
-    assert train_sccan.half_epoch_index(length) == index
+    assert half_epoch_index(length) == index
+
+
+def test_best_checkpoint_bookkeeping_without_training(tmp_path):
+    best = BestCheckpoint()
+    assert best.improves(0.01) and not best.improves(0.0)  # the first scored validation wins
+    assert best.replace(str(tmp_path), 5, epoch_label(0), 0.2) == ""
+    assert best.path == str(tmp_path / "train5_epoch_0_0.2000.pth") and best.epoch == 0
+    assert not best.improves(0.2)  # equal is not better, as the original's '>'
+    previous = best.replace(str(tmp_path), 5, epoch_label(1, half=True), 0.25)
+    assert previous == str(tmp_path / "train5_epoch_0_0.2000.pth")
+    assert best.path.endswith("train5_epoch_0.5_0.2500.pth")
+    # The same name again (same label and rounded mIoU) is overwritten, not deleted.
+    assert best.replace(str(tmp_path), 5, 0.5, 0.25001) == ""
+    assert not best.should_stop(2, stop_interval=2) and best.should_stop(2.5, stop_interval=2)
+    assert BestCheckpoint().should_stop(1, stop_interval=2)  # -1 -> 1: two epochs without any best
 
 
 def test_epoch_labels_and_best_checkpoint_names_match_the_released_ones():
     # win8_train_epoch_43_0.6753.pth ends the 44th epoch; train5_epoch_33.5_0.4571.pth is the
     # half-epoch validation inside the 35th (0-based 34).
-    assert train_sccan.best_checkpoint_name(1, train_sccan.epoch_label(43), 0.67534) == \
-        "train_epoch_43_0.6753.pth"
-    assert train_sccan.best_checkpoint_name(5, train_sccan.epoch_label(34, half=True), 0.45712) == \
-        "train5_epoch_33.5_0.4571.pth"
-    assert train_sccan.format_epoch_label(0) == "0" and train_sccan.format_epoch_label(0.5) == "0.5"
+    assert best_checkpoint_name(1, epoch_label(43), 0.67534) == "train_epoch_43_0.6753.pth"
+    assert best_checkpoint_name(5, epoch_label(34, half=True), 0.45712) == "train5_epoch_33.5_0.4571.pth"
+    assert format_epoch_label(0) == "0" and format_epoch_label(0.5) == "0.5"
 
 
 def test_resume_is_exact(toy_data_root, tmp_path, small_list):
     batch = small_list[1] // 2  # two iterations per epoch
     straight = train_sccan.main(_argv(toy_data_root, tmp_path / "a", small_list, epochs=2,
                                       batch_size=batch))
-    first = train_sccan.main(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2,
-                                   batch_size=batch), interrupt_after_epochs=1)
+    first = train_sccan.build_trainer(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2,
+                                            batch_size=batch))
+    # Stopped after the first epoch's checkpoints, as if the process had been killed there.
+    first.epoch_end_callbacks.append(lambda trainer: trainer.state.epoch >= 1)
+    first.fit()
+    assert not (tmp_path / "b" / "exp" / "snapshot" / "final_1shot.pth").exists()
     assert first.state.iteration == 2
     latest = str(tmp_path / "b" / "exp" / "snapshot" / "latest_1shot.pth")
     resumed = train_sccan.main(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2,
@@ -131,7 +151,7 @@ def test_non_finite_loss_stops_with_iteration(toy_data_root, tmp_path, small_lis
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(sccan_module, "weighted_dice_loss", poisoned)
-    with pytest.raises(train_sccan.NonFiniteLossError, match="iteration 2"):
+    with pytest.raises(NonFiniteLossError, match="iteration 2"):
         train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=4))
 
 

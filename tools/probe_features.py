@@ -19,16 +19,15 @@ import os
 import sys
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from util.baselines import LEVELS, FeatureMatching  # noqa: E402
 from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
 from util.config import load_config  # noqa: E402
-from util.evaluation import ReplayDataset, evaluate, load_episodes  # noqa: E402
-from util.experiment import (build_dataset, build_experiment_model, build_val_loader,  # noqa: E402
-                             test_class_ids)
+from util.episodes import build_episode_loader  # noqa: E402
+from util.evaluation import EvaluationProtocol  # noqa: E402
+from util.experiment import build_dataset, build_experiment_model, test_class_ids  # noqa: E402
 
 
 def main(argv=None):
@@ -45,22 +44,14 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
     device = torch.device("cpu")
-    dataset = build_dataset(cfg, "val")
-    if arguments.episodes_from:
-        episodes = load_episodes(arguments.episodes_from)
-        loader = DataLoader(ReplayDataset(dataset, episodes), batch_size=1, shuffle=False,
-                            num_workers=cfg.workers)
-        test_num = len(episodes)
-    else:
-        loader = build_val_loader(cfg, dataset)
-        test_num = arguments.episodes or cfg.test_num
+    loader, replayed = build_episode_loader(cfg, build_dataset(cfg, "val"), arguments.episodes_from)
+    protocol = EvaluationProtocol.from_config(cfg, len(test_class_ids(cfg)), replayed or arguments.episodes)
+    test_num = protocol.test_num
     backbone = build_experiment_model(cfg, device).backbone.eval()
-    classes = len(test_class_ids(cfg))
     rows = {}
     for name, level in list(zip(LEVELS, range(4))) + [("SCCAN prior (layer4)", "prior")]:
-        result = evaluate(FeatureMatching(backbone, level, arguments.threshold), loader,
-                          test_num=test_num, num_test_classes=classes, device=device,
-                          seed=cfg.manual_seed, ori_resize=cfg.ori_resize)
+        result = protocol.run(FeatureMatching(backbone, level, arguments.threshold), loader, device,
+                              seed=protocol.seeds[0])
         rows[name] = result
         print(f"{name}: mIoU {result['mIoU']:.4f} FB-IoU {result['FB_IoU']:.4f}", flush=True)
     print(f"\n{test_num} episodes, threshold {arguments.threshold}, config {arguments.config} "

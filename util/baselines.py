@@ -1,8 +1,11 @@
-"""Training-free few-shot predictors on the frozen backbone: reference rows for the toy demo
-(``test_sccan.py --prior-baseline``) and the feature probe (``tools/probe_features.py``)."""
+"""The predictors test_sccan.py can evaluate besides a trained SCCAN, in one place: the
+training-free matcher on the frozen backbone (``--prior-baseline``, the feature probe), the
+all-foreground baseline and the previous-support diagnostic; and :func:`build_predictor`, which
+picks one from the command line's choice."""
 from __future__ import annotations
 
-from typing import Union
+import os
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -49,3 +52,72 @@ class FeatureMatching(nn.Module):
                 maps.append(min_max_normalise(similarity.unsqueeze(1)))  # (B, 1, h, w)
         score = resize(torch.stack(maps).mean(0), x.shape[-2:])  # (B, 1, H, W)
         return torch.cat([torch.full_like(score, self.threshold), score], dim=1)  # (B, 2, H, W)
+
+
+class AllForeground(nn.Module):
+    """Baseline predictor: every pixel foreground."""
+
+    def forward(self, x: torch.Tensor, s_x=None, s_y=None) -> torch.Tensor:
+        """x: (B, 3, H, W) -> logits (B, 2, H, W) that favour foreground everywhere."""
+        logits = torch.zeros(x.shape[0], 2, *x.shape[-2:], device=x.device)
+        logits[:, 1] = 1.0
+        return logits
+
+
+class PreviousSupport(nn.Module):
+    """Diagnostic wrapper: segments each query with the supports of the previous episode (the
+    first episode keeps its own). With 5 test classes the previous class is the same ~20% of the
+    time, so the drop it shows is a lower bound of the model's use of its support."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.previous = None
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor) -> torch.Tensor:
+        """Same shapes as the wrapped model's eval forward."""
+        supports, self.previous = (self.previous or (s_x, s_y)), (s_x, s_y)
+        return self.model(x=x, s_x=supports[0], s_y=supports[1])
+
+
+# test_sccan.py's alternatives to the trained model: --<name>, with this help.
+PREDICTOR_CHOICES = {
+    "untrained": "skip loading weights (baseline: the untrained model)",
+    "all-foreground": "baseline: predict every pixel as foreground",
+    "prior-baseline": "training-free baseline: SCCAN's prior mask (layer4 query/support matching of the "
+                      "frozen backbone, no learned weights) thresholded at 0.7",
+    "previous-support": "diagnostic: give the model the supports of the PREVIOUS episode (usually another "
+                        "class); a model that uses its support scores lower",
+}
+
+
+def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str] = None,
+                    log=print) -> Tuple[nn.Module, str]:
+    """``(predictor, description)`` for 'trained' or one of :data:`PREDICTOR_CHOICES`. The trained choices
+    load ``weight`` (default: the config's ``weight`` in the run's snapshot folder)."""
+    from model.checkpoint import load_model_weights
+    from util.experiment import build_experiment_model, snapshot_dir
+
+    if choice == "all-foreground":
+        return AllForeground(), "all-foreground baseline"
+    if choice in ("untrained", "prior-baseline"):
+        model = build_experiment_model(cfg, device)
+        if choice == "untrained":
+            return model, "untrained model"
+        return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
+    if weight and not os.path.isfile(weight):
+        raise FileNotFoundError(f"--weight {weight!r}: no such checkpoint file")
+    weight = weight or os.path.join(snapshot_dir(cfg), cfg.weight)
+    if not os.path.isfile(weight):
+        raise FileNotFoundError(
+            f"weights not found: {weight!r} (the config's 'weight' key, looked up in "
+            f"{snapshot_dir(cfg)}/). Put the released checkpoint '{cfg.weight}' there, or pass "
+            f"--weight PATH (README, 'Quick start')")
+    # A full SCCAN checkpoint holds the backbone too: the ImageNet files in initmodel/ are not read.
+    model = build_experiment_model(cfg, device, backbone_from_checkpoint=True)
+    checkpoint = load_model_weights(model, weight, map_location=device)
+    epoch = checkpoint.get("epoch") if checkpoint else None
+    log(f"loaded {weight}" + (f" (epoch {epoch})" if epoch is not None else ""))
+    if choice == "previous-support":
+        return PreviousSupport(model), weight + " with the previous episode's supports"
+    return model, weight

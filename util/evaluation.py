@@ -1,29 +1,35 @@
-"""The one evaluator used by in-training validation and test_sccan.py (the original's test.py
-protocol, described in docs/PROTOCOL.md section 1).
+"""The few-shot evaluation protocol, shared by in-training validation, test_sccan.py and the
+tools (the original's test.py protocol, described in docs/PROTOCOL.md section 1).
 
-Protocol: reseed (torch, numpy, random) to ``seed`` (321), then iterate the validation loader in
-passes, a new iterator each pass (so workers are re-seeded like the original), until
-``test_num`` episodes are done; passes = ceil(test_num / (len(loader) - batch_size)).
+An :class:`EvaluationProtocol` is built once from a config: how many episodes, which seeds, which
+target the logits are scored against, which label is ignored. ``protocol.run(predictor, loader,
+device, seed)`` reseeds (torch, numpy, random), iterates the validation loader in passes, a new
+iterator each pass (so workers are re-seeded like the original), until ``test_num`` episodes are
+done, and returns the metric summary. Observers (episode recording, pictures) see every batch.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
+import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from util.metrics import FewShotMeter, pad_to_square
-from util.transform import IMAGE_MEAN, IMAGE_STD
 from util.runtime import set_seed
 
-MEAN = np.array(IMAGE_MEAN)
-STD = np.array(IMAGE_STD)
+__all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "evaluation_passes",
+           "format_result_table", "summarise_runs", "write_run_scalars"]
+
+# What the logits are scored against (docs/PROTOCOL.md section 1):
+#   'original': the untransformed label padded with the ignore label to a square (ori_resize);
+#   'input':    the transformed label at the network's input size (ori_resize False);
+#   'raw':      the untransformed label itself (HSNet-style test, the paper's double-dagger rows).
+TARGETS = ("original", "input", "raw")
+SUMMARY_KEYS = ("mIoU", "FB_IoU", "pIoU")
 
 
 def evaluation_passes(test_num: int, loader_length: int, batch_size: int = 1) -> int:
@@ -34,163 +40,106 @@ def evaluation_passes(test_num: int, loader_length: int, batch_size: int = 1) ->
     return math.ceil(test_num / (loader_length - batch_size))
 
 
-class RecordingDataset(Dataset):
-    """Wraps an episode dataset so that each item also carries its episode as a JSON string
-    (query, class, supports): the evaluator can then dump the exact list of episodes."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        episode = self.dataset.sample_episode(index)
-        return (*self.dataset.load_episode(**episode), json.dumps(_jsonable(episode)))
+@dataclass
+class EvaluatedBatch:
+    """What an observer sees of one batch: the inputs, the prediction in the input frame and the
+    items beyond the six of a validation batch (a recorded episode, see util.episodes)."""
+    first_episode: int
+    image: torch.Tensor
+    label: torch.Tensor
+    support_images: torch.Tensor
+    support_labels: torch.Tensor
+    input_prediction: torch.Tensor
+    extras: Tuple[Any, ...]
 
 
-class ReplayDataset(Dataset):
-    """Serves a fixed list of episodes (from ``--dump-episodes``) in order, without drawing."""
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """How a fold is evaluated. ``seeds``: one run per seed (None: no reseeding, for in-training
+    validation with ``fix_random_seed_val: False``)."""
+    test_num: int
+    num_test_classes: int
+    seeds: Tuple[Optional[int], ...] = (321,)
+    seed_deterministic: bool = False
+    target: str = "original"
+    ignore_label: int = 255
 
-    def __init__(self, dataset, episodes: Sequence[dict]):
-        self.dataset = dataset
-        self.episodes = list(episodes)
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.test_num < 1:
+            raise ValueError(f"test_num must be positive, got {self.test_num}")
 
-    def __len__(self):
-        return len(self.episodes)
+    @classmethod
+    def from_config(cls, cfg, num_test_classes: int, test_num: Optional[int] = None,
+                    number_of_seeds: int = 1, hsnet_resize: bool = False,
+                    validation: bool = False) -> "EvaluationProtocol":
+        """The config's protocol: ``test_num`` episodes, seeds manual_seed, manual_seed + 1, ...
+        (``validation``: one run, reseeded only when ``fix_random_seed_val``)."""
+        if validation:
+            seeds = (cfg.manual_seed if cfg.fix_random_seed_val else None,)
+        else:
+            seeds = tuple(cfg.manual_seed + index for index in range(number_of_seeds))
+        target = "raw" if hsnet_resize else ("original" if cfg.ori_resize else "input")
+        return cls(test_num=test_num or cfg.test_num, num_test_classes=num_test_classes, seeds=seeds,
+                   seed_deterministic=cfg.seed_deterministic, target=target,
+                   ignore_label=cfg.ignore_label)
 
-    def __getitem__(self, index):
-        episode = self.episodes[index]
-        return (*self.dataset.load_episode(**episode), json.dumps(_jsonable(episode)))
+    def scoring_target(self, label: torch.Tensor, raw_label: torch.Tensor) -> torch.Tensor:
+        if self.target == "original":
+            return pad_to_square(raw_label.long(), self.ignore_label)
+        return raw_label.long() if self.target == "raw" else label.long()
 
-
-def _jsonable(episode: dict) -> dict:
-    return {"query": list(episode["query"]), "class_chosen": int(episode["class_chosen"]),
-            "supports": [list(pair) for pair in episode["supports"]]}
-
-
-def load_episodes(path: str) -> List[dict]:
-    """Read an episode file written by ``--dump-episodes`` (JSON)."""
-    with open(path) as handle:
-        content = json.load(handle)
-    episodes = content["episodes"] if isinstance(content, dict) else content
-    for number, episode in enumerate(episodes):
-        missing = {"query", "class_chosen", "supports"} - set(episode)
-        if missing:
-            raise ValueError(f"{path}: episode {number} lacks {sorted(missing)}")
-        episode["query"] = tuple(episode["query"])
-        episode["supports"] = [tuple(pair) for pair in episode["supports"]]
-    return episodes
-
-
-def save_episodes(path: str, episodes: Sequence[dict], meta: Optional[dict] = None) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump({"meta": meta or {}, "episodes": [_jsonable(e) for e in episodes]}, handle,
-                  indent=1)
-    os.replace(temporary, path)
-
-
-def _denormalise(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) normalised RGB tensor -> (H, W, 3) uint8 BGR for cv2."""
-    array = image.detach().cpu().numpy().transpose(1, 2, 0) * STD + MEAN
-    return np.clip(array, 0, 255).astype(np.uint8)[:, :, ::-1]
-
-
-def _overlay(image_bgr: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
-    out = image_bgr.astype(np.float32).copy()
-    foreground = mask == 1
-    out[foreground] = 0.5 * out[foreground] + 0.5 * np.array(colour, dtype=np.float32)
-    out[mask == 255] = 0.7 * out[mask == 255] + 0.3 * 255
-    return out.astype(np.uint8)
-
-
-def save_visualisation(path: str, image, label, support_images, support_labels, prediction) -> None:
-    """One PNG panel: supports with their masks (green), query with ground truth (blue), query
-    with prediction (red); all in the network's input frame."""
-    import cv2
-    panels = [_overlay(_denormalise(s), l.cpu().numpy(), (0, 200, 0))
-              for s, l in zip(support_images, support_labels)]
-    query = _denormalise(image)
-    panels.append(_overlay(query, label.cpu().numpy(), (200, 0, 0)))
-    panels.append(_overlay(query, prediction.cpu().numpy(), (0, 0, 220)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, np.concatenate(panels, axis=1)):
-        raise OSError(f"could not write {path}")
-
-
-@torch.no_grad()
-def evaluate(model: Callable, loader: DataLoader, *, test_num: int, num_test_classes: int,
-             device: torch.device, seed: Optional[int] = 321, seed_deterministic: bool = False,
-             ori_resize: bool = True, hsnet_resize: bool = False, ignore_label: int = 255,
-             record: Optional[list] = None,
-             visualisation_dir: Optional[str] = None, progress: bool = False,
-             log: Callable[[str], None] = None) -> Dict:
-    """Run the few-shot evaluation protocol and return the metric summary.
-
-    ``model(x=..., s_x=..., s_y=...)`` must return logits (B, 2, h, w). Batches are the
-    validation tuples (image, label, s_x, s_y, subcls, raw_label[, episode_json]).
-    ``record``: a list the episodes are appended to (needs a :class:`RecordingDataset` or
-    :class:`ReplayDataset`). ``ignore_label``: target pixels scored as nothing (the config's
-    ``ignore_label``; also the value the ori_resize target is padded with). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes,
-    seconds).
-    """
-    if seed is not None:
-        set_seed(seed, seed_deterministic)
-    if hasattr(model, "eval"):
-        model.eval()
-    meter = FewShotMeter(num_test_classes, ignore_index=ignore_label)
-    batch_size = loader.batch_size or 1
-    passes = evaluation_passes(test_num, len(loader), batch_size)
-    done = 0
-    start = time.time()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=test_num, desc="eval", leave=False, dynamic_ncols=True)
-    for _ in range(passes):
-        for batch in loader:  # a fresh iterator each pass, as the original
-            if done >= test_num:
-                break
-            image, label, support_images, support_labels, subcls, raw_label = batch[:6]
-            if record is not None:
-                if len(batch) < 7:
-                    raise ValueError("recording episodes needs a RecordingDataset/ReplayDataset")
-                record.extend(json.loads(item) for item in batch[6])
-            image = image.to(device, non_blocking=True)
-            support_images = support_images.to(device, non_blocking=True)
-            support_labels = support_labels.to(device, non_blocking=True)
-            if hsnet_resize:
-                target = raw_label.long()
-            elif ori_resize:
-                target = pad_to_square(raw_label.long(), ignore_label)
-            else:
-                target = label.long()
-            target = target.to(device)
-            logits = model(x=image, s_x=support_images, s_y=support_labels)
-            input_prediction = logits.argmax(1)
-            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
-                                   align_corners=True)
-            prediction = logits.argmax(1)
-            meter.update(prediction, target, subcls[0] if isinstance(subcls, (list, tuple)) else subcls)
-            if visualisation_dir:
-                for sample in range(image.shape[0]):
-                    save_visualisation(os.path.join(visualisation_dir, f"episode_{done + sample:05d}.png"),
-                                       image[sample], label[sample], support_images[sample],
-                                       support_labels[sample], input_prediction[sample])
-            done += image.shape[0]
-            if bar is not None:
+    @torch.no_grad()
+    def run(self, predictor: Callable, loader, device: torch.device, seed: Optional[int] = 321,
+            observers: Sequence[Any] = (), progress: bool = False) -> Dict:
+        """Evaluate ``predictor(x=..., s_x=..., s_y=...) -> logits (B, 2, h, w)`` on ``test_num``
+        episodes of ``loader`` (validation tuples ``(image, label, s_x, s_y, subcls, raw_label,
+        *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds)."""
+        if seed is not None:
+            set_seed(seed, self.seed_deterministic)
+        if hasattr(predictor, "eval"):
+            predictor.eval()
+        for observer in observers:
+            observer.start()
+        meter = FewShotMeter(self.num_test_classes, ignore_index=self.ignore_label)
+        bar = _progress_bar(self.test_num, progress)
+        done, start = 0, time.time()
+        for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
+            for batch in loader:  # a fresh iterator each pass, as the original
+                if done >= self.test_num:
+                    break
+                image, label, support_images, support_labels, subcls, raw_label = batch[:6]
+                image = image.to(device, non_blocking=True)
+                logits = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
+                                   s_y=support_labels.to(device, non_blocking=True))
+                target = self.scoring_target(label, raw_label).to(device)
+                scored = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
+                                       align_corners=True)
+                meter.update(scored.argmax(1), target, subcls[0] if isinstance(subcls, (list, tuple)) else subcls)
+                evaluated = EvaluatedBatch(done, image, label, support_images, support_labels,
+                                           logits.argmax(1), tuple(batch[6:]))
+                for observer in observers:
+                    observer.observe(evaluated)
+                done += image.shape[0]
                 bar.update(image.shape[0])
-    if bar is not None:
         bar.close()
-    result = meter.summary()
-    result["seconds"] = time.time() - start
-    if log is not None:
-        log(f"evaluated {result['episodes']} episodes in {result['seconds']:.1f}s: "
-            f"mIoU {result['mIoU']:.4f} FB-IoU {result['FB_IoU']:.4f} pIoU {result['pIoU']:.4f}")
-    return result
+        return dict(meter.summary(), seconds=time.time() - start)
+
+
+class _NoProgress:
+    def update(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, show: bool):
+    if not show:
+        return _NoProgress()
+    from tqdm import tqdm
+    return tqdm(total=total, desc="eval", leave=False, dynamic_ncols=True)
 
 
 def format_result_table(result: Dict, class_ids: Sequence[int], title: str = "") -> str:
@@ -200,3 +149,25 @@ def format_result_table(result: Dict, class_ids: Sequence[int], title: str = "")
     lines += [f"| **mIoU** | {result['mIoU']:.4f} |", f"| FB-IoU | {result['FB_IoU']:.4f} |",
               f"| pIoU | {result['pIoU']:.4f} |", f"| episodes | {result['episodes']} |"]
     return "\n".join(line for line in lines if line != "" or title)
+
+
+def write_run_scalars(writer, run: Dict, class_ids: Sequence[int], step: int) -> None:
+    """TensorBoard scalars of one run: mIoU, FB-IoU, pIoU and every class IoU."""
+    for key in SUMMARY_KEYS:
+        writer.add_scalar(f"test/{key}", run[key], step)
+    for class_id, iou in zip(class_ids, run["class_IoU"]):
+        writer.add_scalar(f"test/class_{class_id}_IoU", iou, step)
+
+
+def summarise_runs(runs: List[Dict]) -> Tuple[Dict, str]:
+    """Mean and standard deviation over several seeds' runs, and their table (empty for one run)."""
+    if len(runs) < 2:
+        return {}, ""
+    summary = {"mean": {key: statistics.mean(run[key] for run in runs) for key in SUMMARY_KEYS},
+               "std": {key: statistics.stdev(run[key] for run in runs) for key in SUMMARY_KEYS}}
+    lines = ["", "| seed | mIoU | FB-IoU | pIoU |", "|---|---|---|---|"]
+    lines += [f"| {run['seed']} | " + " | ".join(f"{run[key]:.4f}" for key in SUMMARY_KEYS) + " |"
+              for run in runs]
+    lines.append("| mean ± std | " + " | ".join(
+        f"{summary['mean'][key]:.4f} ± {summary['std'][key]:.4f}" for key in SUMMARY_KEYS) + " |")
+    return summary, "\n".join(lines)

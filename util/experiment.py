@@ -34,6 +34,12 @@ def per_shot_name(cfg, stem: str, extension: str = "") -> str:
     return f"{stem}_{cfg.shot}shot{extension}"
 
 
+def tensorboard_writer(cfg, *subfolders: str):
+    """A TensorBoard writer in <exp>/tensorboard_<K>shot[/subfolder] (the scripts' --viz)."""
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(os.path.join(experiment_dir(cfg), per_shot_name(cfg, "tensorboard"), *subfolders))
+
+
 def _is_toy(cfg) -> bool:
     return "toy" in (os.path.basename(os.path.normpath(str(cfg.data_root))),
                      os.path.basename(os.path.dirname(os.path.abspath(str(cfg.get("config_file", ""))))))

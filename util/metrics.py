@@ -12,17 +12,6 @@ The protocol that produced the paper's numbers accumulates, over all test episod
 Pixels whose target is the ignore label (255) count for nothing. The original accumulated the
 sums in float32 numpy arrays; here they are float64, which holds pixel counts exactly (the
 difference is far below the 4 decimals that are reported).
-
-Public API::
-
-    intersection_and_union(prediction, target, num_classes, ignore_index=255)
-        -> (area_intersection, area_union, area_target)            # torch tensors
-    intersection_and_union_numpy(prediction, target, num_classes, ignore_index=255)
-        -> (area_intersection, area_union, area_target)            # numpy arrays
-    pad_to_square(raw_label, ignore_label=255) -> torch.Tensor
-    FewShotMeter(num_test_classes, num_classes=2, ignore_index=255)
-        .update(prediction, target, class_index) -> (intersection, union, target) of the batch
-        .summary() -> {'mIoU', 'FB_IoU', 'pIoU', 'class_IoU', 'accuracy', 'episodes'}
 """
 
 from __future__ import annotations
@@ -36,7 +25,6 @@ __all__ = [
     "EPSILON",
     "FewShotMeter",
     "intersection_and_union",
-    "intersection_and_union_numpy",
     "pad_to_square",
 ]
 
@@ -74,35 +62,6 @@ def intersection_and_union(
     # histc needs floating point input on the CPU; float64 keeps the counts exact.
     def histogram(values: torch.Tensor) -> torch.Tensor:
         return torch.histc(values.double(), bins=num_classes, min=0, max=num_classes - 1)
-
-    area_intersection = histogram(intersection)
-    area_prediction = histogram(prediction)
-    area_target = histogram(target)
-    area_union = area_prediction + area_target - area_intersection
-    return area_intersection, area_union, area_target
-
-
-def intersection_and_union_numpy(
-    prediction: np.ndarray,
-    target: np.ndarray,
-    num_classes: int,
-    ignore_index: int = 255,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """NumPy twin of ``intersection_and_union`` (BAM's intersectionAndUnion); float64 arrays."""
-    prediction = np.asarray(prediction)
-    target = np.asarray(target)
-    if prediction.shape != target.shape:
-        raise ValueError(f"prediction shape {prediction.shape} != target shape {target.shape}")
-    prediction = prediction.reshape(-1).astype(np.int64)
-    target = target.reshape(-1).astype(np.int64)
-    prediction = np.where(target == ignore_index, ignore_index, prediction)
-    intersection = prediction[prediction == target]
-    bin_edges = np.arange(num_classes + 1)  # one integer per bin: [0,1), [1,2), ... [K-1, K]
-
-    def histogram(values: np.ndarray) -> np.ndarray:
-        # Drop out-of-range ids first: np.histogram's last bin is closed and would take K.
-        values = values[(values >= 0) & (values < num_classes)]
-        return np.histogram(values, bins=bin_edges)[0].astype(np.float64)
 
     area_intersection = histogram(intersection)
     area_prediction = histogram(prediction)

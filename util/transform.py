@@ -44,7 +44,6 @@ __all__ = [
     "ToTensor",
     "Normalize",
     "test_Resize",
-    "ValidationResize",
     "IMAGE_MEAN",
     "IMAGE_STD",
     "SquareResize",
@@ -370,10 +369,6 @@ class test_Resize:  # noqa: N801 - the original's class name, kept so configs/po
         label_canvas = np.ones((size, size)) * 255
         label_canvas[:new_h, :new_w] = resized_label
         return canvas, label_canvas
-
-
-# Full-word alias for new code; `test_Resize` stays the name used in the original.
-ValidationResize = test_Resize
 
 
 def build_train_transform(

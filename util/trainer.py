@@ -1,0 +1,308 @@
+"""The training loop of the original train.py (optimisation in docs/PROTOCOL.md section 4,
+validation and checkpoints in section 5), run by train_sccan.py.
+
+:class:`Trainer` builds the model, optimizers and loaders of a config, trains epoch by epoch with
+the poly schedule, validates with the shared :class:`EvaluationProtocol` (rank 0 only), keeps the
+best checkpoint under the original's name, writes per-shot ``latest``/``epoch_<e>``/``final``
+checkpoints atomically, and resumes exactly (weights, optimizers, RNG states, bookkeeping).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from model import build_optimizers, poly_learning_rate
+from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from util.best_checkpoint import BestCheckpoint, epoch_label, format_epoch_label, half_epoch_index
+from util.cli import UserError
+from util.evaluation import EvaluationProtocol
+from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
+                             per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
+from util.io import atomic_torch_save
+from util.runtime import get_rng_states, set_rng_states, set_seed
+
+__all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm"]
+
+# A checkpoint trained for another of these cannot be resumed under this config.
+RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
+RESUME_KEYS = ("state_dict", "optimizer", "optimizer_swin", "epoch")
+
+
+class NonFiniteLossError(UserError):
+    pass
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0            # completed epochs
+    iteration: int = 0        # completed iterations
+    best: BestCheckpoint = field(default_factory=BestCheckpoint)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "iteration": self.iteration, "best_miou": self.best.miou,
+                "best_epoch": self.best.epoch, "best_path": self.best.path}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingState":
+        return cls(values["epoch"], values["iteration"],
+                   BestCheckpoint(values["best_miou"], values["best_epoch"], values["best_path"]))
+
+
+def fix_batch_norm(module: torch.nn.Module) -> None:
+    """fix_bn: keep any trainable BatchNorm in eval mode (the backbone's BN is frozen anyway)."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        module.eval()
+
+
+def check_fresh_output(cfg, overwrite: bool) -> None:
+    """Refuse to silently replace another run of the same shot in the shared output folder."""
+    if cfg.resume or overwrite:
+        return
+    names = [per_shot_name(cfg, stem, ".pth") for stem in ("latest", "final")]
+    existing = [name for name in names if os.path.exists(os.path.join(snapshot_dir(cfg), name))]
+    if existing:
+        latest = os.path.join(snapshot_dir(cfg), names[0])
+        raise UserError(
+            f"{experiment_dir(cfg)} already holds a {cfg.shot}-shot run ({', '.join(existing)}): "
+            f"continue it with --opts resume {latest}, or start again with --overwrite "
+            f"(or --opts save_path OTHER_FOLDER)")
+
+
+class Trainer:
+    """One training run. ``epoch_end_callbacks``: functions ``f(trainer) -> bool`` called after
+    each epoch's checkpoints; True ends :meth:`fit` there, without the final checkpoint, as if
+    the process had been stopped (tests of exact resume; time-limited jobs)."""
+
+    def __init__(self, cfg, context, logger):
+        self.cfg, self.context, self.logger = cfg, context, logger
+        self.device = context.device
+        self.snapshot_dir = snapshot_dir(cfg)
+        self.epoch_end_callbacks: List[Callable[["Trainer"], bool]] = []
+        self.model = build_experiment_model(cfg, self.device)
+        self.sgd, self.adamw = build_optimizers(self.model, cfg.base_lr, cfg.momentum,
+                                                cfg.weight_decay, cfg.transformer_lr)
+        self.state = TrainingState()
+        if cfg.resume:
+            self.resume(cfg.resume)
+        self.network = self.model
+        if context.distributed:
+            # The last block's support branch gets no gradient (its output is unused).
+            self.network = DistributedDataParallel(
+                self.model, device_ids=[context.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self._build_loaders()
+        self.writer = tensorboard_writer(cfg) if cfg.viz and context.is_main else None
+
+    def _build_loaders(self) -> None:
+        cfg, context = self.cfg, self.context
+        train_data = build_dataset(cfg, "train", show_progress=context.is_main)
+        self.sampler = DistributedSampler(train_data) if context.distributed else None
+        self.train_loader = DataLoader(train_data, batch_size=cfg.batch_size,
+                                       shuffle=self.sampler is None, sampler=self.sampler,
+                                       num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                       drop_last=True)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"{cfg.train_list}: {len(train_data)} training episodes are fewer than "
+                             f"one batch of {cfg.batch_size}")
+        self.val_loader, self.protocol = None, None
+        if cfg.evaluate and context.is_main:
+            self.val_loader = build_val_loader(cfg, build_dataset(cfg, "val"))
+            self.protocol = EvaluationProtocol.from_config(cfg, len(test_class_ids(cfg)), validation=True)
+
+    # ----------------------------------------------------------------------------- resume
+    def resume(self, path: str) -> None:
+        """Continue the run of a training checkpoint written by this trainer (exactly) or by the
+        original train.py (from its epoch label, without the RNG states)."""
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        missing = [key for key in RESUME_KEYS if not (isinstance(checkpoint, dict) and key in checkpoint)]
+        if missing:
+            what = "a bare state_dict (weights only)" if "state_dict" in missing else \
+                f"a checkpoint without {', '.join(repr(key) for key in missing)}"
+            latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
+            raise CheckpointError(
+                f"resume: {path} is {what}; resume needs a training checkpoint with "
+                f"{', '.join(repr(key) for key in RESUME_KEYS)} such as {latest} (written by "
+                f"train_sccan.py every epoch)")
+        self._check_same_run(checkpoint, path)
+        load_model_weights(self.model, checkpoint)
+        self.sgd.load_state_dict(checkpoint["optimizer"])
+        self.adamw.load_state_dict(checkpoint["optimizer_swin"])
+        training = checkpoint.get("training_state")
+        if training is None:  # a checkpoint of the original code: an epoch label only
+            # label e ends 0-based epoch e (e + 1 done); label e - 0.5 lies inside epoch e (e done)
+            self.state.epoch = int(math.floor(checkpoint["epoch"])) + 1
+            self.logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
+                                f"epoch {self.state.epoch + 1} without exact continuation")
+        else:
+            self.state = TrainingState.from_dict(training)
+            set_rng_states(training["rng"])
+        self.logger.info(f"resumed from {path} at epoch {self.state.epoch}, iteration "
+                         f"{self.state.iteration}, best mIoU {self.state.best.miou:.4f}")
+
+    def _check_same_run(self, checkpoint: dict, path: str) -> None:
+        saved = checkpoint.get("config")
+        if not isinstance(saved, dict):
+            self.logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
+                                f"checked against this config (the backbone depth is)")
+            return
+        differences = [f"{key} {saved[key]!r} (config: {self.cfg[key]!r})" for key in RUN_IDENTITY_KEYS
+                       if key in saved and saved[key] != self.cfg[key]]
+        if differences:
+            raise CheckpointError(
+                f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
+                f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
+                f"or start this run without resume")
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save(self, name: str, label: float) -> str:
+        """Write a training checkpoint (the original's keys plus config and exact-resume state)."""
+        training = dict(self.state.to_dict(), rng=get_rng_states())
+        checkpoint = {"epoch": label, "state_dict": self.model.state_dict(),
+                      "optimizer": self.sgd.state_dict(), "optimizer_swin": self.adamw.state_dict(),
+                      "config": self.cfg.to_dict(), "training_state": training}
+        path = os.path.join(self.snapshot_dir, name)
+        atomic_torch_save(checkpoint, path)
+        return path
+
+    # -------------------------------------------------------------------------- validation
+    def validate(self, label: float) -> None:
+        """Rank 0 evaluates and keeps the best checkpoint; the other ranks wait."""
+        if self.protocol is not None:
+            result = self.protocol.run(self.model, self.val_loader, self.device,
+                                       seed=self.protocol.seeds[0], progress=True)
+            self.logger.info(f"val epoch {format_epoch_label(label)}: mIoU {result['mIoU']:.4f} "
+                             f"FB-IoU {result['FB_IoU']:.4f} pIoU {result['pIoU']:.4f} "
+                             f"({result['episodes']} episodes, {result['seconds']:.0f}s)")
+            if self.writer is not None:
+                self.writer.add_scalar("mIoU_val", result["mIoU"], label)
+                self.writer.add_scalar("FBIoU_val", result["FB_IoU"], label)
+            best = self.state.best
+            if best.improves(result["mIoU"]):
+                previous = best.replace(self.snapshot_dir, self.cfg.shot, label, result["mIoU"])
+                self.save(os.path.basename(best.path), label)
+                if previous and os.path.exists(previous):
+                    os.remove(previous)
+                self.logger.info(f"new best mIoU {result['mIoU']:.4f}: {best.path}")
+            self.model.train()
+        if self.context.distributed:
+            dist.barrier()
+            # Everyone needs the best epoch for the early-stop decision.
+            best = torch.tensor([self.state.best.epoch, self.state.best.miou], dtype=torch.float64,
+                                device=self.device)
+            dist.broadcast(best, 0)
+            self.state.best.epoch, self.state.best.miou = float(best[0]), float(best[1])
+
+    # ---------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        self.network.train()
+        if cfg.fix_bn:
+            self.model.apply(fix_batch_norm)
+        iterations = len(self.train_loader)
+        half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
+        progress = _progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
+        start = time.time()
+        for index, (image, label, support_images, support_labels, subcls) in enumerate(self.train_loader):
+            current = epoch * iterations + index + 1
+            poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
+                               index_split=cfg.index_split, warmup=cfg.warmup,
+                               warmup_step=iterations // 2)
+            _, main_loss, aux_loss1, aux_loss2 = self.network(
+                x=image.to(self.device), s_x=support_images.to(self.device),
+                s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls)
+            loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
+            self._check_finite(loss, epoch, index, current)
+            self.sgd.zero_grad(set_to_none=True)
+            self.adamw.zero_grad(set_to_none=True)
+            loss.backward()
+            self.sgd.step()
+            self.adamw.step()
+            self.state.iteration = current
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+            if self.context.is_main and (index + 1) % cfg.print_freq == 0:
+                self._log_iteration(epoch, index, iterations, loss.item(), start)
+            if half_epoch_validation and index == half_epoch_index(iterations):
+                self.validate(epoch_label(epoch, half=True))
+        if progress is not None:
+            progress.close()
+
+    def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float) -> None:
+        learning_rate = self.sgd.param_groups[0]["lr"]
+        self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss {loss:.4f} "
+                         f"lr {learning_rate:.6f} ({(time.time() - start) / (index + 1):.2f}s/it)")
+        if self.writer is not None:
+            self.writer.add_scalar("loss_train_batch", loss, self.state.iteration)
+            self.writer.add_scalar("learning_rate", learning_rate, self.state.iteration)
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, index: int, current: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
+        if self.context.distributed:
+            dist.all_reduce(bad)  # every rank must stop together
+        if bad.item():
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
+                f"(global iteration {current}); training stopped, the last good checkpoints in "
+                f"{self.snapshot_dir} are kept")
+
+    def fit(self) -> TrainingState:
+        """Train from the current state to ``epochs`` (or the early stop); returns the state."""
+        cfg = self.cfg
+        for epoch in range(self.state.epoch, cfg.epochs):
+            if cfg.fix_random_seed_val:  # the original reseeds every epoch
+                set_seed(cfg.manual_seed + epoch, cfg.seed_deterministic)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            self.train_epoch(epoch)
+            label = epoch_label(epoch)
+            if cfg.evaluate:
+                self.validate(label)
+            self.state.epoch = epoch + 1
+            if self.context.is_main:
+                self.save(per_shot_name(cfg, "latest", ".pth"), label)
+                if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
+                    self.save(per_shot_name(cfg, f"epoch_{format_epoch_label(label)}", ".pth"), label)
+            if self.context.distributed:
+                dist.barrier()
+            if cfg.evaluate and self.state.best.should_stop(label, cfg.stop_interval):
+                self.logger.info(f"early stop: no better mIoU for {cfg.stop_interval} epochs "
+                                 f"(best {self.state.best.miou:.4f} at epoch "
+                                 f"{format_epoch_label(self.state.best.epoch)})")
+                break
+            if any([callback(self) for callback in self.epoch_end_callbacks]):
+                return self.state
+        if self.context.is_main:
+            self._finish()
+        return self.state
+
+    def _finish(self) -> None:
+        path = self.save(per_shot_name(self.cfg, "final", ".pth"), epoch_label(self.state.epoch - 1))
+        best = self.state.best
+        if not self.cfg.evaluate:
+            outcome = "validation was off (evaluate: False), so no best checkpoint was kept"
+        elif best.path:
+            outcome = f"best mIoU {best.miou:.4f} at epoch {format_epoch_label(best.epoch)} ({best.path})"
+        else:
+            outcome = "no validation scored above 0, so no best checkpoint was kept"
+        self.logger.info(f"done after {self.state.epoch} epochs: final weights {path}; {outcome}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _progress_bar(total: int, description: str, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
