@@ -1,5 +1,5 @@
 """Training-free few-shot predictors on the frozen backbone: reference rows for the toy demo
-(``test_sccan.py --prior-baseline``) and the feature probe (``tools/probe_features.py``)."""
+(``test_sccan.py --prior-baseline``) and the feature probe (``python -m tools.probe_features``)."""
 from __future__ import annotations
 
 from typing import Union
