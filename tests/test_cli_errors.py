@@ -73,9 +73,10 @@ def checkpoints(toy):
 
 
 # ------------------------------------------------------------------------ configs and --opts
-@pytest.mark.parametrize("script", ["train_sccan.py", "test_sccan.py", "tools/probe_features.py"])
-def test_missing_config_file(script):
-    assert_user_error(run(script, "--config", "config/nope.yaml"),
+@pytest.mark.parametrize("command", [["train_sccan.py"], ["test_sccan.py"], ["-m", "tools.probe_features"]],
+                         ids=["train_sccan", "test_sccan", "tools.probe_features"])
+def test_missing_config_file(command):
+    assert_user_error(run(*command, "--config", "config/nope.yaml"),
                       "configuration file not found", "config/nope.yaml")
 
 
@@ -115,12 +116,12 @@ def test_missing_toy_data_root_names_the_key_and_the_generator(tmp_path):
     missing = str(tmp_path / "toy")
     assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", "data_root", repr(missing),
                           "save_path", repr(str(tmp_path / "exp"))),
-                      "data_root", missing, "tools/make_toy_dataset.py")
+                      "data_root", missing, "python -m tools.make_toy_dataset")
     assert not (tmp_path / "exp").exists()  # nothing is written before the inputs are checked
     pascal = os.path.join("config", "pascal", "pascal_split0_resnet50.yaml")
     missing_voc = str(tmp_path / "VOC2012")
     last = assert_user_error(run("test_sccan.py", "--config", pascal, "--opts", "data_root", repr(missing_voc)),
-                             "data_root", "tools/prepare_pascal.py")
+                             "data_root", "python -m tools.prepare_pascal")
     assert_names_a_readme_section(last)
 
 
@@ -215,10 +216,19 @@ def test_rerun_into_a_used_folder_and_validation_off(toy, tmp_path):
 
 # --------------------------------------------------------------------------------- tools
 def test_tools_report_user_errors_in_one_line(tmp_path):
-    assert_user_error(run("tools/make_toy_dataset.py", "--out", str(tmp_path / "toy"), "--num-images", "20"),
+    assert_user_error(run("-m", "tools.make_toy_dataset", "--out", str(tmp_path / "toy"), "--num-images", "20"),
                       "too small")
-    assert_user_error(run("tools/bench_model.py", "--size", "100"), "--size 100", "multiple of 8")
-    assert_user_error(run("tools/toy_demo.py", "--config", "config/nope.yaml"),
+    assert_user_error(run("-m", "tools.bench_model", "--size", "100"), "--size 100", "multiple of 8")
+    assert_user_error(run("-m", "tools.toy_demo", "--config", "config/nope.yaml"),
                       "configuration file not found")
-    assert_user_error(run("tools/probe_features.py", "--config", CONFIG, "--opts", "data_root",
+    assert_user_error(run("-m", "tools.probe_features", "--config", CONFIG, "--opts", "data_root",
                           repr(str(tmp_path / "none"))), "data_root")
+    assert_user_error(run("-m", "tools.prepare_pascal", "--voc", str(tmp_path / "none"), "--sbd", str(tmp_path)),
+                      "missing folder", "none")
+
+
+def test_tools_run_as_files_say_how_to_run_them():
+    result = run("tools/toy_demo.py", "--help")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == ("error: run the tools as modules from the repository root: "
+                                     "python -m tools.toy_demo ...")

@@ -184,7 +184,7 @@ def test_write_format_is_the_original_one(tmp_path):
         "'SegmentationClassAug/a.png'), ('JPEGImages/b.jpg', 'SegmentationClassAug/b.png')], 3: []}"
     )
     assert load_fss_lists(data_path, sub_path) == (data_list, sub_lists)
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp_")]  # atomic writes cleaned up
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]  # atomic writes cleaned up
 
 
 def _copy_toy_pair(toy_root, name, destination_root):

@@ -20,8 +20,10 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from tools import _progress as progress
 from tools import prepare_coco, prepare_pascal
+from tools.label_files import read_label_png
+from tools.preparation import write_list_file
+from util import io as util_io
 
 # --------------------------------------------------------------------------------------------
 # PASCAL: a miniature VOC2012 devkit and SBD release
@@ -209,7 +211,7 @@ def test_the_train_list_rule_reproduces_the_shipped_lists_byte_for_byte(tmp_path
     # Whatever order SBD's train_noval.txt comes in, the rule gives the shipped files exactly.
     lists = prepare_pascal.build_pascal_lists(voc_ids, _shipped_ids("val.txt"), sbd_ids[::-1])
     for name in ("voc_sbd_merge_noduplicate.txt", "val.txt"):
-        progress.write_list_file(str(tmp_path / name), lists[name])
+        write_list_file(str(tmp_path / name), lists[name])
         with open(tmp_path / name, "rb") as handle:
             assert handle.read() == _shipped_bytes(name), name
     assert len(lists["voc_sbd_merge_noduplicate.txt"]) == 5953
@@ -221,8 +223,8 @@ def test_prepare_pascal_keeps_existing_lists_unless_asked(pascal_inputs, capsys)
     val_path = os.path.join(lists_dir, "val.txt")
     os.makedirs(lists_dir)
     different = EXPECTED_TRAIN_LINES[:-1] + ["JPEGImages/2009_000001.jpg SegmentationClassAug/2009_000001.png"]
-    progress.write_list_file(train_path, different)
-    progress.write_list_file(val_path, EXPECTED_VAL_LINES[::-1])
+    write_list_file(train_path, different)
+    write_list_file(val_path, EXPECTED_VAL_LINES[::-1])
     summary = prepare_pascal.prepare_pascal(voc, sbd, lists_dir=lists_dir)
     assert summary["lists"] == {"val.txt": "reordered", "voc_sbd_merge_noduplicate.txt": "kept"}
     assert _read_lines(train_path) == different and _read_lines(val_path) == EXPECTED_VAL_LINES[::-1]
@@ -298,7 +300,7 @@ def test_prepare_pascal_resumes_repairs_and_forces(pascal_inputs, monkeypatch):
         handle.write(payload[: len(payload) // 2])
     third = prepare_pascal.prepare_pascal(**arguments)
     assert third["labels_written"] == 1 and third["labels_skipped"] == total - 1
-    np.testing.assert_array_equal(progress.read_label_png(damaged), _sbd_label("2008_000101"))
+    np.testing.assert_array_equal(read_label_png(damaged), _sbd_label("2008_000101"))
 
     forced = prepare_pascal.prepare_pascal(force=True, **arguments)
     assert forced["labels_written"] == total
@@ -309,7 +311,7 @@ def test_prepare_pascal_resumes_repairs_and_forces(pascal_inputs, monkeypatch):
     def interrupted_replace(source, destination):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(progress.os, "replace", interrupted_replace)
+    monkeypatch.setattr(util_io.os, "replace", interrupted_replace)
     with pytest.raises(KeyboardInterrupt):
         prepare_pascal.prepare_pascal(**arguments)
     monkeypatch.undo()
@@ -325,6 +327,9 @@ def test_prepare_pascal_clear_errors(pascal_inputs, tmp_path, capsys):
     assert prepare_pascal.main(["--voc", missing, "--sbd", sbd, "--lists-dir", lists_dir]) == 2
     error_text = capsys.readouterr().err
     assert missing in error_text and "JPEGImages" in error_text
+    assert error_text.startswith("error: ") and len(error_text.strip().splitlines()) == 1
+    with pytest.raises(prepare_pascal.PrepareError, match="nowhere"):  # --debug: the traceback
+        prepare_pascal.main(["--voc", missing, "--sbd", sbd, "--lists-dir", lists_dir, "--debug"])
 
     os.remove(os.path.join(sbd, "train_noval.txt"))
     assert prepare_pascal.main(["--voc", voc, "--sbd", sbd, "--lists-dir", lists_dir]) == 2
@@ -477,7 +482,7 @@ def test_build_coco_end_to_end_and_resume(coco_inputs, capsys):
             path = os.path.join(root, "annotations", split, f"COCO_{split}_{image_id:012d}.png")
             with Image.open(path) as image:
                 assert image.mode == "L"
-            np.testing.assert_array_equal(progress.read_label_png(path), _expected_coco_label(coco, image_id))
+            np.testing.assert_array_equal(read_label_png(path), _expected_coco_label(coco, image_id))
 
     summaries = prepare_coco.build_coco(root, lists_dir, ["val2014"])
     assert summaries["val2014"]["labels_written"] == 0 and summaries["val2014"]["labels_skipped"] == 3
@@ -502,7 +507,7 @@ def test_prepare_coco_keeps_the_order_of_an_existing_list(coco_inputs, capsys):
     ]
     val_path, train_path = os.path.join(lists_dir, "val.txt"), os.path.join(lists_dir, "train.txt")
     os.makedirs(lists_dir)
-    progress.write_list_file(val_path, lines)
+    write_list_file(val_path, lines)
     summaries = prepare_coco.build_coco(root, lists_dir)
     assert summaries["val2014"]["list_outcome"] == "reordered" and _read_lines(val_path) == lines
     # No train.txt was there: written in image-id order, and said so.
@@ -513,7 +518,7 @@ def test_prepare_coco_keeps_the_order_of_an_existing_list(coco_inputs, capsys):
     assert f"{train_path}: written in ascending image-id order" in capsys.readouterr().out
 
     # Other images than the data gives: kept, with a warning naming the difference.
-    progress.write_list_file(val_path, lines[:1])
+    write_list_file(val_path, lines[:1])
     summaries = prepare_coco.build_coco(root, lists_dir, ["val2014"])
     assert summaries["val2014"]["list_outcome"] == "kept" and _read_lines(val_path) == lines[:1]
     warning = capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/bench_data.py [--data-root data/toy] [--episodes 100] [--sizes 473 225] [--threads 1]
+    python -m tools.bench_data [--data-root data/toy] [--episodes 100] [--sizes 473 225] [--threads 1]
 
 Measures `SemData.__getitem__` (file reads, episode draws, transforms, stacking) for training
 and validation episodes, 1- and 5-shot, at each crop / validation size, on the toy dataset
@@ -20,17 +20,16 @@ import shlex
 import sys
 import time
 
-REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPOSITORY_ROOT not in sys.path:
-    sys.path.insert(0, REPOSITORY_ROOT)
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
 
-import cv2  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import torch
 
-from tools.make_toy_dataset import make_toy_dataset  # noqa: E402
-from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
-from util.dataset import SemData  # noqa: E402
-from util.transform import build_train_transform, build_val_transform  # noqa: E402
+from tools.make_toy_dataset import make_toy_dataset
+from util.cli import add_debug_argument, positive_int, run_entry_point
+from util.dataset import SemData
+from util.transform import build_train_transform, build_val_transform
 
 
 def measure(data: SemData, episodes: int, warmup: int = 3, seed: int = 0) -> float:
@@ -45,7 +44,7 @@ def measure(data: SemData, episodes: int, warmup: int = 3, seed: int = 0) -> flo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default="data/toy", help="toy dataset root (generated if missing)")
     parser.add_argument("--episodes", type=positive_int, default=100, help="timed episodes per row")
     parser.add_argument("--sizes", type=positive_int, nargs="+", default=[473, 225], help="train crop = val size")
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
                 rows.append((mode, shot, size, rate))
                 print(f"{mode:5s} {shot}-shot size {size}: {rate:7.1f} episodes/s", file=sys.stderr)
 
-    command = "python tools/bench_data.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m tools.bench_data " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"Command: `{command.strip()}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}, OpenCV {cv2.__version__}, {args.threads} thread(s), "

@@ -1,7 +1,7 @@
 """Eval-forward speed of SCCAN per episode (batch 1) and parameter counts.
 
-    python tools/bench_model.py                       # CPU, and CUDA when present
-    python tools/bench_model.py --devices cpu --size 473 --runs 3 --warmup 1
+    python -m tools.bench_model                       # CPU, and CUDA when present
+    python -m tools.bench_model --devices cpu --size 473 --runs 3 --warmup 1
 
 Prints a markdown table (median seconds per episode over --runs after --warmup runs) and the
 command line that produced it. Weights are random: speed does not depend on them.
@@ -9,20 +9,22 @@ command line that produced it. Weights are random: speed does not depend on them
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
 import time
 import warnings
 
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+
 import torch
 
-sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(
-    __import__("os").path.abspath(__file__))))
-from model.backbone import Backbone  # noqa: E402
-from model.builder import count_parameters  # noqa: E402
-from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
-from model.sccan import SCCAN  # noqa: E402
+from model.backbone import Backbone
+from model.builder import count_parameters
+from model.sccan import SCCAN
+from util.cli import add_debug_argument, positive_int, run_entry_point
 
 
 def time_forward(model, shot, size, device, runs, warmup):
@@ -45,8 +47,9 @@ def time_forward(model, shot, size, device, runs, warmup):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda if present)")
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", default=None,
+                        help="torch devices to time, e.g. cpu cuda (default: cpu, and cuda when present)")
     parser.add_argument("--layers", nargs="+", type=int, choices=[50, 101], default=[50, 101],
                         help="backbone depths to time (default: 50 101)")
     parser.add_argument("--shots", nargs="+", type=positive_int, default=[1, 5],
@@ -64,7 +67,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    print(f"command: python tools/bench_model.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"command: python -m tools.bench_model {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/make_toy_dataset.py --out data/toy --seed 0 --num-images 300
+    python -m tools.make_toy_dataset --out data/toy --seed 0 --num-images 300
 
 Layout written under ``--out`` (use it as ``data_root`` with ``data_set='pascal'`` and
 ``list_root=<out>/fss_list``)::
@@ -36,14 +36,13 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+
 import cv2
 import numpy as np
 
-REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPOSITORY_ROOT not in sys.path:  # run as a script: python tools/make_toy_dataset.py
-    sys.path.insert(0, REPOSITORY_ROOT)
-
-from util.cli import add_debug_argument, run_entry_point  # noqa: E402
+from util.cli import add_debug_argument, run_entry_point
 
 GENERATOR_VERSION = 2
 NUM_CLASSES = 20
@@ -393,7 +392,7 @@ def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.make_toy_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/toy", help="output folder (data_root), default data/toy")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0: the README's dataset)")
     parser.add_argument("--num-images", type=int, default=300,

@@ -3,7 +3,7 @@
 Usage::
 
     pip install pycocotools        # optional dependency, needed only by this tool
-    python tools/prepare_coco.py --coco-root ../data/MSCOCO2014 [--lists-dir lists/coco] \\
+    python -m tools.prepare_coco --coco-root ../data/MSCOCO2014 [--lists-dir lists/coco] \\
         [--splits train2014 val2014] [--workers N] [--force] [--replace-lists]
 
 Inputs (under ``--coco-root``)
@@ -57,14 +57,16 @@ import os
 import sys
 from typing import Sequence
 
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+
 import numpy as np
 
-if __package__:
-    from . import _progress as progress
-else:  # run as a script: python tools/prepare_coco.py
-    import _progress as progress
-
-PrepareError = progress.PrepareError
+from tools.label_files import image_height_width, is_valid_label_png, write_label_png
+from tools.parallel import default_worker_count, run_tasks
+from tools.preparation import (PrepareError, first_few, read_id_list, report_count,
+                               write_list_unless_present)
+from util.cli import add_debug_argument, run_entry_point
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LISTS_DIR = os.path.join(REPOSITORY_ROOT, "lists", "coco")
@@ -161,10 +163,10 @@ def _write_label_task(task: tuple) -> str:
     """Worker: write one annotation PNG. Returns 'written' or 'skipped'."""
     annotations, height, width, cat_to_class, destination, force = task
     allowed_values = np.arange(len(cat_to_class) + 1, dtype=np.uint8)
-    if not force and progress.is_valid_label_png(destination, (height, width), allowed_values):
+    if not force and is_valid_label_png(destination, (height, width), allowed_values):
         return "skipped"
     label = instance_label_from_annotations(annotations, height, width, cat_to_class)
-    progress.write_label_png(destination, label)
+    write_label_png(destination, label)
     return "written"
 
 
@@ -179,7 +181,7 @@ def build_coco_split(
 ) -> dict:
     """Labels and list of one split. ``expected_classes`` (a category-id -> class map from another
     split) guards against two splits numbering the classes differently. The summary's
-    'list_outcome' says what happened to the list (see `_progress.write_list_unless_present`)."""
+    'list_outcome' says what happened to the list (see `tools.preparation.write_list_unless_present`)."""
     COCO, _ = _import_pycocotools()
     annotation_file = os.path.join(coco_root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(annotation_file):
@@ -220,21 +222,21 @@ def build_coco_split(
             if not os.path.isfile(os.path.join(image_folder, file_name)):
                 missing_images.append(file_name)
 
-    outcomes = progress.run_tasks(_write_label_task, tasks, workers, f"annotations/{split}")
+    outcomes = run_tasks(_write_label_task, tasks, workers, f"annotations/{split}")
     print(f"{split} labels: {outcomes['written']:,} written, {outcomes['skipped']:,} already valid and skipped")
     if missing_images:
         print(
             f"WARNING: {len(missing_images):,} listed {split} images are not in {image_folder}: "
-            f"{progress.first_few(missing_images)}",
+            f"{first_few(missing_images)}",
             file=sys.stderr,
         )
 
     os.makedirs(lists_dir, exist_ok=True)
     list_path = os.path.join(lists_dir, list_file_name(split))
-    list_outcome = progress.write_list_unless_present(list_path, list_lines, replace_lists)
+    list_outcome = write_list_unless_present(list_path, list_lines, replace_lists)
     if list_outcome == "written":
         print(f"{list_path}: written in ascending image-id order")
-    progress.report_count(f"{list_path} lines", len(list_lines), REFERENCE_LIST_COUNTS.get(split))
+    report_count(f"{list_path} lines", len(list_lines), REFERENCE_LIST_COUNTS.get(split))
     return {
         "split": split,
         "list_path": list_path,
@@ -270,32 +272,34 @@ def build_coco(
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="python -m tools.prepare_coco",
         description="Build COCO-20i semantic label PNGs and base lists from COCO 2014 instance annotations.",
     )
     parser.add_argument("--coco-root", required=True, help="folder holding annotations/, train2014/, val2014/")
     parser.add_argument("--lists-dir", default=DEFAULT_LISTS_DIR, help="where train.txt and val.txt go (default: %(default)s)")
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="COCO splits to convert (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=progress.default_worker_count(), help="worker processes (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=default_worker_count(), help="worker processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
     parser.add_argument(
         "--replace-lists", action="store_true",
         help="write the built lists over lists already in --lists-dir (by default an existing list, such as "
         "the original's shipped val.txt, is kept and compared with the built one)",
     )
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(argv: Sequence[str]) -> None:
     arguments = parse_arguments(argv)
-    try:
-        build_coco(
-            arguments.coco_root, arguments.lists_dir, arguments.splits, arguments.force, arguments.workers,
-            arguments.replace_lists,
-        )
-    except PrepareError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    build_coco(
+        arguments.coco_root, arguments.lists_dir, arguments.splits, arguments.force, arguments.workers,
+        arguments.replace_lists,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 after printing ``error: ...`` for a problem with the inputs."""
+    return run_entry_point(_run, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/prepare_pascal.py --voc ../data/VOCdevkit2012/VOC2012 \\
+    python -m tools.prepare_pascal --voc ../data/VOCdevkit2012/VOC2012 \\
         --sbd ../data/benchmark_RELEASE/dataset [--out-root DIR] [--lists-dir lists/pascal] \\
         [--sbd-train-list FILE] [--workers N] [--force] [--replace-lists]
 
@@ -59,16 +59,19 @@ import os
 import sys
 from typing import Sequence
 
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+
 import numpy as np
 import scipy.io
 from PIL import Image
 
-if __package__:
-    from . import _progress as progress
-else:  # run as a script: python tools/prepare_pascal.py
-    import _progress as progress
-
-PrepareError = progress.PrepareError
+from tools.label_files import image_height_width, is_valid_label_png, write_label_png
+from tools.parallel import default_worker_count, run_tasks
+from tools.preparation import (PrepareError, first_few, read_id_list, report_count,
+                               write_list_unless_present)
+from util.cli import add_debug_argument, run_entry_point
+from util.io import atomic_copy
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LISTS_DIR = os.path.join(REPOSITORY_ROOT, "lists", "pascal")
@@ -271,8 +274,8 @@ SBD_LAYOUT = "benchmark_RELEASE/dataset/{cls/*.mat, img/*.jpg, train.txt, val.tx
 def _convert_label_task(task: tuple) -> str:
     """Worker: write one SegmentationClassAug PNG. Returns 'written' or 'skipped'."""
     source_kind, source_path, destination, image_path, force = task
-    expected_height_width = progress.image_height_width(image_path)
-    if not force and progress.is_valid_label_png(destination, expected_height_width, ALLOWED_LABEL_VALUES):
+    expected_height_width = image_height_width(image_path)
+    if not force and is_valid_label_png(destination, expected_height_width, ALLOWED_LABEL_VALUES):
         return "skipped"
     label = read_voc_label(source_path) if source_kind == "voc" else convert_sbd_mat(source_path)
     if label.shape != expected_height_width:
@@ -280,7 +283,7 @@ def _convert_label_task(task: tuple) -> str:
             f"{source_path}: label size {label.shape[1]}x{label.shape[0]} differs from its image "
             f"{image_path} ({expected_height_width[1]}x{expected_height_width[0]})"
         )
-    progress.write_label_png(destination, label)
+    write_label_png(destination, label)
     return "written"
 
 
@@ -295,7 +298,7 @@ def prepare_pascal(
     replace_lists: bool = False,
 ) -> dict:
     """Do the whole preparation; returns a summary dict (counts, output paths and, under
-    'lists', what happened to each list: see `_progress.write_list_unless_present`)."""
+    'lists', what happened to each list: see `tools.preparation.write_list_unless_present`)."""
     out_root = out_root or voc_root
     voc_image_folder = os.path.join(voc_root, IMAGE_FOLDER)
     voc_label_folder = os.path.join(voc_root, "SegmentationClass")
@@ -318,20 +321,20 @@ def prepare_pascal(
         SBD_LAYOUT,
     )
 
-    voc_train_ids = progress.read_id_list(os.path.join(voc_list_folder, "train.txt"))
-    voc_val_ids = progress.read_id_list(os.path.join(voc_list_folder, "val.txt"))
-    sbd_train_noval_ids = progress.read_id_list(sbd_train_list)
+    voc_train_ids = read_id_list(os.path.join(voc_list_folder, "train.txt"))
+    voc_val_ids = read_id_list(os.path.join(voc_list_folder, "val.txt"))
+    sbd_train_noval_ids = read_id_list(sbd_train_list)
     # SBD train.txt / val.txt are optional: they only add labels outside the lists (for a
     # complete SegmentationClassAug folder), so their absence is a warning, not an error.
     sbd_extra_ids: list[str] = []
     for name in ("train.txt", "val.txt"):
         path = os.path.join(sbd_root, name)
         if os.path.isfile(path):
-            sbd_extra_ids += progress.read_id_list(path)
+            sbd_extra_ids += read_id_list(path)
         else:
             print(f"WARNING: {path} not found; its ids get no SegmentationClassAug label", file=sys.stderr)
     voc_trainval_path = os.path.join(voc_list_folder, "trainval.txt")
-    voc_extra_ids = progress.read_id_list(voc_trainval_path) if os.path.isfile(voc_trainval_path) else []
+    voc_extra_ids = read_id_list(voc_trainval_path) if os.path.isfile(voc_trainval_path) else []
 
     lists = build_pascal_lists(voc_train_ids, voc_val_ids, sbd_train_noval_ids)
     listed_ids = set(merge_without_duplicates(voc_train_ids, voc_val_ids, sbd_train_noval_ids))
@@ -354,12 +357,12 @@ def prepare_pascal(
     if missing_listed:
         raise PrepareError(
             f"no label for {len(missing_listed):,} listed ids (looked for {voc_label_folder}/<id>.png and "
-            f"{sbd_label_folder}/<id>.mat): {progress.first_few(missing_listed)}"
+            f"{sbd_label_folder}/<id>.mat): {first_few(missing_listed)}"
         )
     if missing_extra:
         print(
             f"WARNING: {len(missing_extra):,} SBD ids outside the lists have no label and are skipped: "
-            f"{progress.first_few(missing_extra)}",
+            f"{first_few(missing_extra)}",
             file=sys.stderr,
         )
 
@@ -376,7 +379,7 @@ def prepare_pascal(
         for source_folder in (voc_image_folder, sbd_image_folder):
             source = os.path.join(source_folder, identifier + ".jpg")
             if os.path.isfile(source):
-                progress.copy_file_atomically(source, destination)
+                atomic_copy(source, destination)
                 images_copied += 1
                 break
         else:
@@ -385,12 +388,12 @@ def prepare_pascal(
     if missing_listed_images:
         raise PrepareError(
             f"no image for {len(missing_listed_images):,} listed ids (looked in {voc_image_folder} and "
-            f"{sbd_image_folder}): {progress.first_few(missing_listed_images)}"
+            f"{sbd_image_folder}): {first_few(missing_listed_images)}"
         )
     if missing_images:
         print(
             f"WARNING: {len(missing_images):,} ids outside the lists have no image; their labels are skipped: "
-            f"{progress.first_few(missing_images)}",
+            f"{first_few(missing_images)}",
             file=sys.stderr,
         )
         for identifier in missing_images:
@@ -408,22 +411,22 @@ def prepare_pascal(
         )
         for identifier, (kind, source_path) in label_sources.items()
     ]
-    outcomes = progress.run_tasks(_convert_label_task, tasks, workers, "SegmentationClassAug")
+    outcomes = run_tasks(_convert_label_task, tasks, workers, "SegmentationClassAug")
     from_voc = sum(1 for kind, _ in label_sources.values() if kind == "voc")
     print(
         f"labels: {outcomes['written']:,} written, {outcomes['skipped']:,} already valid and skipped "
         f"({from_voc:,} from VOC2012, {len(label_sources) - from_voc:,} from SBD)"
     )
-    progress.report_count(f"labels in {LABEL_FOLDER}", len(label_sources), REFERENCE_LABEL_COUNT)
+    report_count(f"labels in {LABEL_FOLDER}", len(label_sources), REFERENCE_LABEL_COUNT)
 
     # --- lists (written last, so a list never names a label that is not there yet) ----------
     os.makedirs(lists_dir, exist_ok=True)
     list_outcomes = {
-        name: progress.write_list_unless_present(os.path.join(lists_dir, name), lines, replace_lists)
+        name: write_list_unless_present(os.path.join(lists_dir, name), lines, replace_lists)
         for name, lines in lists.items()
     }
-    progress.report_count(f"{os.path.join(lists_dir, VAL_LIST_NAME)} lines", len(lists[VAL_LIST_NAME]), REFERENCE_VAL_COUNT)
-    progress.report_count(
+    report_count(f"{os.path.join(lists_dir, VAL_LIST_NAME)} lines", len(lists[VAL_LIST_NAME]), REFERENCE_VAL_COUNT)
+    report_count(
         f"{os.path.join(lists_dir, TRAIN_LIST_NAME)} lines", len(lists[TRAIN_LIST_NAME]), REFERENCE_TRAIN_COUNT
     )
     return {
@@ -441,6 +444,7 @@ def prepare_pascal(
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="python -m tools.prepare_pascal",
         description="Build PASCAL-5i SegmentationClassAug labels and base lists from VOC2012 + SBD.",
     )
     parser.add_argument("--voc", required=True, help="VOC2012 devkit folder (VOCdevkit/VOC2012)")
@@ -450,33 +454,34 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sbd-train-list", default=None, help="SBD train_noval.txt (default: <sbd>/train_noval.txt)"
     )
-    parser.add_argument("--workers", type=int, default=progress.default_worker_count(), help="worker processes (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=default_worker_count(), help="worker processes (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
     parser.add_argument(
         "--replace-lists", action="store_true",
         help="write the built lists over lists already in --lists-dir (by default an existing list, such as "
         "the original's shipped one, is kept and compared with the built one)",
     )
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run(argv: Sequence[str]) -> None:
     arguments = parse_arguments(argv)
-    try:
-        prepare_pascal(
-            voc_root=arguments.voc,
-            sbd_root=arguments.sbd,
-            out_root=arguments.out_root,
-            lists_dir=arguments.lists_dir,
-            force=arguments.force,
-            workers=arguments.workers,
-            sbd_train_list=arguments.sbd_train_list,
-            replace_lists=arguments.replace_lists,
-        )
-    except PrepareError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    prepare_pascal(
+        voc_root=arguments.voc,
+        sbd_root=arguments.sbd,
+        out_root=arguments.out_root,
+        lists_dir=arguments.lists_dir,
+        force=arguments.force,
+        workers=arguments.workers,
+        sbd_train_list=arguments.sbd_train_list,
+        replace_lists=arguments.replace_lists,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0, or 2 after printing ``error: ...`` for a problem with the inputs."""
+    return run_entry_point(_run, argv)
 
 
 if __name__ == "__main__":

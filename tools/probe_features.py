@@ -1,6 +1,6 @@
 """Training-free few-shot baselines: how much of a task the frozen backbone's features solve.
 
-    python tools/probe_features.py --config config/toy/toy_split0_resnet50.yaml \
+    python -m tools.probe_features --config config/toy/toy_split0_resnet50.yaml \
         [--episodes-from FILE] [--episodes N] [--threshold 0.7] [--opts key value ...]
 
 For every backbone level (layer1..layer4) the support's masked-average prototype is matched
@@ -18,20 +18,21 @@ import argparse
 import os
 import sys
 
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from util.baselines import LEVELS, FeatureMatching  # noqa: E402
-from util.cli import add_debug_argument, positive_int, run_entry_point  # noqa: E402
-from util.config import load_config  # noqa: E402
-from util.episodes import build_episode_loader  # noqa: E402
-from util.evaluation import EvaluationProtocol  # noqa: E402
-from util.experiment import build_dataset, build_experiment_model, test_class_ids  # noqa: E402
+from util.baselines import LEVELS, FeatureMatching
+from util.cli import add_debug_argument, positive_int, run_entry_point
+from util.config import load_config
+from util.episodes import build_episode_loader
+from util.evaluation import EvaluationProtocol
+from util.experiment import build_dataset, build_experiment_model, test_class_ids
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.probe_features", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="path to a YAML config file")
     parser.add_argument("--episodes-from", default=None, help="replay a test_sccan.py --dump-episodes file")
     parser.add_argument("--episodes", type=positive_int, default=None,

@@ -1,6 +1,6 @@
 """The README's default run: toy data -> train on base classes -> test on novel classes.
 
-    python tools/toy_demo.py [--config config/toy/toy_split0_resnet50.yaml] [--opts key value ...]
+    python -m tools.toy_demo [--config config/toy/toy_split0_resnet50.yaml] [--opts key value ...]
 
 1. generates the toy dataset into data/toy if absent (seeded, a few seconds);
 2. trains SCCAN (random frozen backbone: no ImageNet weights here) on the 15 base classes of
@@ -15,23 +15,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
 
-import test_sccan  # noqa: E402
-import train_sccan  # noqa: E402
-from tools.make_toy_dataset import make_toy_dataset  # noqa: E402
-from util.cli import add_debug_argument, run_entry_point  # noqa: E402
-from util.config import load_config  # noqa: E402
-from util.experiment import result_dir  # noqa: E402
+import test_sccan
+import train_sccan
+from tools.make_toy_dataset import make_toy_dataset
+from util.cli import add_debug_argument, run_entry_point
+from util.config import load_config
+from util.experiment import result_dir
+from util.io import atomic_write_json
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.toy_demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/toy/toy_split0_resnet50.yaml",
                         help="toy config (default: 1-shot; config/toy/toy_split0_resnet50_5s.yaml for 5-shot)")
     parser.add_argument("--skip-training", action="store_true",
@@ -83,8 +84,7 @@ def main(argv=None):
     lines.append("")
     lines.append(f"training {trained_at - start:.0f}s, total {total:.0f}s")
     print("\n".join(lines), flush=True)
-    with open(os.path.join(out, "toy_demo.json"), "w") as handle:
-        json.dump({name: s["runs"][0] for name, s in rows.items()}, handle, indent=1)
+    atomic_write_json(os.path.join(out, "toy_demo.json"), {name: s["runs"][0] for name, s in rows.items()})
     return rows
 
 

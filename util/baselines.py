@@ -1,5 +1,5 @@
 """The predictors test_sccan.py can evaluate besides a trained SCCAN, in one place: the
-training-free matcher on the frozen backbone (``--prior-baseline``, the feature probe), the
+training-free matcher on the frozen backbone (``--prior-baseline``, ``python -m tools.probe_features``), the
 all-foreground baseline and the previous-support diagnostic; and :func:`build_predictor`, which
 picks one from the command line's choice."""
 from __future__ import annotations

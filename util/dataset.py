@@ -28,7 +28,6 @@ import json
 import os
 import warnings
 import random
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -38,6 +37,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from util import transform as transform_module
+from util.io import atomic_write_json, atomic_write_text
 
 __all__ = [
     "DATA_SETS",
@@ -282,25 +282,6 @@ def fss_list_paths(list_root: str, mode: str, split: int) -> Tuple[str, str]:
     )
 
 
-def _atomic_write(path: str, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see a partial file."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".txt")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        # mkstemp creates 0600 files; lists are shared data like the original's plain open().
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-
-
 def _sub_class_file_list_text(sub_class_file_list: Dict[int, List[PathPair]]) -> str:
     """The original's ``str(dict)`` of ``(image, label)`` tuples."""
     return str({int(c): [(str(image), str(label)) for image, label in items] for c, items in sub_class_file_list.items()})
@@ -313,8 +294,8 @@ def write_fss_lists(
     sub_class_file_list: Dict[int, List[PathPair]],
 ) -> None:
     """Write the FSS lists in the original formats (``img lbl`` lines; ``str(dict)`` of tuples)."""
-    _atomic_write(data_list_path, "".join(f"{image} {label}\n" for image, label in data_list))
-    _atomic_write(sub_class_file_list_path, _sub_class_file_list_text(sub_class_file_list))
+    atomic_write_text(data_list_path, "".join(f"{image} {label}\n" for image, label in data_list))
+    atomic_write_text(sub_class_file_list_path, _sub_class_file_list_text(sub_class_file_list))
 
 
 def load_fss_lists(
@@ -407,8 +388,8 @@ def _source_changed(record: Optional[dict], source_path: Optional[str]) -> bool:
 
 
 def _write_source_record(list_path: str, source_key: str, source_path: str) -> None:
-    _atomic_write(list_path + SOURCE_RECORD_SUFFIX, json.dumps(
-        {source_key: os.path.abspath(source_path), "sha1": _file_fingerprint(source_path)}))
+    atomic_write_json(list_path + SOURCE_RECORD_SUFFIX,
+                      {source_key: os.path.abspath(source_path), "sha1": _file_fingerprint(source_path)}, indent=None)
 
 
 def _default_list_root(data_set: str) -> str:
@@ -541,7 +522,7 @@ class SemData(Dataset):
             derived = derive_sub_class_file_list(
                 self.data_root, data_path, self.class_list, show_progress=show_progress, data_set=self.data_set
             )
-            _atomic_write(sub_path, _sub_class_file_list_text(derived))
+            atomic_write_text(sub_path, _sub_class_file_list_text(derived))
             _write_source_record(sub_path, "data_list", data_path)
 
     def _resolve_pair(self, pair: PathPair) -> PathPair:

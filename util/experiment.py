@@ -50,12 +50,12 @@ def check_data_root(cfg) -> None:
     if os.path.isdir(str(cfg.data_root)):
         return
     if _is_toy(cfg):
-        hint = (f"generate it with 'python tools/make_toy_dataset.py --out {cfg.data_root}' "
-                f"(python tools/toy_demo.py does this by itself)")
+        hint = (f"generate it with 'python -m tools.make_toy_dataset --out {cfg.data_root}' "
+                f"(python -m tools.toy_demo does this by itself)")
     elif cfg.data_set == "coco":
-        hint = "download COCO 2014 and run tools/prepare_coco.py (README, 'Data')"
+        hint = "download COCO 2014 and run python -m tools.prepare_coco (README, 'Data')"
     else:
-        hint = "download VOC2012 + SBD and run tools/prepare_pascal.py (README, 'Data')"
+        hint = "download VOC2012 + SBD and run python -m tools.prepare_pascal (README, 'Data')"
     raise FileNotFoundError(f"data_root {cfg.data_root!r} (config key data_root) is not a folder: "
                             f"{hint}, or point it at your copy with --opts data_root PATH")
 
