@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import glob
 import importlib.util
@@ -567,3 +568,42 @@ def test_config_value_falls_back_on_the_schema_default():
     assert config_value(Config({"window_size": 4}), "window_size") == 4
     with pytest.raises(KeyError):
         config_value(Namespace, "not_a_key")
+
+
+def _configuration_reads(path: str) -> set[str]:
+    """Names read or set as ``cfg.X``, ``config.X``, ``self.cfg.X``, ``cfg["X"]``,
+    ``cfg.get("X")`` or ``value("X")`` / ``config_value(cfg, "X")`` in one source file."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+
+    def is_config(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id in ("cfg", "config")) or \
+            (isinstance(node, ast.Attribute) and node.attr == "cfg")
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_config(node.value):
+            names.add(node.attr)
+        elif isinstance(node, ast.Subscript) and is_config(node.value):
+            names.add(getattr(node.slice, "value", None))
+        elif isinstance(node, ast.Call) and node.args:
+            function = node.func
+            if isinstance(function, ast.Attribute) and function.attr == "get" and is_config(function.value):
+                names.add(getattr(node.args[0], "value", None))
+            elif isinstance(function, ast.Name) and function.id == "value":
+                names.add(getattr(node.args[0], "value", None))
+            elif isinstance(function, ast.Name) and function.id == "config_value":
+                names.add(getattr(node.args[1], "value", None))
+    return {name for name in names if isinstance(name, str)}  # not a key held in a variable
+
+
+def test_every_key_the_code_reads_is_in_the_schema_and_every_other_key_is_legacy():
+    sources = [os.path.join(REPOSITORY_ROOT, name) for name in ("train_sccan.py", "test_sccan.py")]
+    for folder in ("model", "util", "tools"):
+        sources += glob.glob(os.path.join(REPOSITORY_ROOT, folder, "*.py"))
+    reads = set().union(*(_configuration_reads(path) for path in sources))
+    config_api = {name for name in dir(Config) if not name.startswith("__")}
+    assert {"base_lr", "feature_dropout", "use_split_coco", "transformer_lr"} <= reads
+    assert reads - config_api - set(SCHEMA) == set()
+    # ... and the keys no code reads are exactly the legacy ones (which warn when changed).
+    assert set(SCHEMA) - reads == {key for key, entry in SCHEMA.items() if entry.legacy}
