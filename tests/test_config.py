@@ -607,3 +607,19 @@ def test_every_key_the_code_reads_is_in_the_schema_and_every_other_key_is_legacy
     assert reads - config_api - set(SCHEMA) == set()
     # ... and the keys no code reads are exactly the legacy ones (which warn when changed).
     assert set(SCHEMA) - reads == {key for key, entry in SCHEMA.items() if entry.legacy}
+
+
+def test_model_and_optimizer_defaults_agree_with_the_schema():
+    """The library's own parameter defaults (for use without a config) are the schema's."""
+    import inspect
+
+    from model.builder import build_optimizers, poly_learning_rate
+    from model.sccan import SCCAN
+
+    checked = []
+    for function in (SCCAN.__init__, build_optimizers, poly_learning_rate):
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.name in SCHEMA and parameter.default is not inspect.Parameter.empty:
+                assert parameter.default == SCHEMA[parameter.name].default, parameter.name
+                checked.append(parameter.name)
+    assert {"feature_size", "window_size", "feature_dropout", "transformer_lr", "power"} <= set(checked)
