@@ -9,37 +9,36 @@ import torch.nn as nn
 
 from model.backbone import Backbone, build_backbone
 from model.sccan import SCCAN
+from util.config_schema import config_value
 
 # SGD parameter groups in the original order: poly_learning_rate's index_split refers to it.
 SGD_GROUP_MODULES = ("down_query", "down_supp", "init_merge_query", "init_merge_supp",
                      "ASPP_meta", "res1_meta", "res2_meta", "cls_meta")
 
 
-def _get(cfg, key, default):
-    return getattr(cfg, key, default) if not isinstance(cfg, dict) else cfg.get(key, default)
-
-
 def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
     pretrained_backbone, random_backbone_residual_gain, feature_size, window_size,
-    feature_dropout``) to an :class:`SCCAN`.
+    feature_dropout``) to an :class:`SCCAN`. A key the namespace (a Config, dict or object)
+    lacks takes its default from util/config_schema.py.
 
     ``backbone_from_checkpoint``: the caller loads a full SCCAN checkpoint next (it holds the
     backbone too, and strict loading replaces every tensor), so the ImageNet backbone file is
     neither needed nor read."""
-    layers = int(_get(cfg, "layers", 50))
-    weights = _get(cfg, "backbone_weights", None) or f"initmodel/resnet{layers}_v2.pth"
+    def value(key):
+        return config_value(cfg, key)
+
+    layers = int(value("layers"))
+    weights = value("backbone_weights") or f"initmodel/resnet{layers}_v2.pth"
     if backbone_from_checkpoint:
         backbone = Backbone(layers)
     else:
         backbone = build_backbone(
-            layers, weights, pretrained=bool(_get(cfg, "pretrained_backbone", True)),
-            random_residual_gain=float(_get(cfg, "random_backbone_residual_gain", 1.0)))
-    return SCCAN(backbone, shot=int(_get(cfg, "shot", 1)),
-                 zoom_factor=int(_get(cfg, "zoom_factor", 8)),
-                 feature_size=int(_get(cfg, "feature_size", 64)),
-                 window_size=int(_get(cfg, "window_size", 8)),
-                 feature_dropout=float(_get(cfg, "feature_dropout", 0.5)))
+            layers, weights, pretrained=bool(value("pretrained_backbone")),
+            random_residual_gain=float(value("random_backbone_residual_gain")))
+    return SCCAN(backbone, shot=int(value("shot")), zoom_factor=int(value("zoom_factor")),
+                 feature_size=int(value("feature_size")), window_size=int(value("window_size")),
+                 feature_dropout=float(value("feature_dropout")))
 
 
 def build_optimizers(model: SCCAN, base_lr: float, momentum: float = 0.9,

@@ -5,12 +5,16 @@ The original SCCAN/BAM code loads a YAML file whose top-level sections (``Data``
 command line override single values with ``--opts key value ...``. This module keeps that
 behaviour (the shipped configs and command lines work unchanged) but is stricter and safe:
 
+* every key must be in the schema (util/config_schema.py), in the file and on the command
+  line; an unknown key is an error with the closest known names as suggestions, so a typo
+  cannot silently train with the default value;
+* a key the file leaves out gets the schema default, so code reads ``cfg.key`` and the
+  defaults live in one table (``save_config`` writes the resolved values);
+* every value must have the schema type (an int is accepted for a float; None only for an
+  optional key); a file value of another type is an error naming the file and the key;
 * values given on the command line are parsed with ``ast.literal_eval`` (never ``eval``) and
   fall back to the raw string when they are not a Python literal, like the original;
-* an override must have the type of the value in the file (int is accepted for float, anything
-  is accepted where the file has ``None``, list and tuple are interchangeable);
-* unknown keys are rejected with the closest known names as suggestions, so a typo on the
-  command line cannot silently train with the default value;
+* a legacy key (the original's, read by no code here) set to a non-default value warns once;
 * a key that appears in two sections is an error, because flattening would otherwise let one
   silently shadow the other;
 * a key repeated inside one YAML mapping is an error (PyYAML would keep the last one silently).
@@ -32,15 +36,18 @@ import ast
 import copy
 import difflib
 import os
+import warnings
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
 from util.cli import add_debug_argument
+from util.config_schema import SCHEMA, check_type, legacy_message
 
 __all__ = [
     "Config",
     "ConfigError",
+    "LegacyKeyWarning",
     "RUNTIME_SECTION",
     "apply_overrides",
     "config_argparser",
@@ -57,6 +64,22 @@ RUNTIME_SECTION = "Runtime"
 
 class ConfigError(ValueError):  # a ValueError, so the scripts print it as 'error: ...'
     """Raised for any malformed configuration file or invalid override."""
+
+
+class LegacyKeyWarning(UserWarning):
+    """A legacy key (read by no code here) was set to another value than its default."""
+
+
+_warned_legacy_keys: set[str] = set()
+
+
+def _warn_if_legacy(key: str, value: Any, where: str) -> None:
+    """Warn once per key and process when a legacy key is given a non-default value."""
+    message = legacy_message(key, value)
+    if message and key not in _warned_legacy_keys:
+        _warned_legacy_keys.add(key)
+        # Reported at the file (or --opts) that set the key, not at a line of this module.
+        warnings.warn_explicit(message, LegacyKeyWarning, filename=where, lineno=0)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -247,9 +270,12 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
     """Load a sectioned YAML file into a flat ``Config`` and apply ``--opts`` overrides.
 
     Every top-level key must name a section (a mapping, or empty). Keys of all sections share
-    one namespace, so a key in two sections is an error that names both sections.
-    ``opts`` is the flat ``[key, value, key, value, ...]`` list of ``--opts``; see
-    ``apply_overrides`` for how the values are parsed and checked.
+    one namespace, so a key in two sections is an error that names both sections. Every key
+    must be in the schema and have its type (all problems are reported together); the keys
+    the file leaves out get their schema default in their schema section, and ``config_file``
+    is the file's path unless the file sets it. File values are kept as written (an int stays
+    an int where the schema has float). ``opts`` is the flat ``[key, value, key, value, ...]``
+    list of ``--opts``; see ``apply_overrides`` for how the values are parsed and checked.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -266,6 +292,7 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
 
     values: dict[str, Any] = {}
     sections: dict[str, str] = {}
+    problems: list[str] = []
     for section, content in document.items():
         if content is None:  # an empty section, e.g. "Distributed:" with nothing below it
             continue
@@ -281,8 +308,24 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
                     f"{path}: key {key!r} appears in both section {sections[key]!r} and "
                     f"section {section!r}; flattened sections must not share keys"
                 )
-            values[key] = value
+            if key not in SCHEMA:
+                problems.append(f"{path}: section {section!r}: {_unknown_key_message(key, SCHEMA)}")
+                continue
+            try:
+                values[key] = check_type(key, value, convert=False)
+            except TypeError as error:
+                problems.append(f"{path}: key {key!r} (section {section!r}) {error}")
+                continue
             sections[key] = str(section)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    for key, value in values.items():
+        _warn_if_legacy(key, value, path)
+    values.setdefault("config_file", path)
+    for key, entry in SCHEMA.items():
+        if key not in values:
+            values[key] = copy.deepcopy(entry.default)
+        sections.setdefault(key, entry.section)
 
     config = Config(values, sections, source=path)
     if opts:
@@ -299,26 +342,6 @@ def _parse_override_value(value: Any) -> Any:
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         # Plain words such as a path or 'layer2' are not literals: keep the text as given.
         return value
-
-
-def _coerce_to_file_type(key: str, given: Any, original: Any) -> Any:
-    """Return ``given`` converted to the type of the file's value, or raise ConfigError."""
-    if original is None:
-        return given  # the file leaves the type open
-    if type(given) is type(original):
-        return given
-    # int -> float is lossless and what a user means by "--opts base_lr 1". bool is a subclass
-    # of int, but True for a learning rate is a mistake, so it is excluded on purpose.
-    if isinstance(original, float) and isinstance(given, int) and not isinstance(given, bool):
-        return float(given)
-    # The original CfgNode accepted list <-> tuple; keep the file's container type.
-    if isinstance(original, (list, tuple)) and isinstance(given, (list, tuple)):
-        return type(original)(given)
-    expected = type(original).__name__
-    raise ConfigError(
-        f"--opts {key}: the config file has {'an' if expected[0] in 'aeiou' else 'a'} {expected} "
-        f"({original!r}), got {given!r} of type {type(given).__name__}"
-    )
 
 
 def _override_pairs(opts: list, problems: list[str]) -> list[tuple[Any, Any]]:
@@ -346,11 +369,12 @@ def _override_pairs(opts: list, problems: list[str]) -> list[tuple[Any, Any]]:
 def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
     """Apply a flat ``[key, value, ...]`` override list to ``config`` in place and return it.
 
-    Values are parsed with ``ast.literal_eval`` (raw string when that fails) and must match
-    the type of the file's value (int accepted for float; anything accepted where the file has
-    ``None``; list/tuple interchangeable); ``key=value`` items work too. All problems are collected and reported together:
-    unknown keys (with close matches), wrong types, and a trailing key without a value.
-    Nothing is changed when any override is invalid.
+    Keys must be schema keys. Values are parsed with ``ast.literal_eval`` (raw string when
+    that fails) and must have the schema type (an int is accepted for a float and stored as a
+    float; None only for an optional key); ``key=value`` items work too. All problems are
+    collected and reported together: unknown keys (with close matches), wrong types, and a
+    trailing key without a value. Nothing is changed when any override is invalid. A legacy
+    key set to a non-default value warns once.
     """
     problems: list[str] = []
     pairs = _override_pairs(list(opts), problems)
@@ -364,17 +388,20 @@ def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
         if not isinstance(key, str):
             problems.append(f"--opts: keys must be strings, got {key!r}")
             continue
-        if key not in config:
-            problems.append(f"--opts: {_unknown_key_message(key, config.keys())}")
+        if key not in SCHEMA:
+            problems.append(f"--opts: {_unknown_key_message(key, SCHEMA)}")
             continue
         try:
-            updates[key] = _coerce_to_file_type(key, _parse_override_value(raw_value), config[key])
-        except ConfigError as error:
-            problems.append(str(error))
+            updates[key] = check_type(key, _parse_override_value(raw_value))
+        except TypeError as error:
+            problems.append(f"--opts {key}: {error}")
 
     if problems:
         raise ConfigError("\n".join(problems))
     for key, value in updates.items():
+        _warn_if_legacy(key, value, "--opts")
+        if key not in config:
+            config._set(key, value, SCHEMA[key].section)
         config[key] = value
     return config
 
@@ -453,13 +480,11 @@ def config_argparser(description: str = "SCCAN") -> argparse.ArgumentParser:
 def config_from_arguments(arguments: argparse.Namespace) -> Config:
     """The loaded, overridden configuration of parsed ``config_argparser`` arguments.
 
-    It additionally records ``config_file`` (the ``--config`` path) and ``local_rank`` (the
-    ``--local_rank`` value or None) as run-time keys, unless the YAML already defines them.
+    It records ``local_rank`` (the ``--local_rank`` value) unless the YAML or ``--opts`` set it;
+    ``config_file`` is the ``--config`` path unless the YAML sets it (``load_config``).
     """
     config = load_config(arguments.config, arguments.opts)
-    if "config_file" not in config:
-        config.config_file = arguments.config
-    if "local_rank" not in config:
+    if config.local_rank is None:
         config.local_rank = arguments.local_rank
     return config
 

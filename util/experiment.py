@@ -18,7 +18,7 @@ CALIBRATION_IMAGES = 16
 
 def experiment_dir(cfg) -> str:
     """exp/<data_set>/SCCAN/split<i>/resnet<layers>, like the original, unless save_path is set."""
-    if cfg.get("save_path"):
+    if cfg.save_path:
         return cfg.save_path
     return os.path.join("exp", cfg.data_set, "SCCAN", f"split{cfg.split}", f"resnet{cfg.layers}")
 
@@ -42,7 +42,7 @@ def tensorboard_writer(cfg, *subfolders: str):
 
 def _is_toy(cfg) -> bool:
     return "toy" in (os.path.basename(os.path.normpath(str(cfg.data_root))),
-                     os.path.basename(os.path.dirname(os.path.abspath(str(cfg.get("config_file", ""))))))
+                     os.path.basename(os.path.dirname(os.path.abspath(str(cfg.config_file)))))
 
 
 def check_data_root(cfg) -> None:
@@ -65,7 +65,7 @@ def result_dir(cfg) -> str:
 
 
 def test_class_ids(cfg):
-    return get_class_lists(cfg.data_set, cfg.split, cfg.get("use_split_coco", False))[1]
+    return get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
 
 
 def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
@@ -83,9 +83,9 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
     else:
         raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
     return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
-                   data_set=cfg.data_set, use_split_coco=cfg.get("use_split_coco", False),
-                   transform=transform, mode=mode, ann_type=cfg.get("ann_type", "mask"),
-                   list_root=cfg.get("list_root") or None, show_progress=show_progress)
+                   data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
+                   transform=transform, mode=mode, ann_type=cfg.ann_type,
+                   list_root=cfg.list_root or None, show_progress=show_progress)
 
 
 def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
@@ -101,7 +101,7 @@ def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) 
     training and the test script (``--untrained`` baseline) build the very same backbone.
     ``backbone_from_checkpoint``: a full checkpoint is loaded next, so no backbone is prepared."""
     model = build_model(cfg, backbone_from_checkpoint=backbone_from_checkpoint)
-    if not backbone_from_checkpoint and not cfg.get("pretrained_backbone", True):
+    if not backbone_from_checkpoint and not cfg.pretrained_backbone:
         check_data_root(cfg)
         if not os.path.isfile(cfg.train_list):
             raise FileNotFoundError(f"train_list {cfg.train_list!r} (config key train_list) not "

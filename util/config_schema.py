@@ -1,0 +1,181 @@
+"""The one table of configuration keys: section, type, default and meaning of each.
+
+Every key the project reads is listed here, with the default a config file gets when it leaves
+the key out (util/config.py fills it in, so code reads ``cfg.key`` and never repeats a default).
+The defaults are the values the 32 paper configs share (PASCAL's where the datasets differ);
+the keys are the original SCCAN/BAM config keys plus this implementation's own.
+
+LEGACY keys are the original's keys that no code here reads. They stay accepted so that the
+original's configs and command lines work, and setting one to another value than its default
+warns once, saying why it has no effect (editing a key must never silently do nothing).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+__all__ = ["Key", "SCHEMA", "check_type", "config_value", "default_values", "legacy_message"]
+
+
+class Key(NamedTuple):
+    section: str
+    type: type          # float accepts an int; None only when ``optional``
+    default: Any
+    help: str
+    optional: bool = False
+    legacy: str = ""    # why a legacy key has no effect ('' for a key that is read)
+
+
+def _keys(section: str, *rows: tuple) -> dict[str, Key]:
+    return {row[0]: Key(section, *row[1:]) for row in rows}
+
+
+SCHEMA: dict[str, Key] = {
+    **_keys(
+        "Data",
+        ("data_set", str, "pascal", "'pascal' or 'coco'"),
+        ("data_root", str, "../data/VOCdevkit2012/VOC2012", "dataset folder; list paths are relative to it"),
+        ("train_list", str, "./lists/pascal/voc_sbd_merge_noduplicate.txt", "base list of training images"),
+        ("val_list", str, "./lists/pascal/val.txt", "base list of validation images"),
+        ("classes", int, 2, "output classes", False,
+         "SCCAN's episodes are always binary (background / the episode's class)"),
+        ("split", int, 0, "fold"),
+        ("shot", int, 1, "support images per episode"),
+        ("use_split_coco", bool, False, "COCO fold i tests {i+1, i+5, ..., i+77} instead of 20i+1..20i+20"),
+        ("train_h", int, 473, "training crop height"),
+        ("train_w", int, 473, "training crop width"),
+        ("val_size", int, 473, "validation longer side (floored to a multiple of 8)"),
+        ("scale_min", float, 0.9, "smallest random training scale"),
+        ("scale_max", float, 1.1, "largest random training scale"),
+        ("rotate_min", float, -10, "smallest random rotation (degrees)"),
+        ("rotate_max", float, 10, "largest random rotation (degrees)"),
+        ("ignore_label", int, 255, "label value that is not scored"),
+        ("padding_label", int, 255, "label value of padded pixels"),
+        ("workers", int, 8, "data loader workers (episodes depend on the count)"),
+        ("list_root", str, "", "folder of the few-shot lists; '' = ./lists/<data_set>/fss_list"),
+    ),
+    **_keys(
+        "Train",
+        ("batch_size", int, 8, "episodes per iteration and process"),
+        ("epochs", int, 200, "training epochs"),
+        ("base_lr", float, 0.005, "SGD learning rate (x10 for groups above index_split)"),
+        ("transformer_lr", float, 6e-5, "AdamW learning rate of the transformer parameters"),
+        ("power", float, 0.9, "poly schedule power"),
+        ("momentum", float, 0.9, "SGD momentum"),
+        ("weight_decay", float, 0.0001, "SGD and AdamW weight decay"),
+        ("index_split", int, -1, "SGD groups with a larger index get 10x lr"),
+        ("warmup", bool, False, "linear learning-rate warm-up"),
+        ("fix_bn", bool, True, "keep BatchNorm layers in eval mode while training"),
+        ("stop_interval", int, 75, "early stop after this many epochs without a better val mIoU"),
+        ("print_freq", int, 10, "log every this many iterations"),
+        ("save_freq", int, 10, "snapshot every this many epochs (0 = none)"),
+        ("resume", str, "", "training checkpoint to resume from ('' = none)"),
+        ("save_path", str, "", "output folder; '' = exp/<data_set>/SCCAN/split<i>/resnet<layers>"),
+        ("evaluate", bool, True, "validate during training"),
+        ("SubEpoch_val", bool, True, "also validate at half epochs (epochs <= 100)"),
+        ("fix_random_seed_val", bool, True, "reseed manual_seed before every validation"),
+        ("batch_size_val", int, 1, "validation batch size"),
+        ("resized_val", bool, True, "validation images resized to val_size"),
+        ("ori_resize", bool, True, "score against the raw label padded to a square"),
+        ("manual_seed", int, 321, "random seed"),
+        ("seed_deterministic", bool, False, "deterministic cuDNN / torch algorithms"),
+    ),
+    **_keys(
+        "Method",
+        ("layers", int, 50, "ResNet depth: 50 or 101"),
+        ("pretrained_backbone", bool, True, "load ImageNet weights (False: a random frozen backbone)"),
+        ("backbone_weights", str, "", "ImageNet weights; '' = initmodel/resnet<layers>_v2.pth"),
+        ("random_backbone_residual_gain", float, 1.0, "random backbone only: residual branch scale"),
+        ("zoom_factor", int, 8, "logits are resized to the input size"),
+        ("feature_size", int, 64, "transformer grid side"),
+        ("window_size", int, 8, "transformer window side"),
+        ("feature_dropout", float, 0.5, "Dropout2d after down_query/down_supp"),
+        ("aux_weight1", float, 1.0, "weight of the first auxiliary loss (SCCAN's is zero)"),
+        ("aux_weight2", float, 1.0, "weight of the second auxiliary loss (SCCAN's is zero)"),
+        ("low_fea", str, "layer2", "BAM base-learner feature layer", False,
+         "SCCAN has no base learner (BAM's)"),
+        ("kshot_trans_dim", int, 2, "BAM k-shot weighting width", False,
+         "SCCAN has no base learner (BAM's)"),
+        ("merge", str, "final", "BAM ensemble merge", False, "SCCAN has no base learner (BAM's)"),
+        ("merge_tau", float, 0.9, "BAM ensemble threshold", False, "SCCAN has no base learner (BAM's)"),
+    ),
+    **_keys(
+        "Test_Finetune",
+        ("weight", str, "", "checkpoint file name in <save folder>/snapshot/ that test_sccan.py loads"),
+        ("test_num", int, 1000, "episodes per evaluation"),
+        ("ann_type", str, "mask", "support annotation: 'mask' or 'bbox'"),
+        ("viz", bool, False, "write TensorBoard images"),
+    ),
+    **_keys(
+        "Distributed",
+        ("dist_url", str, "tcp://127.0.0.1:6789", "process group address", False,
+         "torchrun's environment (MASTER_ADDR, MASTER_PORT) sets the address"),
+        ("dist_backend", str, "nccl", "process group backend", False,
+         "the backend is nccl on CUDA and gloo on CPU"),
+        ("multiprocessing_distributed", bool, False, "spawn one process per GPU", False,
+         "torchrun starts the processes"),
+        ("world_size", int, 1, "number of processes", False, "torchrun's environment sets the world size"),
+        ("rank", int, 0, "process rank", False, "torchrun's environment sets the rank"),
+    ),
+    **_keys(
+        "Runtime",
+        ("config_file", str, "", "the loaded file (set by the loader when the file has none)"),
+        ("local_rank", int, None, "--local_rank of torch.distributed.launch (recorded only)", True),
+    ),
+}
+
+
+def default_values() -> dict[str, Any]:
+    """Key -> default of every key."""
+    return {key: entry.default for key, entry in SCHEMA.items()}
+
+
+def _article(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_type(key: str, value: Any, convert: bool = True) -> Any:
+    """``value`` if it has ``key``'s type (an int is accepted for a float and converted when
+    ``convert``; None only for optional keys), else a TypeError saying what was expected."""
+    entry = SCHEMA[key]
+    if value is None and entry.optional:
+        return None
+    if type(value) is entry.type:
+        return value
+    # bool is an int subclass, but True for a learning rate is a mistake: not accepted.
+    if entry.type is float and type(value) is int:
+        return float(value) if convert else value
+    expected = _article(entry.type.__name__) + (" or None" if entry.optional else "")
+    hint = ""
+    if entry.type is float and isinstance(value, str) and _is_float_text(value):
+        hint = f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 6.0e-5)"
+    elif entry.type is str and isinstance(value, (bool, int, float)):
+        hint = " (quote it to make it text)"
+    raise TypeError(f"expects {expected}, got {value!r} of type {type(value).__name__}{hint}")
+
+
+def legacy_message(key: str, value: Any) -> str:
+    """The warning for a legacy key set to ``value``, or '' (not legacy, or at its default)."""
+    entry = SCHEMA.get(key)
+    if entry is None or not entry.legacy or value == entry.default:
+        return ""
+    return (f"configuration key {key!r} = {value!r} has no effect in this implementation: "
+            f"{entry.legacy} (kept so that the original's configs load)")
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    """``cfg``'s value of ``key`` (a Config, a dict or any namespace), else the schema default:
+    for callers such as ``build_model`` that also take a partial namespace."""
+    if isinstance(cfg, Mapping) or (hasattr(cfg, "keys") and hasattr(cfg, "get")):  # dict, Config
+        if key in cfg:
+            return cfg[key]
+    elif hasattr(cfg, key):
+        return getattr(cfg, key)
+    return SCHEMA[key].default
