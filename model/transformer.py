@@ -146,7 +146,7 @@ class SCCABlock(nn.Module):
 
         ``update_support=False`` skips the support branch and returns the support unchanged
         (the last block's support output is never used)."""
-        batch, length, channels = query.shape
+        batch, _, channels = query.shape
         shortcut_query, shortcut_support = query, support
         query = self.norm1(query).view(batch, height, width, channels)  # (B, H, W, C)
         support = self.norm1(support).view(batch, height, width, channels)  # (B, H, W, C)
@@ -156,32 +156,31 @@ class SCCABlock(nn.Module):
             query = F.pad(query, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, C)
             support = F.pad(support, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, C)
             mask = F.pad(mask, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, 1)
-        padded_height, padded_width = height + 2 * pad, width + 2 * pad
         ws = self.window_size
         query_windows = window_partition(query, ws)  # (B, nW, ws*ws, C)
         support_windows = window_partition(support, ws)  # (B, nW, ws*ws, C)
         mask_windows = window_partition(mask, ws)  # (B, nW, ws*ws, 1)
         index = patch_alignment(query_windows, support_windows, mask_windows)  # (B, nW)
         aligned = gather_windows(support_windows, index)  # (B, nW, ws*ws, C)
-        num_windows = query_windows.shape[1]
 
         query_out = self.attn_q(query_windows.flatten(0, 1), aligned.flatten(0, 1))  # (B*nW, ws*ws, C)
-        query_out = window_reverse(query_out.view(batch, num_windows, ws * ws, channels), ws,
-                                   padded_height, padded_width)  # (B, H+2p, W+2p, C)
-        if pad:
-            query_out = query_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
-        query = shortcut_query + query_out.reshape(batch, length, channels)  # (B, H*W, C)
+        query = shortcut_query + self._tokens(query_out, batch, height, width)  # (B, H*W, C)
         query = query + self.mlp_q(self.norm2(query))
         if not update_support:
             return query, shortcut_support
         support_out = self.attn_s(support_windows.flatten(0, 1))  # (B*nW, ws*ws, C)
-        support_out = window_reverse(support_out.view(batch, num_windows, ws * ws, channels), ws,
-                                     padded_height, padded_width)  # (B, H+2p, W+2p, C)
-        if pad:
-            support_out = support_out[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
-        support = shortcut_support + support_out.reshape(batch, length, channels)  # (B, H*W, C)
+        support = shortcut_support + self._tokens(support_out, batch, height, width)  # (B, H*W, C)
         support = support + self.mlp_s(self.norm2(support))
         return query, support
+
+    def _tokens(self, windows: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+        """(B*nW, ws*ws, C) windows of the (padded) map -> (B, H*W, C) tokens of the H x W map."""
+        ws, pad, channels = self.window_size, self.shift_size, windows.shape[-1]
+        merged = window_reverse(windows.view(batch, -1, ws * ws, channels), ws,
+                                height + 2 * pad, width + 2 * pad)  # (B, H+2p, W+2p, C)
+        if pad:
+            merged = merged[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
+        return merged.reshape(batch, height * width, channels)  # (B, H*W, C)
 
 
 class SCCALayer(nn.Module):

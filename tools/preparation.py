@@ -8,12 +8,27 @@ import os
 import sys
 from typing import Iterable, Sequence
 
-from util.cli import UserError
+from util.cli import UserError, add_debug_argument
 from util.io import atomic_write_text
 
 
 class PrepareError(UserError):
     """A problem with the input data that the user has to fix; printed without a traceback."""
+
+
+def add_output_arguments(parser, shipped_example: str) -> None:
+    """The flags both preparation tools share: worker count, label rewriting, list replacement
+    and --debug (``shipped_example`` names a shipped list the tool would keep)."""
+    from tools.parallel import default_worker_count
+
+    parser.add_argument("--workers", type=int, default=default_worker_count(),
+                        help="worker processes (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
+    parser.add_argument("--replace-lists", action="store_true",
+                        help=f"write the built lists over lists already in --lists-dir (by default an "
+                             f"existing list, such as {shipped_example}, is kept and compared with the "
+                             f"built one)")
+    add_debug_argument(parser)
 
 
 def write_list_file(destination: str, lines: Sequence[str]) -> None:

@@ -67,10 +67,10 @@ import scipy.io
 from PIL import Image
 
 from tools.label_files import image_height_width, is_valid_label_png, write_label_png
-from tools.parallel import default_worker_count, run_tasks
-from tools.preparation import (PrepareError, first_few, read_id_list, report_count,
+from tools.parallel import run_tasks
+from tools.preparation import (PrepareError, add_output_arguments, first_few, read_id_list, report_count,
                                write_list_unless_present)
-from util.cli import add_debug_argument, run_entry_point
+from util.cli import run_entry_point
 from util.io import atomic_copy
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -454,14 +454,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sbd-train-list", default=None, help="SBD train_noval.txt (default: <sbd>/train_noval.txt)"
     )
-    parser.add_argument("--workers", type=int, default=default_worker_count(), help="worker processes (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="rewrite labels even when valid ones exist")
-    parser.add_argument(
-        "--replace-lists", action="store_true",
-        help="write the built lists over lists already in --lists-dir (by default an existing list, such as "
-        "the original's shipped one, is kept and compared with the built one)",
-    )
-    add_debug_argument(parser)
+    add_output_arguments(parser, "the original's shipped one")
     return parser.parse_args(argv)
 
 

@@ -14,7 +14,6 @@ test_sccan.py), so the numbers compare directly with test_sccan.py's. With a ran
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,24 +23,20 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import torch
 
 from util.baselines import LEVELS, FeatureMatching
-from util.cli import add_debug_argument, positive_int, run_entry_point
-from util.config import load_config
+from util.cli import positive_int, run_entry_point
+from util.config import config_argparser, load_config
 from util.episodes import build_episode_loader
 from util.evaluation import EvaluationProtocol
 from util.experiment import build_dataset, build_experiment_model, test_class_ids
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.probe_features", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="path to a YAML config file")
+    parser = config_argparser(__doc__.splitlines()[0], prog="python -m tools.probe_features")
     parser.add_argument("--episodes-from", default=None, help="replay a test_sccan.py --dump-episodes file")
     parser.add_argument("--episodes", type=positive_int, default=None,
                         help="episodes (default: the config's test_num)")
     parser.add_argument("--threshold", type=float, default=0.7,
                         help="foreground threshold on the min-max normalised similarity map (default 0.7)")
-    add_debug_argument(parser)
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides 'key value ...' (must come last)")
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
     device = torch.device("cpu")

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -25,21 +24,28 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import test_sccan
 import train_sccan
 from tools.make_toy_dataset import make_toy_dataset
-from util.cli import add_debug_argument, run_entry_point
-from util.config import load_config
+from util.cli import run_entry_point
+from util.config import config_argparser, load_config
 from util.experiment import result_dir
 from util.io import atomic_write_json
 
 
+# (row, test_sccan.py flags, result file name) of the comparison table, in the order they run.
+ROWS = [
+    ("SCCAN, trained on base classes", [], "toy_trained"),
+    ("SCCAN, trained, given the previous episode's support", ["--previous-support"], "toy_previous_support"),
+    ("untrained model (same random backbone)", ["--untrained"], "toy_untrained"),
+    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"], "toy_prior_baseline"),
+    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground"),
+]
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.toy_demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="config/toy/toy_split0_resnet50.yaml",
-                        help="toy config (default: 1-shot; config/toy/toy_split0_resnet50_5s.yaml for 5-shot)")
+    parser = config_argparser(__doc__.splitlines()[0] + " (config/toy/toy_split0_resnet50_5s.yaml: "
+                              "5-shot; --opts go to both scripts)", prog="python -m tools.toy_demo",
+                              default_config="config/toy/toy_split0_resnet50.yaml")
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse the final checkpoint (the config's 'weight') of a previous run")
-    add_debug_argument(parser)
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides 'key value ...' passed to both scripts (must come last)")
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
     start = time.time()
@@ -58,25 +64,16 @@ def main(argv=None):
     out = result_dir(cfg)
     episodes = os.path.join(out, "toy_demo_episodes.json")
     rows = {}
-    rows["SCCAN, trained on base classes"] = test_sccan.run(
-        common + ["--dump-episodes", episodes, "--output", os.path.join(out, "toy_trained.json")] + opts)
-    rows["SCCAN, trained, given the previous episode's support"] = test_sccan.run(
-        common + ["--episodes-from", episodes, "--previous-support",
-                  "--output", os.path.join(out, "toy_previous_support.json")] + opts)
-    rows["untrained model (same random backbone)"] = test_sccan.run(
-        common + ["--episodes-from", episodes, "--untrained",
-                  "--output", os.path.join(out, "toy_untrained.json")] + opts)
-    rows["training-free prior mask, threshold 0.7 (same backbone)"] = test_sccan.run(
-        common + ["--episodes-from", episodes, "--prior-baseline",
-                  "--output", os.path.join(out, "toy_prior_baseline.json")] + opts)
-    rows["predict everything foreground"] = test_sccan.run(
-        common + ["--episodes-from", episodes, "--all-foreground",
-                  "--output", os.path.join(out, "toy_all_foreground.json")] + opts)
+    for number, (name, flags, stem) in enumerate(ROWS):
+        # The first row draws and records the episodes; every other row replays exactly those.
+        episode_flags = ["--dump-episodes" if number == 0 else "--episodes-from", episodes]
+        output = ["--output", os.path.join(out, f"{stem}.json")]
+        rows[name] = test_sccan.run(common + episode_flags + flags + output + opts)
 
     total = time.time() - start
-    lines = ["", f"Toy fold {cfg.split}, {cfg.shot}-shot, novel classes "
-             f"{rows['SCCAN, trained on base classes']['class_ids']}, "
-             f"{rows['SCCAN, trained on base classes']['test_num']} identical episodes for every row:",
+    first = rows[ROWS[0][0]]
+    lines = ["", f"Toy fold {cfg.split}, {cfg.shot}-shot, novel classes {first['class_ids']}, "
+             f"{first['test_num']} identical episodes for every row:",
              "", "| predictor | mIoU | FB-IoU | pIoU |", "|---|---|---|---|"]
     for name, summary in rows.items():
         run = summary["runs"][0]

@@ -18,15 +18,6 @@ behaviour (the shipped configs and command lines work unchanged) but is stricter
 * a key that appears in two sections is an error, because flattening would otherwise let one
   silently shadow the other;
 * a key repeated inside one YAML mapping is an error (PyYAML would keep the last one silently).
-
-Public API::
-
-    load_config(path, opts=None) -> Config
-    apply_overrides(config, opts) -> Config
-    save_config(config, path) -> None
-    config_argparser(description) -> argparse.ArgumentParser
-    config_from_arguments(arguments) -> Config
-    parse_args(argv=None, description=...) -> Config
 """
 
 from __future__ import annotations
@@ -42,6 +33,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import yaml
 
 from util.cli import add_debug_argument
+from util.io import atomic_write_text
 from util.config_schema import SCHEMA, check_type, legacy_message
 
 __all__ = [
@@ -266,18 +258,8 @@ def _unknown_key_message(key: str, known: Iterable[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------- loading
-def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> Config:
-    """Load a sectioned YAML file into a flat ``Config`` and apply ``--opts`` overrides.
-
-    Every top-level key must name a section (a mapping, or empty). Keys of all sections share
-    one namespace, so a key in two sections is an error that names both sections. Every key
-    must be in the schema and have its type (all problems are reported together); the keys
-    the file leaves out get their schema default in their schema section, and ``config_file``
-    is the file's path unless the file sets it. File values are kept as written (an int stays
-    an int where the schema has float). ``opts`` is the flat ``[key, value, key, value, ...]``
-    list of ``--opts``; see ``apply_overrides`` for how the values are parsed and checked.
-    """
-    path = os.fspath(path)
+def _read_document(path: str) -> dict:
+    """The YAML file as a mapping of sections (a repeated key is an error)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"configuration file not found: {path}")
     with open(path, "r", encoding="utf-8") as handle:
@@ -289,7 +271,12 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return document
 
+
+def _read_sections(path: str, document: dict) -> tuple[dict[str, Any], dict[str, str]]:
+    """Flatten the sections into ``(values, section of each key)``, checking every key against
+    the schema; all unknown or mistyped keys are reported together."""
     values: dict[str, Any] = {}
     sections: dict[str, str] = {}
     problems: list[str] = []
@@ -319,6 +306,22 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
             sections[key] = str(section)
     if problems:
         raise ConfigError("\n".join(problems))
+    return values, sections
+
+
+def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> Config:
+    """Load a sectioned YAML file into a flat ``Config`` and apply ``--opts`` overrides.
+
+    Every top-level key must name a section (a mapping, or empty). Keys of all sections share
+    one namespace, so a key in two sections is an error that names both sections. Every key
+    must be in the schema and have its type (all problems are reported together); the keys
+    the file leaves out get their schema default in their schema section, and ``config_file``
+    is the file's path unless the file sets it. File values are kept as written (an int stays
+    an int where the schema has float). ``opts`` is the flat ``[key, value, key, value, ...]``
+    list of ``--opts``; see ``apply_overrides`` for how the values are parsed and checked.
+    """
+    path = os.fspath(path)
+    values, sections = _read_sections(path, _read_document(path))
     for key, value in values.items():
         _warn_if_legacy(key, value, path)
     values.setdefault("config_file", path)
@@ -435,10 +438,6 @@ def save_config(config: Config | Mapping[str, Any], path: str | os.PathLike) -> 
     if not isinstance(config, Config):
         config = Config(dict(config))
     path = os.fspath(path)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-
     chunks = ["# Resolved configuration" + (f" (from {config.source})" if config.source else "")]
     for section, keys in config.sections().items():
         body = {key: _plain(config[key]) for key in keys}
@@ -446,24 +445,23 @@ def save_config(config: Config | Mapping[str, Any], path: str | os.PathLike) -> 
             yaml.safe_dump({section: body}, sort_keys=False, default_flow_style=False,
                            allow_unicode=True).rstrip()
         )
-    # Write to a temporary name first so a crash never leaves a half-written config behind.
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write("\n\n".join(chunks) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, "\n\n".join(chunks) + "\n")
 
 
 # ------------------------------------------------------------------------------ command line
-def config_argparser(description: str = "SCCAN") -> argparse.ArgumentParser:
-    """The command line shared by the train and test scripts.
+def config_argparser(description: str = "SCCAN", prog: str | None = None,
+                     default_config: str | None = None) -> argparse.ArgumentParser:
+    """The command line shared by the scripts and the tools that read a config.
 
-    ``--config PATH`` (required); ``--opts key value ...`` (everything after it, so it must
-    come last); ``--local_rank``/``--local-rank``, which ``torch.distributed.launch`` appends
-    and which is accepted and recorded, but not used to pick the device (``LOCAL_RANK`` in the
-    environment is the source the scripts should use).
+    ``--config PATH`` (required unless ``default_config``); ``--opts key value ...`` (everything
+    after it, so it must come last); ``--debug``; ``--local_rank``/``--local-rank``, which
+    ``torch.distributed.launch`` appends and which is accepted and recorded, but not used to pick
+    the device (``LOCAL_RANK`` in the environment is the source the scripts should use).
     """
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", type=str, required=True, help="path to a YAML config file")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=str, required=default_config is None, default=default_config,
+                        help="path to a YAML config file" +
+                             (f" (default {default_config})" if default_config else ""))
     parser.add_argument(
         "--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
         help="set by torch.distributed.launch; recorded only",
