@@ -10,15 +10,14 @@ and writes them as JSON.
 """
 from __future__ import annotations
 
-import os
 import sys
 
-from util.baselines import PREDICTOR_CHOICES, build_predictor
+from util.baselines import add_predictor_arguments, build_predictor
 from util.cli import positive_int, run_entry_point
 from util.config import config_argparser, load_config
 from util.episodes import EpisodeRecorder, build_episode_loader, save_episodes
 from util.evaluation import EvaluationProtocol, format_result_table, summarise_runs, write_run_scalars
-from util.experiment import build_dataset, per_shot_name, result_dir, tensorboard_writer, test_class_ids
+from util.experiment import build_dataset, default_result_path, tensorboard_writer, test_class_ids
 from util.io import atomic_write_json
 from util.runtime import get_logger, init_distributed, set_seed
 from util.visualisation import VisualisationWriter
@@ -40,9 +39,7 @@ def parse_arguments(argv=None):
     add("--hsnet-resize", action="store_true", help="HSNet-style test: inputs resized to val_size squared, "
         "logits to the original label (the paper's double-dagger rows)")
     add("--output", metavar="JSON", help="result file (default <exp>/result/test_<weight>_<K>shot.json)")
-    choice = parser.add_mutually_exclusive_group()
-    for name, help_text in PREDICTOR_CHOICES.items():
-        choice.add_argument(f"--{name}", dest="predictor", action="store_const", const=name, help=help_text)
+    add_predictor_arguments(parser)
     arguments = parser.parse_args(argv)
     return arguments, load_config(arguments.config, arguments.opts)
 
@@ -60,8 +57,8 @@ def run(argv=None) -> dict:
                                             record=bool(arguments.dump_episodes))
     protocol = EvaluationProtocol.from_config(cfg, len(class_ids), replayed or arguments.episodes,
                                               arguments.seeds, arguments.hsnet_resize)
-    predictor, source = build_predictor(cfg, arguments.predictor or "trained", context.device,
-                                        arguments.weight, logger.info)
+    predictor, source = build_predictor(cfg, arguments.predictor, context.device, arguments.weight,
+                                        logger.info)
     recorder = EpisodeRecorder() if arguments.dump_episodes and not replayed else None
     pictures = VisualisationWriter(arguments.save_vis) if arguments.save_vis else None
     writer = tensorboard_writer(cfg, "test") if arguments.viz else None
@@ -82,8 +79,7 @@ def run(argv=None) -> dict:
     print(table, flush=True)
     summary = dict(config=arguments.config, weights=source, class_ids=class_ids, test_num=protocol.test_num,
                    hsnet_resize=arguments.hsnet_resize, runs=runs, **statistics)
-    tag = os.path.splitext(os.path.basename(source))[0].replace(" ", "_")
-    output = arguments.output or os.path.join(result_dir(cfg), per_shot_name(cfg, f"test_{tag}", ".json"))
+    output = arguments.output or default_result_path(cfg, source)
     atomic_write_json(output, summary)
     logger.info(f"wrote {output}")
     return summary

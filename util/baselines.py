@@ -91,6 +91,15 @@ PREDICTOR_CHOICES = {
 }
 
 
+def add_predictor_arguments(parser) -> None:
+    """test_sccan.py's mutually exclusive --<choice> flags; ``arguments.predictor`` defaults to
+    'trained'."""
+    group = parser.add_mutually_exclusive_group()
+    for name, help_text in PREDICTOR_CHOICES.items():
+        group.add_argument(f"--{name}", dest="predictor", action="store_const", const=name, help=help_text)
+    parser.set_defaults(predictor="trained")
+
+
 def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str] = None,
                     log=print) -> Tuple[nn.Module, str]:
     """``(predictor, description)`` for 'trained' or one of :data:`PREDICTOR_CHOICES`. The trained choices

@@ -34,6 +34,12 @@ def per_shot_name(cfg, stem: str, extension: str = "") -> str:
     return f"{stem}_{cfg.shot}shot{extension}"
 
 
+def default_result_path(cfg, source: str) -> str:
+    """<exp>/result/test_<weight or predictor>_<K>shot.json."""
+    tag = os.path.splitext(os.path.basename(source))[0].replace(" ", "_")
+    return os.path.join(result_dir(cfg), per_shot_name(cfg, f"test_{tag}", ".json"))
+
+
 def tensorboard_writer(cfg, *subfolders: str):
     """A TensorBoard writer in <exp>/tensorboard_<K>shot[/subfolder] (the scripts' --viz)."""
     from tensorboardX import SummaryWriter
