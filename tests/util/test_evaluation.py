@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import test_sccan
-from tests.toy_experiment import CONFIG, toy_opts
+from tests.support.toy_experiment import CONFIG, toy_opts
 from util.baselines import PREDICTOR_CHOICES, AllForeground, PreviousSupport
 from util.episodes import EpisodeRecorder, RecordingDataset
 from util.evaluation import EvaluationProtocol, evaluation_passes

@@ -22,6 +22,7 @@ from PIL import Image
 
 from tools import prepare_coco, prepare_pascal
 from tools.label_files import read_label_png
+from tests.support import REPOSITORY_ROOT
 from tools.preparation import write_list_file
 from util import io as util_io
 
@@ -49,7 +50,7 @@ EXPECTED_TRAIN_LINES = [
     "JPEGImages/2007_000032.jpg SegmentationClassAug/2007_000032.png",
     "JPEGImages/2008_000008.jpg SegmentationClassAug/2008_000008.png",
 ]
-SHIPPED_PASCAL_LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists", "pascal")
+SHIPPED_PASCAL_LISTS = os.path.join(REPOSITORY_ROOT, "lists", "pascal")
 
 
 def _image_size(identifier: str) -> tuple[int, int]:

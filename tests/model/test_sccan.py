@@ -9,8 +9,7 @@ from model import build_model, build_optimizers, count_parameters, poly_learning
 from model.backbone import Backbone, FrozenBatchNorm2d
 from model.checkpoint import CheckpointError
 from model.sccan import SCCAN
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+from tests.support import FIXTURES
 
 
 def reference_keys(layers):

@@ -26,9 +26,8 @@ from util.config import (
     parse_args,
     save_config,
 )
+from tests.support import REPOSITORY_ROOT
 from util.config_schema import SCHEMA, check_type, config_value, default_values
-
-REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_yaml(tmp_path, text: str, name: str = "config.yaml") -> str:

@@ -11,7 +11,7 @@ import train_sccan
 from util.best_checkpoint import BestCheckpoint, best_checkpoint_name, epoch_label, format_epoch_label, half_epoch_index
 from util.evaluation import EvaluationProtocol
 from util.trainer import NonFiniteLossError, Trainer
-from tests.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
 @pytest.fixture(scope="module")
