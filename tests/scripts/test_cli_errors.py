@@ -12,23 +12,22 @@ import pytest
 import torch
 
 from model import build_model
-from tests.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from tests.support import REPOSITORY_ROOT
+from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 from util.config import load_config
-
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*arguments, environment=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("SCCAN_DEBUG", None)
     env.update(environment or {})
-    return subprocess.run([sys.executable, *arguments], cwd=REPOSITORY, env=env, capture_output=True,
+    return subprocess.run([sys.executable, *arguments], cwd=REPOSITORY_ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
 def assert_names_a_readme_section(message):
     section = message.split("README, '")[1].split("'")[0]
-    with open(os.path.join(REPOSITORY, "README.md")) as handle:
+    with open(os.path.join(REPOSITORY_ROOT, "README.md")) as handle:
         headings = [line.lstrip("#").strip() for line in handle if line.startswith("## ") or
                     line.startswith("### ")]
     assert section in headings, (section, headings)

@@ -1,10 +1,10 @@
 """Small toy experiments for the script tests: a reduced base list and command-line overrides."""
 import os
 
+from tests.support import REPOSITORY_ROOT
 from util.dataset import SemData, get_class_lists
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "config", "toy", "toy_split0_resnet50.yaml")
+CONFIG = os.path.join(REPOSITORY_ROOT, "config", "toy", "toy_split0_resnet50.yaml")
 
 
 def reduced_train_list(data_root: str, out_path: str, per_class: int = 2) -> int:

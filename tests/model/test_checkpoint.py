@@ -1,14 +1,10 @@
-"""Checkpoint loading (released dict format, module. prefix, shape errors) and atomic saves."""
-import os
-
+"""Checkpoint loading (model/checkpoint.py): released dict format, module. prefix, shape errors."""
 import pytest
 import torch
 
 from model.backbone import Backbone
 from model.checkpoint import CheckpointError, load_model_weights
 from model.sccan import SCCAN
-from util import io as io_module
-from util.io import atomic_torch_save
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +68,3 @@ def test_pickled_objects_are_refused(pair, tmp_path):
     torch.save({"state_dict": {}, "payload": object()}, path)
     with pytest.raises(CheckpointError, match="Python objects other than tensors"):
         load_model_weights(pair[1], path)
-
-
-def test_interrupted_atomic_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
-    path = str(tmp_path / "latest.pth")
-    atomic_torch_save({"epoch": 1, "value": torch.ones(3)}, path)
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("killed before rename")
-
-    monkeypatch.setattr(io_module.os, "replace", crash)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_torch_save({"epoch": 2, "value": torch.zeros(3)}, path)
-    monkeypatch.undo()
-    restored = torch.load(path, weights_only=True)
-    assert restored["epoch"] == 1 and torch.equal(restored["value"], torch.ones(3))
-    assert os.listdir(tmp_path) == ["latest.pth"]
-    atomic_torch_save({"epoch": 2}, path)
-    assert torch.load(path, weights_only=True)["epoch"] == 2

@@ -8,9 +8,10 @@ from torch.testing import assert_close
 from model.backbone import Backbone
 from model.loss import weighted_dice_loss
 from model.sccan import SCCAN, prior_mask
-from tests.reference_weights import generate_reference_weights
+from tests.support import FIXTURES
+from tests.support.reference_weights import generate_reference_weights
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "sccan_parity_fixture.pt")
+FIXTURE = os.path.join(FIXTURES, "sccan_parity_fixture.pt")
 TOLERANCE = dict(atol=1e-4, rtol=0)
 
 

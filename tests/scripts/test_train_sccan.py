@@ -8,10 +8,9 @@ import torch
 import torch.multiprocessing as mp
 
 import train_sccan
-from util.best_checkpoint import BestCheckpoint, best_checkpoint_name, epoch_label, format_epoch_label, half_epoch_index
 from util.evaluation import EvaluationProtocol
 from util.trainer import NonFiniteLossError, Trainer
-from tests.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
 @pytest.fixture(scope="module")
@@ -86,36 +85,6 @@ def test_best_checkpoint_naming_and_early_stop(toy_data_root, tmp_path, small_li
     assert iterations_done[:3] == [length, length + half + 1, 2 * length]
 
 
-@pytest.mark.parametrize("length, index", [(1, 0), (2, 1), (3, 2), (4, 2), (5, 2), (6, 3), (7, 4),
-                                           (8, 4), (9, 4), (11, 6), (13, 6), (15, 8)])
-def test_half_epoch_index_follows_pythons_round(length, index):
-    # By hand: round(L / 2) rounds halves to the even neighbour (2.5 -> 2, 3.5 -> 4, 6.5 -> 6).
-    assert half_epoch_index(length) == index
-
-
-def test_best_checkpoint_bookkeeping_without_training(tmp_path):
-    best = BestCheckpoint()
-    assert best.improves(0.01) and not best.improves(0.0)  # the first scored validation wins
-    assert best.replace(str(tmp_path), 5, epoch_label(0), 0.2) == ""
-    assert best.path == str(tmp_path / "train5_epoch_0_0.2000.pth") and best.epoch == 0
-    assert not best.improves(0.2)  # equal is not better, as the original's '>'
-    previous = best.replace(str(tmp_path), 5, epoch_label(1, half=True), 0.25)
-    assert previous == str(tmp_path / "train5_epoch_0_0.2000.pth")
-    assert best.path.endswith("train5_epoch_0.5_0.2500.pth")
-    # The same name again (same label and rounded mIoU) is overwritten, not deleted.
-    assert best.replace(str(tmp_path), 5, 0.5, 0.25001) == ""
-    assert not best.should_stop(2, stop_interval=2) and best.should_stop(2.5, stop_interval=2)
-    assert BestCheckpoint().should_stop(1, stop_interval=2)  # -1 -> 1: two epochs without any best
-
-
-def test_epoch_labels_and_best_checkpoint_names_match_the_released_ones():
-    # win8_train_epoch_43_0.6753.pth ends the 44th epoch; train5_epoch_33.5_0.4571.pth is the
-    # half-epoch validation inside the 35th (0-based 34).
-    assert best_checkpoint_name(1, epoch_label(43), 0.67534) == "train_epoch_43_0.6753.pth"
-    assert best_checkpoint_name(5, epoch_label(34, half=True), 0.45712) == "train5_epoch_33.5_0.4571.pth"
-    assert format_epoch_label(0) == "0" and format_epoch_label(0.5) == "0.5"
-
-
 def test_resume_is_exact(toy_data_root, tmp_path, small_list):
     batch = small_list[1] // 2  # two iterations per epoch
     straight = train_sccan.main(_argv(toy_data_root, tmp_path / "a", small_list, epochs=2,
@@ -180,18 +149,3 @@ def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_pat
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], initial[key]), key
-
-
-def test_toy_configs_load_and_mark_their_cost_cuts():
-    from util.config import load_config
-    folder = os.path.dirname(CONFIG)
-    names = sorted(os.listdir(folder))
-    assert names == ["toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml"]
-    for name in names:
-        cfg = load_config(os.path.join(folder, name))
-        assert cfg.pretrained_backbone is False and cfg.data_root == "data/toy"
-        assert cfg.list_root.startswith("data/toy") and cfg.save_path.startswith("exp/toy/")
-        assert (cfg.train_h - 1) % 8 == 0 and cfg.feature_size % cfg.window_size == 0
-        with open(os.path.join(folder, name)) as handle:
-            assert "COST CUT" in handle.read()
-    assert load_config(os.path.join(folder, names[1])).shot == 5

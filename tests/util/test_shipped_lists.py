@@ -19,8 +19,9 @@ from util.dataset import (
     make_fss_lists,
     read_pair_list,
 )
+from tests.support import REPOSITORY_ROOT
 
-LISTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lists")
+LISTS = os.path.join(REPOSITORY_ROOT, "lists")
 PASCAL_SIZES = {"train": [4208, 3726, 2752, 4510], "val": [364, 445, 592, 336]}
 PASCAL_BASE_LISTS = {"train": "voc_sbd_merge_noduplicate.txt", "val": "val.txt"}
 

@@ -1,13 +1,12 @@
 """util/baselines.py: the training-free matching predictor (tools/probe_features.py,
-test_sccan.py --prior-baseline)."""
+test_sccan.py --prior-baseline) and the previous-support diagnostic."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
-from model.sccan import min_max_normalise
-from util.baselines import FeatureMatching
+from util.baselines import FeatureMatching, PreviousSupport
 
 
 def _scene(generator):
@@ -23,14 +22,6 @@ def _scene(generator):
 
 def _iou(prediction, target):
     return float((prediction & target).sum()) / float((prediction | target).sum())
-
-
-def test_min_max_maps_each_sample_to_unit_range():
-    x = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[-4.0, -4.0], [0.0, -2.0]]]])  # (2, 1, 2, 2)
-    scaled = min_max_normalise(x)
-    torch.testing.assert_close(scaled.amin(dim=(1, 2, 3)), torch.zeros(2))
-    torch.testing.assert_close(scaled.amax(dim=(1, 2, 3)), torch.ones(2), atol=1e-6, rtol=0)
-    torch.testing.assert_close(scaled[0, 0, 0, 1], torch.tensor(0.5))
 
 
 @pytest.mark.parametrize("level", [0, 1, "prior"])
@@ -57,3 +48,17 @@ def test_feature_matching_segments_the_support_class(level):
 def test_feature_matching_rejects_unknown_levels():
     with pytest.raises(ValueError, match="level"):
         FeatureMatching(Backbone(50), level=4)
+
+
+def test_previous_support_diagnostic_feeds_the_last_episodes_support():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, s_x, s_y):
+            seen.append(int(s_x.flatten()[0]))
+            return torch.zeros(1, 2, 1, 1)
+
+    wrapper = PreviousSupport(Recorder())
+    for value in (1, 2, 3):
+        wrapper(torch.zeros(1), torch.full((1, 1), float(value)), torch.zeros(1))
+    assert seen == [1, 1, 2]

@@ -1,0 +1,100 @@
+"""SCCAN model (model/sccan.py): state_dict layout, parameter counts, forward contract, gradients,
+min-max normalisation."""
+import os
+
+import pytest
+import torch
+
+from model import count_parameters
+from model.backbone import Backbone
+from model.sccan import SCCAN, min_max_normalise
+from tests.support import FIXTURES
+
+
+def reference_keys(layers):
+    path = os.path.join(FIXTURES, f"sccan_resnet{layers}_state_dict.txt")
+    entries = []
+    with open(path) as handle:
+        for line in handle:
+            name, rest = line.strip().split(" ", 1)
+            shape, dtype = rest.rsplit(" ", 1)
+            entries.append((name, tuple(int(v) for v in shape.strip("()").split(",") if v.strip()),
+                            dtype))
+    return entries
+
+
+@pytest.mark.parametrize("layers", [50, 101])
+def test_state_dict_matches_reference_names_and_shapes(layers):
+    model = SCCAN(Backbone(layers))
+    actual = [(k, tuple(v.shape), str(v.dtype).replace("torch.", ""))
+              for k, v in model.state_dict().items()]
+    assert actual == reference_keys(layers)
+
+
+@pytest.mark.parametrize("layers,total", [(50, 34_951_618), (101, 53_891_522)])
+def test_parameter_counts(layers, total):
+    model = SCCAN(Backbone(layers))
+    assert count_parameters(model) == (total, 11_373_314)
+    transformer = sum(p.numel() for p in model.transformer.parameters())
+    assert transformer == 6_324_736
+
+
+def test_eval_forward_shapes(small_model):
+    small_model.eval()
+    x = torch.randn(2, 3, 65, 81)
+    s_x = torch.randn(2, 2, 3, 65, 81)
+    s_y = (torch.rand(2, 2, 65, 81) > 0.5).float()
+    with torch.no_grad():
+        logits = small_model(x, s_x, s_y)
+    assert logits.shape == (2, 2, 65, 81)
+
+
+def _dead_support_branch(name):
+    # The support output of the last block is never used by the original, so its support
+    # attention/MLP receive no gradient there (they are still learnable parameters).
+    return name.startswith("transformer.layers.0.blocks.7.attn_s.") or \
+        name.startswith("transformer.layers.0.blocks.7.mlp_s.")
+
+
+def test_one_training_step_gradients(small_model):
+    torch.manual_seed(1)
+    small_model.train()
+    small_model.zero_grad(set_to_none=True)
+    x = torch.randn(2, 3, 65, 65)
+    s_x = torch.randn(2, 2, 3, 65, 65)
+    s_y = torch.zeros(2, 2, 65, 65)
+    s_y[:, :, 10:40, 15:50] = 1
+    s_y[:, :, 0:3] = 255
+    y = torch.zeros(2, 65, 65, dtype=torch.long)
+    y[:, 20:50, 20:45] = 1
+    prediction, main_loss, aux1, aux2 = small_model(x, s_x, s_y, y)
+    assert prediction.shape == (2, 65, 65) and prediction.dtype == torch.long
+    assert torch.isfinite(main_loss) and float(aux1) == 0 and float(aux2) == 0
+    main_loss.backward()
+    dead = []
+    for name, parameter in small_model.named_parameters():
+        if name.startswith("backbone."):
+            assert not parameter.requires_grad and parameter.grad is None, name
+        elif _dead_support_branch(name):
+            dead.append(name)
+            assert parameter.grad is None or not parameter.grad.any(), name
+        else:
+            assert parameter.requires_grad, name
+            assert parameter.grad is not None, f"no gradient reaches {name}"
+            assert torch.isfinite(parameter.grad).all(), name
+            assert parameter.grad.abs().sum() > 0, f"zero gradient for {name}"
+    assert len(dead) == 10  # attn_s: q, kv, proj (weight+bias); mlp_s: fc1, fc2
+
+
+def test_train_mode_keeps_backbone_frozen(small_model):
+    small_model.train()
+    assert not small_model.backbone.training
+    assert small_model.down_query.training
+
+
+def test_min_max_maps_each_sample_to_unit_range():
+    x = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[-4.0, -4.0], [0.0, -2.0]]]])  # (2, 1, 2, 2)
+    scaled = min_max_normalise(x)
+    torch.testing.assert_close(scaled.amin(dim=(1, 2, 3)), torch.zeros(2))
+    torch.testing.assert_close(scaled.amax(dim=(1, 2, 3)), torch.ones(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(scaled[0, 0, 0, 1], torch.tensor(0.5))

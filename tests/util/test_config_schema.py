@@ -1,0 +1,224 @@
+"""The key schema (util/config_schema.py): defaults, types, legacy keys, and the keys the code reads."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import warnings
+
+import pytest
+import yaml
+
+from tests.support import REPOSITORY_ROOT
+from tests.support.files import write_yaml
+from util.config import Config, ConfigError, LegacyKeyWarning, load_config
+from util.config_schema import SCHEMA, check_type, config_value, default_values
+
+pytestmark = pytest.mark.usefixtures("fresh_legacy_warnings")
+
+
+# ------------------------------------------------------------------------------ the schema
+def flat_yaml(path: str) -> dict:
+    """Key -> value of a sectioned YAML file, read without the loader under test."""
+    with open(path, encoding="utf-8") as handle:
+        document = yaml.safe_load(handle)
+    return {key: value for section in document.values() if section for key, value in section.items()}
+
+
+SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "config", "*", "*.yaml")))
+PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if os.sep + "toy" + os.sep not in path]
+
+
+def test_the_shipped_configs_are_32_paper_and_2_toy():
+    assert len(SHIPPED_CONFIGS) == 34 and len(PAPER_CONFIGS) == 32
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
+def test_shipped_config_loads_to_its_values_and_the_schema_defaults(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegacyKeyWarning)  # no shipped config sets a legacy key
+        config = load_config(path)
+    written = flat_yaml(path)
+    for key, value in written.items():
+        assert config[key] == value and type(config[key]) is type(value), key  # kept as written
+    defaults = default_values()
+    defaults["config_file"] = path
+    for key in set(SCHEMA) - set(written):
+        assert config[key] == defaults[key], key
+        assert config.section_of(key) == SCHEMA[key].section
+    assert set(config.keys()) == set(SCHEMA)
+
+
+def test_schema_defaults_are_the_values_all_paper_configs_share():
+    files = [flat_yaml(path) for path in PAPER_CONFIGS]
+    shared = {key: value for key, value in files[0].items()
+              if all(key in other and other[key] == value for other in files)}
+    assert len(shared) > 40  # most keys are shared: the comparison is not vacuous
+    for key, value in shared.items():
+        assert SCHEMA[key].default == value, key
+        check_type(key, value, convert=False)
+
+
+def test_schema_entries_are_consistent():
+    sections = {"Data", "Train", "Method", "Test_Finetune", "Distributed", "Runtime"}
+    for key, entry in SCHEMA.items():
+        assert entry.section in sections and entry.help, key
+        check_type(key, entry.default, convert=False)  # every default has its own type
+        assert not hasattr(Config, key), key  # would be shadowed by a Config method
+    legacy = {key for key, entry in SCHEMA.items() if entry.legacy}
+    assert legacy == {"classes", "dist_url", "dist_backend", "multiprocessing_distributed",
+                      "world_size", "rank", "low_fea", "kshot_trans_dim", "merge", "merge_tau"}
+
+
+def test_minimal_config_gets_the_schema_defaults(tmp_path):
+    path = write_yaml(tmp_path, """\
+        Data:
+          split: 2
+    """)
+    config = load_config(path)
+    assert config.split == 2
+    assert config.base_lr == 0.005 and config.feature_dropout == 0.5 and config.layers == 50
+    assert config.section_of("base_lr") == "Train" and config.section_of("layers") == "Method"
+    assert config.config_file == path and config.local_rank is None
+    assert load_config(write_yaml(tmp_path, "", name="empty.yaml")).to_dict().keys() == SCHEMA.keys()
+
+
+def test_wrong_typed_file_values_are_errors_naming_file_key_and_type(tmp_path):
+    path = write_yaml(tmp_path, """\
+        Data:
+          split: '0'
+          data_root: 2012
+        Train:
+          base_lr: 0.005
+          transformer_lr: 6e-5
+          warmup: 0
+          resume:
+    """)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 5  # every problem, one line each
+    for line, key, expected in zip(lines, ("split", "data_root", "transformer_lr", "warmup", "resume"),
+                                   ("an int", "a str", "a float", "a bool", "a str")):
+        assert line.startswith(path) and repr(key) in line and f"expects {expected}," in line
+    assert "reads 6e-5 as text" in lines[2] and "quote it" in lines[1]
+
+
+def test_int_file_value_for_a_float_key_is_kept_and_an_override_converted(tmp_path):
+    path = write_yaml(tmp_path, """\
+        Train:
+          base_lr: 1
+    """)
+    assert type(load_config(path).base_lr) is int  # as written (the shipped rotate_min: -10)
+    assert type(load_config(path, ["base_lr", "2"]).base_lr) is float
+
+
+def test_unknown_key_in_the_file_is_an_error_with_a_suggestion(tmp_path):
+    path = write_yaml(tmp_path, """\
+        Train:
+          base_lr: 0.005
+          bsae_lr: 0.01
+          stop_intervall: 3
+    """)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert path in message and "'Train'" in message
+    assert "'bsae_lr'; did you mean 'base_lr'" in message
+    assert "'stop_intervall'; did you mean 'stop_interval'" in message
+
+
+def test_legacy_key_warns_once_and_only_when_changed(tmp_path):
+    at_default = write_yaml(tmp_path, """\
+        Data:
+          classes: 2
+        Distributed:
+          world_size: 1
+    """, name="default.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(at_default)
+        load_config(at_default, ["rank", "0"])
+
+    changed = write_yaml(tmp_path, """\
+        Distributed:
+          world_size: 4
+    """, name="changed.yaml")
+    with pytest.warns(LegacyKeyWarning) as record:
+        config = load_config(changed)
+        load_config(changed)  # the same key again: no second warning
+        load_config(at_default, ["merge_tau", "0.5"])
+    messages = [str(warning.message) for warning in record]
+    assert len(messages) == 2
+    assert "'world_size' = 4 has no effect" in messages[0] and "torchrun" in messages[0]
+    assert record[0].filename == changed and record[1].filename == "--opts"
+    assert "'merge_tau' = 0.5" in messages[1]
+    assert config.world_size == 4  # still accepted and recorded
+
+
+def test_config_value_falls_back_on_the_schema_default():
+    class Namespace:
+        layers = 101
+
+    assert config_value(Namespace, "layers") == 101
+    assert config_value(Namespace, "feature_size") == 64
+    assert config_value({"shot": 5}, "shot") == 5 and config_value({}, "shot") == 1
+    assert config_value(Config({"window_size": 4}), "window_size") == 4
+    with pytest.raises(KeyError):
+        config_value(Namespace, "not_a_key")
+
+
+def _configuration_reads(path: str) -> set[str]:
+    """Names read or set as ``cfg.X``, ``config.X``, ``self.cfg.X``, ``cfg["X"]``,
+    ``cfg.get("X")`` or ``value("X")`` / ``config_value(cfg, "X")`` in one source file."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+
+    def is_config(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id in ("cfg", "config")) or \
+            (isinstance(node, ast.Attribute) and node.attr == "cfg")
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_config(node.value):
+            names.add(node.attr)
+        elif isinstance(node, ast.Subscript) and is_config(node.value):
+            names.add(getattr(node.slice, "value", None))
+        elif isinstance(node, ast.Call) and node.args:
+            function = node.func
+            if isinstance(function, ast.Attribute) and function.attr == "get" and is_config(function.value):
+                names.add(getattr(node.args[0], "value", None))
+            elif isinstance(function, ast.Name) and function.id == "value":
+                names.add(getattr(node.args[0], "value", None))
+            elif isinstance(function, ast.Name) and function.id == "config_value":
+                names.add(getattr(node.args[1], "value", None))
+    return {name for name in names if isinstance(name, str)}  # not a key held in a variable
+
+
+def test_every_key_the_code_reads_is_in_the_schema_and_every_other_key_is_legacy():
+    sources = [os.path.join(REPOSITORY_ROOT, name) for name in ("train_sccan.py", "test_sccan.py")]
+    for folder in ("model", "util", "tools"):
+        sources += glob.glob(os.path.join(REPOSITORY_ROOT, folder, "*.py"))
+    reads = set().union(*(_configuration_reads(path) for path in sources))
+    config_api = {name for name in dir(Config) if not name.startswith("__")}
+    assert {"base_lr", "feature_dropout", "use_split_coco", "transformer_lr"} <= reads
+    assert reads - config_api - set(SCHEMA) == set()
+    # ... and the keys no code reads are exactly the legacy ones (which warn when changed).
+    assert set(SCHEMA) - reads == {key for key, entry in SCHEMA.items() if entry.legacy}
+
+
+def test_model_and_optimizer_defaults_agree_with_the_schema():
+    """The library's own parameter defaults (for use without a config) are the schema's."""
+    import inspect
+
+    from model.builder import build_optimizers, poly_learning_rate
+    from model.sccan import SCCAN
+
+    checked = []
+    for function in (SCCAN.__init__, build_optimizers, poly_learning_rate):
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.name in SCHEMA and parameter.default is not inspect.Parameter.empty:
+                assert parameter.default == SCHEMA[parameter.name].default, parameter.name
+                checked.append(parameter.name)
+    assert {"feature_size", "window_size", "feature_dropout", "transformer_lr", "power"} <= set(checked)

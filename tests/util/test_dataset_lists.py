@@ -1,0 +1,235 @@
+"""Tests of util/dataset.py, the lists: class folds, list formats, the FSS list rule, list errors
+and the list cache. The episodes are tested in test_dataset_episodes.py, changed base lists in
+test_fss_list_cache.py."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.support.datasets import SMALL, all_fold0_train_classes_dataset, block_label, write_mini_dataset
+from util import dataset as dataset_module
+from util.dataset import (
+    SemData,
+    get_class_lists,
+    load_fss_lists,
+    make_fss_lists,
+    read_pair_list,
+    resolve_path,
+    write_fss_lists,
+)
+from util.transform import build_val_transform
+
+
+# ----------------------------------------------------------------------------------- class folds
+def test_pascal_class_lists():
+    for fold in range(4):
+        train, val = get_class_lists("pascal", fold)
+        assert val == [5 * fold + 1 + i for i in range(5)]
+        assert train == sorted(set(range(1, 21)) - set(val))
+    assert get_class_lists("pascal", 2)[0] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 17, 18, 19, 20]
+
+
+def test_coco_class_lists():
+    train, val = get_class_lists("coco", 0, use_split_coco=True)
+    assert val == [1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 49, 53, 57, 61, 65, 69, 73, 77]
+    assert len(train) == 60 and train == sorted(train) and not set(train) & set(val)
+    assert get_class_lists("coco", 3, use_split_coco=True)[1][-1] == 80
+    train, val = get_class_lists("coco", 1, use_split_coco=False)
+    assert val == list(range(21, 41))
+    assert train == list(range(1, 21)) + list(range(41, 81))
+
+
+@pytest.mark.parametrize("args, word", [(("toy", 0), "data_set"), (("pascal", 4), "split"), (("coco", -1), "split")])
+def test_class_lists_reject_unknown_values(args, word):
+    with pytest.raises(ValueError) as error:
+        get_class_lists(*args)
+    message = str(error.value)
+    assert word in message and repr(args[0] if word == "data_set" else args[1]) in message
+    assert "allowed" in message
+
+
+# ----------------------------------------------------------------------------------- list formats
+def test_resolve_path_rules(tmp_path):
+    assert resolve_path("/abs/JPEGImages/a.jpg", "data/voc") == "/abs/JPEGImages/a.jpg"
+    assert resolve_path("JPEGImages/a.jpg", "data/voc") == os.path.join("data/voc", "JPEGImages/a.jpg")
+    # Lists released with BAM/SCCAN hold data_root-joined paths: used unchanged.
+    assert resolve_path("../data/VOC2012/JPEGImages/a.jpg", "../data/VOC2012") == "../data/VOC2012/JPEGImages/a.jpg"
+    assert resolve_path("data/voc/JPEGImages/a.jpg", "data/voc/") == "data/voc/JPEGImages/a.jpg"
+    # A path that merely shares a prefix string with data_root is still joined.
+    assert resolve_path("data/voc2/a.jpg", "data/voc") == os.path.join("data/voc", "data/voc2/a.jpg")
+
+
+def test_resolve_path_moves_the_original_data_root_onto_the_configured_one():
+    shipped = "../data/VOCdevkit2012/VOC2012/JPEGImages/a.jpg"
+    assert resolve_path(shipped, "/datasets/VOC2012", "pascal") == os.path.join("/datasets/VOC2012", "JPEGImages/a.jpg")
+    assert resolve_path(shipped, "../data/VOCdevkit2012/VOC2012", "pascal") == shipped
+    coco = "../data/MSCOCO2014/annotations/val2014/b.png"
+    assert resolve_path(coco, "data/coco", "coco") == os.path.join("data/coco", "annotations/val2014/b.png")
+    # Only the dataset's own original root, by whole path components; without data_set, joined.
+    assert resolve_path(coco, "data/voc", "pascal") == os.path.join("data/voc", coco)
+    assert resolve_path("../data/MSCOCO2014x/b.png", "data/coco", "coco") == os.path.join("data/coco", "../data/MSCOCO2014x/b.png")
+    assert resolve_path(shipped, "/datasets/VOC2012") == os.path.join("/datasets/VOC2012", shipped)
+
+
+def test_write_format_is_the_original_one(tmp_path):
+    data_list = [("JPEGImages/a.jpg", "SegmentationClassAug/a.png"), ("JPEGImages/b.jpg", "SegmentationClassAug/b.png")]
+    sub_lists = {1: [data_list[0]], 2: [data_list[0], data_list[1]], 3: []}
+    data_path, sub_path = str(tmp_path / "data_list_0.txt"), str(tmp_path / "sub_class_file_list_0.txt")
+    write_fss_lists(data_path, sub_path, data_list, sub_lists)
+    # The original writes `img + ' ' + label + '\n'` lines and `str(dict)`.
+    assert open(data_path).read() == "JPEGImages/a.jpg SegmentationClassAug/a.png\nJPEGImages/b.jpg SegmentationClassAug/b.png\n"
+    assert open(sub_path).read() == (
+        "{1: [('JPEGImages/a.jpg', 'SegmentationClassAug/a.png')], 2: [('JPEGImages/a.jpg', "
+        "'SegmentationClassAug/a.png'), ('JPEGImages/b.jpg', 'SegmentationClassAug/b.png')], 3: []}"
+    )
+    assert load_fss_lists(data_path, sub_path) == (data_list, sub_lists)
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]  # atomic writes cleaned up
+
+
+def _copy_toy_pair(toy_root, name, destination_root):
+    for folder, extension in (("JPEGImages", ".jpg"), ("SegmentationClassAug", ".png")):
+        os.makedirs(os.path.join(destination_root, folder), exist_ok=True)
+        with open(os.path.join(toy_root, folder, name + extension), "rb") as source:
+            with open(os.path.join(destination_root, folder, name + extension), "wb") as target:
+                target.write(source.read())
+
+
+@pytest.mark.parametrize("path_style", ["data_root_joined", "absolute", "relative"])
+def test_reads_lists_in_the_released_formats(toy_data_root, tmp_path, monkeypatch, path_style):
+    """A list pair as BAM/SCCAN ship it (dict literal with tuples; `img lbl` lines) drops in."""
+    # Like the original: run from a work folder, data_root '../data/VOC2012' relative to it.
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    data_root = "../data/VOC2012" if path_style == "data_root_joined" else "data/VOC2012"
+    # Three toy images that all contain class 3 (with >= 2048 px), found via the toy base list.
+    names = []
+    for line in open(os.path.join(toy_data_root, "val.txt")):
+        label_rel = line.split()[1]
+        label = cv2.imread(os.path.join(toy_data_root, label_rel), cv2.IMREAD_GRAYSCALE)
+        if (label == 3).sum() >= 2048:
+            names.append(os.path.splitext(os.path.basename(label_rel))[0])
+        if len(names) == 3:
+            break
+    for name in names:
+        _copy_toy_pair(toy_data_root, name, data_root)
+
+    def path(folder, name, extension):
+        relative = f"{folder}/{name}{extension}"
+        if path_style == "data_root_joined":
+            return f"{data_root}/{relative}"
+        if path_style == "absolute":
+            return os.path.abspath(os.path.join(data_root, relative))
+        return relative
+
+    pairs = [(path("JPEGImages", n, ".jpg"), path("SegmentationClassAug", n, ".png")) for n in names]
+    list_dir = os.path.join("lists", "pascal", "fss_list", "val")  # the original's default location
+    os.makedirs(list_dir)
+    with open(os.path.join(list_dir, "data_list_0.txt"), "w") as handle:
+        handle.writelines(f"{image} {label}\n" for image, label in pairs)
+    literal = {c: (pairs if c == 3 else pairs[:2]) for c in range(1, 6)}
+    with open(os.path.join(list_dir, "sub_class_file_list_0.txt"), "w") as handle:
+        handle.write(str(literal))
+
+    # list_root '' (the configs' "default") means the original's ./lists/<data_set>/fss_list.
+    data = SemData(0, 1, data_root, None, data_set="pascal", mode="val", transform=build_val_transform(SMALL),
+                   list_root="" if path_style == "absolute" else None)
+    expected = [(resolve_path(i, data_root), resolve_path(l, data_root)) for i, l in pairs]
+    if path_style != "relative":
+        assert data.data_list == pairs  # used unchanged
+    else:
+        assert data.data_list == [(os.path.join(data_root, i), os.path.join(data_root, l)) for i, l in pairs]
+    assert data.data_list == expected and data.sub_class_file_list[3] == expected
+    random.seed(1)
+    episode = data.sample_episode(0)
+    assert episode["supports"][0] != episode["query"] and episode["supports"][0] in expected
+    assert len(data[1]) == 6
+
+
+# ----------------------------------------------------------------------------------- FSS lists
+def test_make_fss_lists_rule_on_mini_data(tmp_path):
+    """Hand-made labels where the expected lists are known without computing anything."""
+    root = str(tmp_path)
+    small = np.zeros((64, 64), np.uint8)
+    small[:40, :40] = 7  # 1600 px < 2048: present but does not count
+    entries = [
+        ("a", block_label([6, 7]), None),   # both train classes (fold 0), both count
+        ("b", block_label([6, 2]), None),   # class 2 is a test class of fold 0: filtered in train
+        ("c", small, None),                 # class 7 too small: no class counts
+        ("d", block_label([8]), None),
+    ]
+    base = write_mini_dataset(root, entries)
+    train_classes, val_classes = get_class_lists("pascal", 0)
+    data_list, sub_lists = make_fss_lists(root, base, train_classes, filter_intersection=True, show_progress=False)
+    a = ("JPEGImages/a.jpg", "SegmentationClassAug/a.png")
+    b = ("JPEGImages/b.jpg", "SegmentationClassAug/b.png")
+    d = ("JPEGImages/d.jpg", "SegmentationClassAug/d.png")
+    assert data_list == [a, d]
+    assert sub_lists[6] == [a] and sub_lists[7] == [a] and sub_lists[8] == [d]
+    assert sorted(sub_lists) == train_classes
+    data_list, sub_lists = make_fss_lists(root, base, val_classes, filter_intersection=False, show_progress=False)
+    assert data_list == [b] and sub_lists[2] == [b] and sub_lists[1] == []
+
+
+# ----------------------------------------------------------------------------------- errors
+def test_malformed_list_lines(tmp_path):
+    root = str(tmp_path)
+    base = write_mini_dataset(root, [("a", block_label([6]), None), ("b", block_label([6]), None)])
+    with open(base, "a") as handle:
+        handle.write("\nJPEGImages/c.jpg\n")
+    with pytest.raises(ValueError, match=r"train\.txt:4: malformed list line"):
+        read_pair_list(base)
+    with pytest.raises(ValueError, match=r"train\.txt:4"):
+        SemData(0, 1, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
+
+
+def test_malformed_dict_literal_is_not_executed(tmp_path):
+    data_path, sub_path = tmp_path / "data_list_0.txt", tmp_path / "sub_class_file_list_0.txt"
+    data_path.write_text("a.jpg a.png\n")
+    marker = tmp_path / "executed"
+    sub_path.write_text(f"{{1: [('a.jpg', 'a.png')], 2: open({str(marker)!r}, 'w')}}")
+    with pytest.raises(ValueError, match="sub_class_file_list_0.txt"):
+        load_fss_lists(str(data_path), str(sub_path))
+    assert not marker.exists()
+    sub_path.write_text("{1: [('a.jpg',)]}")
+    with pytest.raises(ValueError, match="malformed item"):
+        load_fss_lists(str(data_path), str(sub_path))
+
+
+def test_unreadable_label_while_building_lists(tmp_path):
+    root = str(tmp_path)
+    base = write_mini_dataset(root, [("a", block_label([6]), None), ("b", block_label([6]), None)])
+    with open(os.path.join(root, "SegmentationClassAug", "b.png"), "wb") as handle:
+        handle.write(b"not a png")
+    with pytest.raises(FileNotFoundError, match=r"train\.txt:2: cannot read label .*b\.png"):
+        make_fss_lists(root, base, [6], filter_intersection=True, show_progress=False)
+
+
+def test_lists_for_another_data_root_give_a_clear_error(tmp_path):
+    root = str(tmp_path / "a")
+    base = all_fold0_train_classes_dataset(root)
+    SemData(0, 1, root, base, list_root=str(tmp_path / "lists"), show_progress=False)
+    other = tmp_path / "b"
+    other.mkdir()
+    with pytest.raises(FileNotFoundError, match="first entry of .*data_list_0.txt"):
+        SemData(0, 1, str(other), None, list_root=str(tmp_path / "lists"), show_progress=False)
+
+
+def test_lists_are_built_once_and_reused(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    list_root = os.path.join(root, "lists")
+    first = SemData(0, 1, root, base, list_root=list_root, show_progress=False)
+    assert os.path.isfile(os.path.join(list_root, "train", "data_list_0.txt"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("lists rebuilt although cached")
+
+    monkeypatch.setattr(dataset_module, "make_fss_lists", fail)
+    second = SemData(0, 1, root, base, list_root=list_root, show_progress=False)
+    assert second.data_list == first.data_list and second.sub_class_file_list == first.sub_class_file_list
+    assert len(first) == 30
