@@ -93,12 +93,12 @@ class Trainer:
         self.state = TrainingState()
         if cfg.resume:
             self.resume(cfg.resume)
-        self.network = self.model
-        if context.distributed:
-            # The last block's support branch gets no gradient (its output is unused).
-            self.network = DistributedDataParallel(
-                self.model, device_ids=[context.local_rank] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+        # `self.model` is the one model (checkpoints, validation); training steps go through
+        # its DDP wrapper when distributed, which all-reduces the gradients. The last block's
+        # support branch gets no gradient (its output is unused), hence find_unused_parameters.
+        self._training_forward = self.model if not context.distributed else DistributedDataParallel(
+            self.model, device_ids=[context.local_rank] if self.device.type == "cuda" else None,
+            find_unused_parameters=True)
         self._build_loaders()
         self.writer = tensorboard_writer(cfg) if cfg.viz and context.is_main else None
 
@@ -204,7 +204,7 @@ class Trainer:
     # ---------------------------------------------------------------------------- training
     def train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
-        self.network.train()
+        self.model.train()
         if cfg.fix_bn:
             self.model.apply(fix_batch_norm)
         iterations = len(self.train_loader)
@@ -216,7 +216,7 @@ class Trainer:
             poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
                                index_split=cfg.index_split, warmup=cfg.warmup,
                                warmup_step=iterations // 2)
-            _, main_loss, aux_loss1, aux_loss2 = self.network(
+            _, main_loss, aux_loss1, aux_loss2 = self._training_forward(
                 x=image.to(self.device), s_x=support_images.to(self.device),
                 s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls)
             loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
