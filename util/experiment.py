@@ -107,7 +107,8 @@ def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) 
     training and the test script (``--untrained`` baseline) build the very same backbone.
     ``backbone_from_checkpoint``: a full checkpoint is loaded next, so no backbone is prepared."""
     model = build_model(cfg, backbone_from_checkpoint=backbone_from_checkpoint)
-    if not backbone_from_checkpoint and not cfg.pretrained_backbone:
+    # A base learner (base_learner: True) brings its own trained backbone: nothing to calibrate.
+    if not backbone_from_checkpoint and not cfg.pretrained_backbone and not cfg.base_learner:
         check_data_root(cfg)
         if not os.path.isfile(cfg.train_list):
             raise FileNotFoundError(f"train_list {cfg.train_list!r} (config key train_list) not "

@@ -68,7 +68,7 @@ def test_schema_entries_are_consistent():
         assert not hasattr(Config, key), key  # would be shadowed by a Config method
     legacy = {key for key, entry in SCHEMA.items() if entry.legacy}
     assert legacy == {"classes", "dist_url", "dist_backend", "multiprocessing_distributed",
-                      "world_size", "rank", "low_fea", "kshot_trans_dim", "merge", "merge_tau"}
+                      "world_size", "rank", "merge", "merge_tau"}
 
 
 def test_minimal_config_gets_the_schema_defaults(tmp_path):
