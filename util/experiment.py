@@ -75,7 +75,8 @@ def test_class_ids(cfg):
 
 
 def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
-    """The training or validation episode dataset of a config."""
+    """The training or validation episode dataset of a config; with ``base_learner`` the training
+    items also carry the base label (BAM's ``y_b``, for the ensemble's losses)."""
     check_data_root(cfg)
     if mode == "train":
         transform = transforms.build_train_transform(
@@ -91,7 +92,8 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
     return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
                    transform=transform, mode=mode, ann_type=cfg.ann_type,
-                   list_root=cfg.list_root or None, show_progress=show_progress)
+                   list_root=cfg.list_root or None, show_progress=show_progress,
+                   base_label=bool(cfg.base_learner) and mode == "train")
 
 
 def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:

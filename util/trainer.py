@@ -211,14 +211,18 @@ class Trainer:
         half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
         progress = _progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
         start = time.time()
-        for index, (image, label, support_images, support_labels, subcls) in enumerate(self.train_loader):
+        for index, batch in enumerate(self.train_loader):
+            image, label, support_images, support_labels, subcls = batch[:5]
+            # With a base learner the dataset adds the base label (BAM's y_b) as a sixth item.
+            base_label = {"y_b": batch[5].to(self.device)} if len(batch) > 5 else {}
             current = epoch * iterations + index + 1
             poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
                                index_split=cfg.index_split, warmup=cfg.warmup,
                                warmup_step=iterations // 2)
             _, main_loss, aux_loss1, aux_loss2 = self.network(
                 x=image.to(self.device), s_x=support_images.to(self.device),
-                s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls)
+                s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls,
+                **base_label)
             loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
             self._check_finite(loss, epoch, index, current)
             self.sgd.zero_grad(set_to_none=True)
