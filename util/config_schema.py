@@ -97,8 +97,9 @@ SCHEMA: dict[str, Key] = {
          "base learner initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (train_base.py)"),
         ("low_fea", str, "layer2", "ensemble: backbone level of the scene difference (Gram matrices)"),
         ("kshot_trans_dim", int, 2, "ensemble, K > 1: kshot_rw width (0 = one K -> K conv)"),
-        ("merge", str, "final", "BAM ensemble merge", False, "SCCAN has no base learner (BAM's)"),
-        ("merge_tau", float, 0.9, "BAM ensemble threshold", False, "SCCAN has no base learner (BAM's)"),
+        ("merge", str, "final", "generalised few-shot test: 'final' (novel pixels win) or 'base' "
+         "(novel only on base background)"),
+        ("merge_tau", float, 0.9, "generalised few-shot test: novel where softmax(final)_fg > merge_tau"),
     ),
     **_keys(
         "Test_Finetune",

@@ -96,6 +96,18 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
                    base_label=bool(cfg.base_learner) and mode == "train")
 
 
+def build_gfss_dataset(cfg, show_progress: bool = True):
+    """The generalised few-shot episodes of a config (util/gfss.py): every image of ``val_list``
+    as a query, the validation transform."""
+    from util.gfss import GFSSData
+
+    check_data_root(cfg)
+    return GFSSData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=cfg.val_list,
+                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
+                    transform=transforms.build_val_transform(cfg.val_size, cfg.resized_val),
+                    ann_type=cfg.ann_type, show_progress=show_progress)
+
+
 def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
     """Batch batch_size_val, no shuffle, the configured worker count (episodes depend on it)."""
     return DataLoader(dataset, batch_size=cfg.batch_size_val, shuffle=False,

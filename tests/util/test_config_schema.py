@@ -68,7 +68,7 @@ def test_schema_entries_are_consistent():
         assert not hasattr(Config, key), key  # would be shadowed by a Config method
     legacy = {key for key, entry in SCHEMA.items() if entry.legacy}
     assert legacy == {"classes", "dist_url", "dist_backend", "multiprocessing_distributed",
-                      "world_size", "rank", "merge", "merge_tau"}
+                      "world_size", "rank"}
 
 
 def test_minimal_config_gets_the_schema_defaults(tmp_path):
@@ -148,12 +148,12 @@ def test_legacy_key_warns_once_and_only_when_changed(tmp_path):
     with pytest.warns(LegacyKeyWarning) as record:
         config = load_config(changed)
         load_config(changed)  # the same key again: no second warning
-        load_config(at_default, ["merge_tau", "0.5"])
+        load_config(at_default, ["classes", "3"])
     messages = [str(warning.message) for warning in record]
     assert len(messages) == 2
     assert "'world_size' = 4 has no effect" in messages[0] and "torchrun" in messages[0]
     assert record[0].filename == changed and record[1].filename == "--opts"
-    assert "'merge_tau' = 0.5" in messages[1]
+    assert "'classes' = 3" in messages[1]
     assert config.world_size == 4  # still accepted and recorded
 
 
