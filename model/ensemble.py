@@ -121,7 +121,8 @@ def base_foreground(base_probability: torch.Tensor,
     if episode_base_class is None:
         return base_probability[:, 1:].sum(dim=1, keepdim=True)
     batch, classes = base_probability.shape[:2]
-    episode_class = torch.as_tensor(episode_base_class, device=base_probability.device).view(batch, 1)
+    episode_class = torch.as_tensor(episode_base_class, device=base_probability.device)
+    episode_class = episode_class.view(batch, 1)  # (B, 1)
     class_ids = torch.arange(classes, device=base_probability.device).view(1, classes)  # (1, N+1)
     keep = (class_ids != 0) & (class_ids != episode_class)  # (B, N+1)
     keep = keep.to(base_probability.dtype).view(batch, classes, 1, 1)  # (B, N+1, 1, 1)

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -235,19 +235,26 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}")
             if self.context.is_main and (index + 1) % cfg.print_freq == 0:
-                self._log_iteration(epoch, index, iterations, loss.item(), start)
+                # With a base learner the terms differ (BAM's losses): log each of them too.
+                terms = dict(main_loss=main_loss.item(), aux_loss1=aux_loss1.item(),
+                             aux_loss2=aux_loss2.item()) if base_label else {}
+                self._log_iteration(epoch, index, iterations, loss.item(), start, terms)
             if half_epoch_validation and index == half_epoch_index(iterations):
                 self.validate(epoch_label(epoch, half=True))
         if progress is not None:
             progress.close()
 
-    def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float) -> None:
+    def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float,
+                       terms: Optional[dict] = None) -> None:
         learning_rate = self.sgd.param_groups[0]["lr"]
-        self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss {loss:.4f} "
+        details = "".join(f" {name} {value:.4f}" for name, value in (terms or {}).items())
+        self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss {loss:.4f}{details} "
                          f"lr {learning_rate:.6f} ({(time.time() - start) / (index + 1):.2f}s/it)")
         if self.writer is not None:
             self.writer.add_scalar("loss_train_batch", loss, self.state.iteration)
             self.writer.add_scalar("learning_rate", learning_rate, self.state.iteration)
+            for name, value in (terms or {}).items():
+                self.writer.add_scalar(f"{name}_train_batch", value, self.state.iteration)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, index: int, current: int) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
