@@ -136,6 +136,9 @@ def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str
         return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
     if weight and not os.path.isfile(weight):
         raise FileNotFoundError(f"--weight {weight!r}: no such checkpoint file")
+    if not weight and not cfg.weight:
+        raise FileNotFoundError("no checkpoint to test: the config's 'weight' key is empty (the "
+                                "_bam configs have no released checkpoint); pass --weight PATH")
     weight = weight or os.path.join(snapshot_dir(cfg), cfg.weight)
     if not os.path.isfile(weight):
         raise FileNotFoundError(

@@ -27,11 +27,13 @@ def flat_yaml(path: str) -> dict:
 
 
 SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "config", "*", "*.yaml")))
-PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if os.sep + "toy" + os.sep not in path]
+ENSEMBLE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_bam.yaml")]
+PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS
+                 if os.sep + "toy" + os.sep not in path and path not in ENSEMBLE_CONFIGS]
 
 
-def test_the_shipped_configs_are_32_paper_and_2_toy():
-    assert len(SHIPPED_CONFIGS) == 34 and len(PAPER_CONFIGS) == 32
+def test_the_shipped_configs_are_32_paper_32_ensemble_and_2_toy():
+    assert len(SHIPPED_CONFIGS) == 66 and len(PAPER_CONFIGS) == 32 and len(ENSEMBLE_CONFIGS) == 32
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
