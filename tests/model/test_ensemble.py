@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from model import build_model, build_optimizers
 from model.backbone import Backbone
 from model.builder import SGD_GROUP_MODULES, base_learner_checkpoint_path
+from model.checkpoint import CheckpointError, load_model_weights
 from model.ensemble import (base_foreground, build_kshot_reweighting, build_merge_conv,
                             ensemble_merge, gram_matrix, kshot_weights, scene_differences)
 from model.loss import weighted_dice_loss
@@ -261,3 +262,12 @@ def test_missing_base_learner_checkpoint_names_the_file_and_the_command(tmp_path
     assert "\n" not in message
     assert "initmodel/PSPNet/coco/split2/resnet101/best.pth" in message
     assert "python train_base.py --config config/coco/coco_split2_resnet101_base.yaml" in message
+
+
+def test_a_checkpoint_of_the_other_kind_names_the_switch():
+    off, on = _pair_of_models()
+    with pytest.raises(CheckpointError, match="use base_learner: True"):
+        load_model_weights(off, {"state_dict": on.state_dict()})
+    with pytest.raises(CheckpointError, match="use base_learner: False"):
+        load_model_weights(on, {"state_dict": off.state_dict()})
+    load_model_weights(on, {"state_dict": on.state_dict()})  # strict, the same kind: fine
