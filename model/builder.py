@@ -21,8 +21,11 @@ ENSEMBLE_GROUP_MODULES = ("gram_merge", "cls_merge", "kshot_rw")
 
 
 def base_learner_checkpoint_path(cfg) -> str:
-    """Where BAM keeps the base learner of a fold (model/BAM.py reads
-    initmodel/PSPNet/<data_set>/split<i>/<backbone>/best.pth)."""
+    """The config's ``base_learner_weights``, by default where BAM keeps the base learner of a
+    fold (model/BAM.py reads initmodel/PSPNet/<data_set>/split<i>/<backbone>/best.pth); another
+    path serves runs that must not use that place (the toy dataset is 'pascal' too)."""
+    if config_value(cfg, "base_learner_weights"):
+        return config_value(cfg, "base_learner_weights")
     return os.path.join("initmodel", "PSPNet", config_value(cfg, "data_set"),
                         f"split{config_value(cfg, 'split')}", f"resnet{config_value(cfg, 'layers')}",
                         "best.pth")
@@ -46,8 +49,9 @@ def load_base_learner(cfg, backbone: Optional[Backbone]) -> nn.Module:
     path = base_learner_checkpoint_path(cfg)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"base learner checkpoint {path!r} not found (config key base_learner: True): train it "
-            f"with '{base_learner_training_command(cfg)}' or put BAM's released base learner there")
+            f"base learner checkpoint {path!r} not found (config keys base_learner: True, "
+            f"base_learner_weights): train it with '{base_learner_training_command(cfg)}' or put "
+            f"BAM's released base learner there")
     try:
         from model import pspnet
     except ImportError as error:

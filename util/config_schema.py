@@ -95,6 +95,8 @@ SCHEMA: dict[str, Key] = {
          "ensemble: the frozen base learner's CE, logged only)"),
         ("base_learner", bool, False, "BAM's ensemble: backbone and learner_base from the fold's "
          "base learner initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (train_base.py)"),
+        ("base_learner_weights", str, "", "ensemble: base learner checkpoint; '' = "
+         "initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (BAM's place)"),
         ("low_fea", str, "layer2", "ensemble: backbone level of the scene difference (Gram matrices)"),
         ("kshot_trans_dim", int, 2, "ensemble, K > 1: kshot_rw width (0 = one K -> K conv)"),
         ("merge", str, "final", "generalised few-shot test: 'final' (novel pixels win) or 'base' "

@@ -262,6 +262,11 @@ def test_missing_base_learner_checkpoint_names_the_file_and_the_command(tmp_path
     assert "\n" not in message
     assert "initmodel/PSPNet/coco/split2/resnet101/best.pth" in message
     assert "python train_base.py --config config/coco/coco_split2_resnet101_base.yaml" in message
+    # base_learner_weights moves it (the toy runs are 'pascal' too and must not take BAM's place).
+    moved = dict(cfg, base_learner_weights="exp/toy/base/best.pth")
+    assert base_learner_checkpoint_path(moved) == "exp/toy/base/best.pth"
+    with pytest.raises(FileNotFoundError, match="'exp/toy/base/best.pth' not found"):
+        build_model(moved)
 
 
 def test_a_checkpoint_of_the_other_kind_names_the_switch():
