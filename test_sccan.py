@@ -3,13 +3,18 @@
     python test_sccan.py --config config/pascal/pascal_split0_resnet50.yaml [--weight CKPT] [--seeds 5]
     python test_sccan.py --config ... --dump-episodes episodes.json      # write the episodes
     python test_sccan.py --config ... --episodes-from episodes.json      # replay them exactly
+    python test_sccan.py --config ... --opts base_learner True --gfss   # BAM's generalised test
 
 Seed 123 at start-up, then one run per seed (321, 322, ...): test_num episodes (1000 PASCAL,
 4000 COCO) in loader passes, batch 1, ori_resize. Prints per-class IoU, mIoU, FB-IoU and pIoU
-and writes them as JSON.
+and writes them as JSON. A model with a base learner (``base_learner: True``) is scored as its
+ensemble and as its meta learner alone, on the same episodes. ``--gfss`` runs BAM's generalised
+few-shot test instead (util/gfss.py): every val image as a query, base and novel classes,
+``merge``/``merge_tau`` from the config; it reports mIoU_n, mIoU_b, mIoU_t and per-class IoU.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from util.baselines import add_predictor_arguments, build_predictor
@@ -17,12 +22,17 @@ from util.cli import positive_int, run_entry_point
 from util.config import config_argparser, load_config
 from util.episodes import EpisodeRecorder, build_episode_loader, save_episodes
 from util.evaluation import EvaluationProtocol, format_result_table, summarise_runs, write_run_scalars
-from util.experiment import build_dataset, default_result_path, tensorboard_writer, test_class_ids
+from util.experiment import (build_dataset, build_gfss_dataset, build_val_loader, default_result_path,
+                             tensorboard_writer, test_class_ids)
+from util.gfss import SUMMARY_KEYS as GFSS_SUMMARY_KEYS
+from util.gfss import GFSSPredictor, GFSSScoring, format_gfss_table
 from util.io import atomic_write_json
 from util.runtime import get_logger, init_distributed, set_seed
 from util.visualisation import VisualisationWriter
 
 STARTUP_SEED = 123
+# The generalised test scores the model itself (its ensemble outputs), trained or not.
+GFSS_PREDICTORS = ("trained", "untrained")
 
 
 def parse_arguments(argv=None):
@@ -39,6 +49,8 @@ def parse_arguments(argv=None):
     add("--hsnet-resize", action="store_true", help="HSNet-style test: inputs resized to val_size squared, "
         "logits to the original label (the paper's double-dagger rows)")
     add("--output", metavar="JSON", help="result file (default <exp>/result/test_<weight>_<K>shot.json)")
+    add("--gfss", action="store_true", help="BAM's generalised few-shot test (needs base_learner: True): every "
+        "val image as a query, its base classes and one novel class; merge and merge_tau from the config")
     add_predictor_arguments(parser)
     arguments = parser.parse_args(argv)
     return arguments, load_config(arguments.config, arguments.opts)
@@ -51,6 +63,8 @@ def run(argv=None) -> dict:
         raise SystemExit("test_sccan.py runs in one process (the protocol is sequential)")
     logger = get_logger("sccan.test")
     set_seed(STARTUP_SEED, cfg.seed_deterministic)
+    if arguments.gfss:
+        return run_gfss(arguments, cfg, context, logger)
     class_ids = test_class_ids(cfg)
     dataset = build_dataset(cfg, "val", hsnet_resize=arguments.hsnet_resize)
     loader, replayed = build_episode_loader(cfg, dataset, arguments.episodes_from,
@@ -67,7 +81,10 @@ def run(argv=None) -> dict:
         observers = [o for o in (recorder, pictures) if o is not None and not runs]
         result = protocol.run(predictor, loader, context.device, seed, observers, progress=True)
         runs.append(dict(result, seed=seed))
-        print(format_result_table(runs[-1], class_ids, title=f"{source}, seed {seed}"), flush=True)
+        # An ensemble model has named outputs (the ensemble, the meta learner alone): one table each.
+        for name, output in result.get("outputs", {None: runs[-1]}).items():
+            label = f"{source} ({name})" if name else source
+            print(format_result_table(output, class_ids, title=f"{label}, seed {seed}"), flush=True)
         if writer is not None:
             write_run_scalars(writer, runs[-1], class_ids, seed)
     if writer is not None:
@@ -80,6 +97,52 @@ def run(argv=None) -> dict:
     summary = dict(config=arguments.config, weights=source, class_ids=class_ids, test_num=protocol.test_num,
                    hsnet_resize=arguments.hsnet_resize, runs=runs, **statistics)
     output = arguments.output or default_result_path(cfg, source)
+    atomic_write_json(output, summary)
+    logger.info(f"wrote {output}")
+    return summary
+
+
+def run_gfss(arguments, cfg, context, logger) -> dict:
+    """BAM's generalised few-shot test (test_GFSS.py): the protocol of the few-shot test (seeds,
+    passes, ori_resize target) on util/gfss.py's episodes and scoring."""
+    unsupported = [flag for flag, value in (("--dump-episodes", arguments.dump_episodes),
+                                            ("--episodes-from", arguments.episodes_from),
+                                            ("--save-vis", arguments.save_vis),
+                                            ("--hsnet-resize", arguments.hsnet_resize)) if value]
+    if arguments.predictor not in GFSS_PREDICTORS:
+        unsupported.append(f"--{arguments.predictor}")
+    if unsupported:
+        raise ValueError(f"--gfss does not combine with {', '.join(unsupported)}")
+    if not cfg.base_learner:
+        raise ValueError("--gfss needs SCCAN with its base learner: set base_learner: True in the "
+                         "config or pass --opts base_learner True")
+    dataset = build_gfss_dataset(cfg)
+    loader = build_val_loader(cfg, dataset)
+    protocol = EvaluationProtocol.from_config(cfg, len(dataset.novel_classes), arguments.episodes,
+                                              arguments.seeds)
+    predictor, source = build_predictor(cfg, arguments.predictor, context.device, arguments.weight,
+                                        logger.info)
+    predictor = GFSSPredictor(getattr(predictor, "model", predictor))  # unwrap EnsembleAndMeta
+    writer = tensorboard_writer(cfg, "test_gfss") if arguments.viz else None
+    runs = []
+    for seed in protocol.seeds:
+        scoring = GFSSScoring(dataset.base_classes, dataset.novel_classes, cfg.merge, cfg.merge_tau,
+                              cfg.ignore_label)
+        result = protocol.run(predictor, loader, context.device, seed, progress=True, scoring=scoring)
+        runs.append(dict(result, seed=seed))
+        print(format_gfss_table(runs[-1], title=f"{source}, generalised, merge {cfg.merge} "
+                                f"tau {cfg.merge_tau}, seed {seed}"), flush=True)
+        if writer is not None:
+            for key in GFSS_SUMMARY_KEYS:
+                writer.add_scalar(f"test_gfss/{key}", runs[-1][key], seed)
+    if writer is not None:
+        writer.close()
+    statistics, table = summarise_runs(runs, GFSS_SUMMARY_KEYS)
+    print(table, flush=True)
+    summary = dict(config=arguments.config, weights=source, test="gfss", merge=cfg.merge,
+                   merge_tau=cfg.merge_tau, base_classes=dataset.base_classes,
+                   novel_classes=dataset.novel_classes, test_num=protocol.test_num, runs=runs, **statistics)
+    output = arguments.output or default_result_path(cfg, "gfss_" + os.path.basename(source))
     atomic_write_json(output, summary)
     logger.info(f"wrote {output}")
     return summary

@@ -2,7 +2,8 @@
 with util/util.py ``poly_learning_rate``)."""
 from __future__ import annotations
 
-from typing import List, Tuple
+import os
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,52 @@ from util.config_schema import config_value
 # SGD parameter groups in the original order: poly_learning_rate's index_split refers to it.
 SGD_GROUP_MODULES = ("down_query", "down_supp", "init_merge_query", "init_merge_supp",
                      "ASPP_meta", "res1_meta", "res2_meta", "cls_meta")
+# With a base learner, BAM's get_optim (model/BAM.py) adds these groups after the meta learner's;
+# absent modules (no base learner, or kshot_rw with one shot) add no group.
+ENSEMBLE_GROUP_MODULES = ("gram_merge", "cls_merge", "kshot_rw")
+
+
+def base_learner_checkpoint_path(cfg) -> str:
+    """The config's ``base_learner_weights``, by default where BAM keeps the base learner of a
+    fold (model/BAM.py reads initmodel/PSPNet/<data_set>/split<i>/<backbone>/best.pth); another
+    path serves runs that must not use that place (the toy dataset is 'pascal' too)."""
+    if config_value(cfg, "base_learner_weights"):
+        return config_value(cfg, "base_learner_weights")
+    return os.path.join("initmodel", "PSPNet", config_value(cfg, "data_set"),
+                        f"split{config_value(cfg, 'split')}", f"resnet{config_value(cfg, 'layers')}",
+                        "best.pth")
+
+
+def base_learner_training_command(cfg) -> str:
+    """The command that trains the base learner of a config's fold and backbone."""
+    data_set, split, layers = (config_value(cfg, key) for key in ("data_set", "split", "layers"))
+    return (f"python train_base.py --config "
+            f"config/{data_set}/{data_set}_split{split}_resnet{layers}_base.yaml")
+
+
+def load_base_learner(cfg, backbone: Optional[Backbone]) -> nn.Module:
+    """The trained base learner of the config's fold (BAM's PSPNet checkpoint): copies its
+    layer0..layer4 onto ``backbone`` (SCCAN's backbone names; None when a full SCCAN checkpoint
+    replaces the backbone next) and returns its frozen head ``learner_base = Sequential(ppm, cls)``
+    (layer4 features (B, 2048, h, w) -> (B, N+1, h, w) logits), as BAM's OneModel does.
+
+    A missing checkpoint is a one-line error naming the expected file and the command that makes
+    it. The PSPNet itself lives in model/pspnet.py (BAM's base learner)."""
+    path = base_learner_checkpoint_path(cfg)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"base learner checkpoint {path!r} not found (config keys base_learner: True, "
+            f"base_learner_weights): train it with '{base_learner_training_command(cfg)}' or put "
+            f"BAM's released base learner there")
+    try:
+        from model import pspnet
+    except ImportError as error:
+        raise NotImplementedError(f"base_learner: True needs model/pspnet.py (BAM's PSPNet), "
+                                  f"which this tree lacks ({error})") from None
+    # The wiring of the real PSPNet: model/pspnet.py provides the loader (BAM's state_dict
+    # format, strict, with or without the 'module.' prefix) and the mapping of its backbone
+    # weights onto SCCAN's backbone names.
+    return pspnet.load_base_learner(path, cfg, backbone)
 
 
 def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
@@ -24,30 +71,42 @@ def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
 
     ``backbone_from_checkpoint``: the caller loads a full SCCAN checkpoint next (it holds the
     backbone too, and strict loading replaces every tensor), so the ImageNet backbone file is
-    neither needed nor read."""
+    neither needed nor read.
+
+    ``base_learner: True`` builds BAM's ensemble (``low_fea``, ``kshot_trans_dim``): the backbone
+    and the head ``learner_base`` come from the fold's base learner (:func:`load_base_learner`),
+    not from the ImageNet file."""
     def value(key):
         return config_value(cfg, key)
 
     layers = int(value("layers"))
     weights = value("backbone_weights") or f"initmodel/resnet{layers}_v2.pth"
-    if backbone_from_checkpoint:
+    with_base_learner = bool(value("base_learner"))
+    if backbone_from_checkpoint or with_base_learner:
         backbone = Backbone(layers)
     else:
         backbone = build_backbone(
             layers, weights, pretrained=bool(value("pretrained_backbone")),
             random_residual_gain=float(value("random_backbone_residual_gain")))
+    learner_base = None
+    if with_base_learner:
+        learner_base = load_base_learner(cfg, None if backbone_from_checkpoint else backbone)
     return SCCAN(backbone, shot=int(value("shot")), zoom_factor=int(value("zoom_factor")),
                  feature_size=int(value("feature_size")), window_size=int(value("window_size")),
-                 feature_dropout=float(value("feature_dropout")))
+                 feature_dropout=float(value("feature_dropout")), learner_base=learner_base,
+                 low_fea=str(value("low_fea")), kshot_trans_dim=int(value("kshot_trans_dim")))
 
 
 def build_optimizers(model: SCCAN, base_lr: float, momentum: float = 0.9,
                      weight_decay: float = 1e-4, transformer_lr: float = 6e-5
                      ) -> Tuple[torch.optim.SGD, torch.optim.AdamW]:
-    """SGD over the 8 meta-learner groups (in the original order) and AdamW over every
-    trainable parameter whose name contains ``transformer``."""
+    """SGD over the 8 meta-learner groups (in the original order), then, with a base learner,
+    ``gram_merge``, ``cls_merge`` and ``kshot_rw`` (BAM's order); AdamW over every trainable
+    parameter whose name contains ``transformer``."""
     model = getattr(model, "module", model)
-    groups = [{"params": list(getattr(model, name).parameters())} for name in SGD_GROUP_MODULES]
+    names = SGD_GROUP_MODULES + tuple(name for name in ENSEMBLE_GROUP_MODULES
+                                      if getattr(model, name, None) is not None)
+    groups = [{"params": list(getattr(model, name).parameters())} for name in names]
     sgd = torch.optim.SGD(groups, lr=base_lr, momentum=momentum, weight_decay=weight_decay)
     transformer_params = [p for n, p in model.named_parameters()
                           if "transformer" in n and p.requires_grad]

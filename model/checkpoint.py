@@ -42,6 +42,10 @@ def extract_state_dict(checkpoint) -> Dict[str, torch.Tensor]:
     return strip_module_prefix(checkpoint)
 
 
+# State-dict prefixes of the modules that SCCAN registers only with a base learner.
+ENSEMBLE_PREFIXES = ("learner_base.", "gram_merge.", "cls_merge.", "kshot_rw.")
+
+
 def _list(keys, limit: int = 20) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -72,6 +76,14 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         problems.append("missing keys: " + _list(missing))
     if unexpected:
         problems.append("unexpected keys: " + _list(unexpected))
+    # The most likely cause of a whole family of missing or unexpected keys: the checkpoint and
+    # the config disagree on BAM's ensemble (its modules join the state dict only when it is on).
+    if any(key.startswith(ENSEMBLE_PREFIXES) for key in unexpected):
+        problems.append("the checkpoint holds BAM's base learner and ensemble: use base_learner: "
+                        "True (a _bam config, or --opts base_learner True)")
+    elif any(key.startswith(ENSEMBLE_PREFIXES) for key in missing) and \
+            not any(key.startswith(ENSEMBLE_PREFIXES) for key in state_dict):
+        problems.append("the checkpoint is a plain SCCAN one (no base learner): use base_learner: False")
     if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " +
                               " | ".join(problems))

@@ -1,7 +1,7 @@
 """The SCCAN meta learner (the original's ``OneModel`` in model/SCCAN.py)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -9,12 +9,15 @@ import torch.nn.functional as F
 
 from model.aspp import ASPP
 from model.backbone import Backbone
+from model.ensemble import (build_kshot_reweighting, build_merge_conv, ensemble_merge, kshot_weights,
+                            low_feature_level, scene_differences)
 from model.loss import weighted_dice_loss
 from model.transformer import SCCATransformer
 
 PROTOTYPE_EPS = 5e-4
 COSINE_EPS = 1e-7
 PER_IMAGE_BACKBONE_PIXELS = 300 * 300
+IGNORE_LABEL = 255
 
 
 def resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -66,6 +69,28 @@ def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
 
+class EnsembleOutputs(NamedTuple):
+    """The three outputs of SCCAN with a base learner, as BAM's eval forward returns them
+    (``final_out, meta_out, base_out``), each at the output size: final (B, 2, h, w) (merged
+    probabilities, not logits: BAM scores and trains on them as they are), meta (B, 2, h, w)
+    logits of the meta learner alone, base (B, N+1, h, w) logits of the base learner."""
+    final: torch.Tensor
+    meta: torch.Tensor
+    base: torch.Tensor
+
+
+def episode_base_classes(cat_idx, batch: int) -> torch.Tensor:
+    """BAM's ``cat_idx[0] + 1``: the episode class of each training sample in the base numbering
+    (1..N). ``cat_idx`` is the collated ``subcls_list`` of a training batch (a list holding one
+    (B,) tensor of indices into the train class list, which is the base class list) or that
+    tensor itself -> (B,) long."""
+    indices = cat_idx[0] if isinstance(cat_idx, (list, tuple)) else cat_idx
+    indices = torch.as_tensor(indices).reshape(-1).long()  # (B,)
+    if indices.numel() != batch:
+        raise ValueError(f"cat_idx holds {indices.numel()} class indices for a batch of {batch}")
+    return indices + 1
+
+
 class SCCAN(nn.Module):
     """Self-calibrated cross attention network for few-shot segmentation.
 
@@ -78,11 +103,19 @@ class SCCAN(nn.Module):
         window_size: transformer window (patch) size.
         reduce_dim: channel width of the meta learner.
         feature_dropout: Dropout2d rate after ``down_query``/``down_supp`` (0.5 in the paper).
+        learner_base: None (the paper's SCCAN, exactly) or BAM's frozen base-learner head
+            (``learner_base = Sequential(ppm, cls)`` of the PSPNet whose layers the backbone
+            holds), mapping layer4 features (B, 2048, h, w) to (B, N+1, h, w) logits. It switches
+            on BAM's ensemble (model/ensemble.py): the modules ``learner_base``, ``gram_merge``,
+            ``cls_merge`` and, for ``shot`` > 1, ``kshot_rw`` join the state dict.
+        low_fea: backbone level of the scene difference ('layer2' in BAM's configs); ensemble only.
+        kshot_trans_dim: width of ``kshot_rw`` (0: one K -> K conv); ensemble with shot > 1 only.
     """
 
     def __init__(self, backbone: Backbone, shot: int = 1, zoom_factor: int = 8,
                  feature_size: int = 64, window_size: int = 8, reduce_dim: int = 256,
-                 feature_dropout: float = 0.5):
+                 feature_dropout: float = 0.5, learner_base: Optional[nn.Module] = None,
+                 low_fea: str = "layer2", kshot_trans_dim: int = 2):
         super().__init__()
         if feature_size % window_size:
             raise ValueError(f"feature_size {feature_size} must be a multiple of window_size "
@@ -108,6 +141,29 @@ class SCCAN(nn.Module):
         self.cls_meta = nn.Sequential(
             nn.Conv2d(reduce_dim, reduce_dim, 3, padding=1, bias=False), nn.ReLU(inplace=True),
             nn.Dropout2d(p=0.1), nn.Conv2d(reduce_dim, 2, 1))
+        # Registered after the meta learner, and only when switched on, so that without a base
+        # learner the state dict (names, order, values) is the original SCCAN's.
+        self.learner_base = learner_base
+        self.gram_merge = self.cls_merge = self.kshot_rw = None
+        if learner_base is not None:
+            self.low_feature_level = low_feature_level(low_fea)
+            for parameter in learner_base.parameters():
+                parameter.requires_grad_(False)  # frozen, as BAM's freeze_modules
+            self.gram_merge = build_merge_conv()
+            self.cls_merge = build_merge_conv()
+            if shot > 1:
+                self.kshot_rw = build_kshot_reweighting(shot, kshot_trans_dim)
+
+    def train(self, mode: bool = True) -> "SCCAN":
+        """The base learner's BatchNorm layers stay in eval mode: their statistics are the base
+        training's (BAM's fix_bn does the same with its shipped ``fix_bn: True``). Its dropout
+        follows the mode, as in BAM's training."""
+        super().train(mode)
+        if self.learner_base is not None:
+            for module in self.learner_base.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def _backbone(self, images: torch.Tensor):
         """Backbone features of (N, 3, H, W) images. Large images on the CPU go one at a time:
@@ -123,25 +179,19 @@ class SCCAN(nn.Module):
     def _mid_features(self, features) -> torch.Tensor:
         return torch.cat([features[1], features[2]], dim=1)  # (N, 512+1024, h, w)
 
-    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
-                y_m: Optional[torch.Tensor] = None, cat_idx=None
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Segment the support class in the query.
+    def _output_size(self, x: torch.Tensor) -> Tuple[int, int]:
+        height, width = x.shape[-2:]
+        return (int((height - 1) / 8 * self.zoom_factor + 1),
+                int((width - 1) / 8 * self.zoom_factor + 1))
 
-        Args:
-            x: query images (B, 3, H, W), (H-1) and (W-1) multiples of 8.
-            s_x: support images (B, K, 3, H, W).
-            s_y: support labels (B, K, H, W), values {0, 1, 255}.
-            y_m: query labels (B, H, W), needed in training mode.
-            cat_idx: unused (kept for call compatibility with the original).
-        Returns:
-            eval mode: logits (B, 2, h, w), h = (H-1)/8*zoom_factor + 1;
-            train mode: (prediction (B, h, w) long, main_loss, aux_loss1 = 0, aux_loss2 = 0).
-        """
-        batch, _, height, width = x.shape
+    def _to_output_size(self, logits: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
+        return resize(logits, output_size) if self.zoom_factor != 1 else logits
+
+    def _meta_forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor):
+        """The meta learner: (logits on the feature grid (B, 2, g, g), query backbone features,
+        support backbone features (each level (B*K, C, h, w)))."""
+        batch = x.shape[0]
         shot = s_x.shape[1]
-        out_height = int((height - 1) / 8 * self.zoom_factor + 1)
-        out_width = int((width - 1) / 8 * self.zoom_factor + 1)
         grid = (self.feature_size, self.feature_size)
 
         query_features = self._backbone(x)
@@ -173,14 +223,93 @@ class SCCAN(nn.Module):
 
         meta = self.res1_meta(self.ASPP_meta(query_refined))  # (B, 256, g, g)
         meta = self.res2_meta(meta) + meta
-        logits = self.cls_meta(meta)  # (B, 2, g, g)
-        if self.zoom_factor != 1:
-            logits = resize(logits, (out_height, out_width))  # (B, 2, h, w)
+        return self.cls_meta(meta), query_features, support_features  # logits (B, 2, g, g)
+
+    def _ensemble(self, meta_grid: torch.Tensor, query_features, support_features, shot: int,
+                  output_size: Tuple[int, int], episode_base_class=None) -> EnsembleOutputs:
+        """BAM's scene difference, K-shot reweighting and classifier ensemble. SCCAN's meta
+        logits live on its feature grid (g x g, 64 in the paper) while the base learner's live on
+        layer4's grid: the base logits are resized to the meta grid before the mix; every output
+        is then brought to the output size, the base one from its own grid (as BAM upsamples
+        ``base_out``)."""
+        batch = meta_grid.shape[0]
+        query_low = query_features[self.low_feature_level]  # (B, C, h, w)
+        support_low = support_features[self.low_feature_level]  # (B*K, C, h, w)
+        support_low = support_low.view(batch, shot, *support_low.shape[1:])  # (B, K, C, h, w)
+        differences = scene_differences(query_low, support_low)  # (B, K, 1, 1)
+        psi = (kshot_weights(differences, self.kshot_rw) * differences).sum(1, keepdim=True)  # (B, 1, 1, 1)
+        with torch.no_grad():  # frozen head on frozen features
+            base_native = self.learner_base(query_features[3])  # (B, N+1, hq, wq)
+        base_grid = resize(base_native, meta_grid.shape[-2:])  # (B, N+1, g, g)
+        final_grid = ensemble_merge(meta_grid, base_grid, psi, self.gram_merge, self.cls_merge,
+                                    episode_base_class)  # (B, 2, g, g)
+        if self.zoom_factor == 1:
+            return EnsembleOutputs(final_grid, meta_grid, base_grid)
+        return EnsembleOutputs(resize(final_grid, output_size), resize(meta_grid, output_size),
+                               resize(base_native, output_size))
+
+    @torch.no_grad()
+    def ensemble_outputs(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor) -> EnsembleOutputs:
+        """Inference with a base learner (what BAM's eval forward returns, for the generalised
+        few-shot test and for scoring the meta learner alone): x (B, 3, H, W), s_x (B, K, 3, H, W),
+        s_y (B, K, H, W) -> :class:`EnsembleOutputs` (final (B, 2, h, w), meta (B, 2, h, w),
+        base (B, N+1, h, w)). The episode class is never left out of p_B here (inference)."""
+        if self.learner_base is None:
+            raise ValueError("ensemble_outputs needs a model built with a base learner "
+                             "(config key base_learner: True)")
+        meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y)
+        return self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
+                              self._output_size(x))
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
+                y_m: Optional[torch.Tensor] = None, y_b: Optional[torch.Tensor] = None, cat_idx=None
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Segment the support class in the query.
+
+        Args:
+            x: query images (B, 3, H, W), (H-1) and (W-1) multiples of 8.
+            s_x: support images (B, K, 3, H, W).
+            s_y: support labels (B, K, H, W), values {0, 1, 255}.
+            y_m: query labels (B, H, W), needed in training mode.
+            y_b: query labels in the base numbering (B, H, W) (0, base class index + 1, 255;
+                BAM's ``y_b``), needed in training mode with a base learner only.
+            cat_idx: the collated ``subcls_list`` of a training batch (a list holding the (B,)
+                train-class indices); used in training with a base learner only (the episode
+                class leaves p_B, BAM's ``cat_idx``).
+        Returns:
+            eval mode: logits (B, 2, h, w), h = (H-1)/8*zoom_factor + 1 (with a base learner: the
+            ensemble's final output; all three via :meth:`ensemble_outputs`);
+            train mode: (prediction (B, h, w) long, main_loss, aux_loss1, aux_loss2): without a
+            base learner main_loss is the dice loss and both aux losses are 0; with one (BAM's
+            losses) main_loss = CE(final, y_m), aux_loss1 = the meta learner's dice loss,
+            aux_loss2 = CE(base, y_b) without gradient (the base learner is frozen; logged).
+        """
+        output_size = self._output_size(x)
+        meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y)
+        if self.training and y_m is None:
+            raise ValueError("training mode needs the query label y_m")
+
+        if self.learner_base is None:
+            logits = self._to_output_size(meta_grid, output_size)  # (B, 2, h, w)
+            if not self.training:
+                return logits
+            main_loss = weighted_dice_loss(logits, y_m.long())
+            zero = torch.zeros((), device=logits.device)
+            return logits.argmax(dim=1), main_loss, zero, zero
 
         if not self.training:
-            return logits
-        if y_m is None:
-            raise ValueError("training mode needs the query label y_m")
-        main_loss = weighted_dice_loss(logits, y_m.long())
-        zero = torch.zeros((), device=logits.device)
-        return logits.argmax(dim=1), main_loss, zero, zero
+            return self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
+                                  output_size).final
+        if y_b is None:
+            raise ValueError("training with a base learner needs the base label y_b (the training "
+                             "dataset serves it with base_label=True)")
+        if cat_idx is None:
+            raise ValueError("training with a base learner needs cat_idx (the batch's subcls_list)")
+        episode_class = episode_base_classes(cat_idx, x.shape[0]).to(x.device)
+        outputs = self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
+                                 output_size, episode_class)
+        main_loss = F.cross_entropy(outputs.final, y_m.long(), ignore_index=IGNORE_LABEL)
+        aux_loss1 = weighted_dice_loss(outputs.meta, y_m.long())
+        with torch.no_grad():
+            aux_loss2 = F.cross_entropy(outputs.base, y_b.long(), ignore_index=IGNORE_LABEL)
+        return outputs.final.argmax(dim=1), main_loss, aux_loss1, aux_loss2

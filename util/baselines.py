@@ -80,6 +80,25 @@ class PreviousSupport(nn.Module):
         return self.model(x=x, s_x=supports[0], s_y=supports[1])
 
 
+class EnsembleAndMeta(nn.Module):
+    """Scores SCCAN with a base learner twice on the same episodes, from one forward: the
+    ensemble's final output (the headline) and the meta learner alone (as BAM's test reports
+    both)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor) -> dict:
+        """Same inputs as SCCAN -> {'ensemble': final (B, 2, h, w), 'meta': logits (B, 2, h, w)}."""
+        outputs = self.model.ensemble_outputs(x, s_x, s_y)
+        return {"ensemble": outputs.final, "meta": outputs.meta}
+
+
+def _with_meta_scores(model: nn.Module) -> nn.Module:
+    return EnsembleAndMeta(model) if getattr(model, "learner_base", None) is not None else model
+
+
 # test_sccan.py's alternatives to the trained model: --<name>, with this help.
 PREDICTOR_CHOICES = {
     "untrained": "skip loading weights (baseline: the untrained model)",
@@ -103,7 +122,8 @@ def add_predictor_arguments(parser) -> None:
 def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str] = None,
                     log=print) -> Tuple[nn.Module, str]:
     """``(predictor, description)`` for 'trained' or one of :data:`PREDICTOR_CHOICES`. The trained choices
-    load ``weight`` (default: the config's ``weight`` in the run's snapshot folder)."""
+    load ``weight`` (default: the config's ``weight`` in the run's snapshot folder). A model with a
+    base learner (``base_learner: True``) is scored as its ensemble and its meta learner alone."""
     from model.checkpoint import load_model_weights
     from util.experiment import build_experiment_model, snapshot_dir
 
@@ -112,10 +132,13 @@ def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str
     if choice in ("untrained", "prior-baseline"):
         model = build_experiment_model(cfg, device)
         if choice == "untrained":
-            return model, "untrained model"
+            return _with_meta_scores(model), "untrained model"
         return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
     if weight and not os.path.isfile(weight):
         raise FileNotFoundError(f"--weight {weight!r}: no such checkpoint file")
+    if not weight and not cfg.weight:
+        raise FileNotFoundError("no checkpoint to test: the config's 'weight' key is empty (the "
+                                "_bam configs have no released checkpoint); pass --weight PATH")
     weight = weight or os.path.join(snapshot_dir(cfg), cfg.weight)
     if not os.path.isfile(weight):
         raise FileNotFoundError(
@@ -129,4 +152,4 @@ def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str
     log(f"loaded {weight}" + (f" (epoch {epoch})" if epoch is not None else ""))
     if choice == "previous-support":
         return PreviousSupport(model), weight + " with the previous episode's supports"
-    return model, weight
+    return _with_meta_scores(model), weight

@@ -89,14 +89,19 @@ SCHEMA: dict[str, Key] = {
         ("feature_size", int, 64, "transformer grid side"),
         ("window_size", int, 8, "transformer window side"),
         ("feature_dropout", float, 0.5, "Dropout2d after down_query/down_supp"),
-        ("aux_weight1", float, 1.0, "weight of the first auxiliary loss (SCCAN's is zero)"),
-        ("aux_weight2", float, 1.0, "weight of the second auxiliary loss (SCCAN's is zero)"),
-        ("low_fea", str, "layer2", "BAM base-learner feature layer", False,
-         "SCCAN has no base learner (BAM's)"),
-        ("kshot_trans_dim", int, 2, "BAM k-shot weighting width", False,
-         "SCCAN has no base learner (BAM's)"),
-        ("merge", str, "final", "BAM ensemble merge", False, "SCCAN has no base learner (BAM's)"),
-        ("merge_tau", float, 0.9, "BAM ensemble threshold", False, "SCCAN has no base learner (BAM's)"),
+        ("aux_weight1", float, 1.0, "weight of the first auxiliary loss (SCCAN's is zero; "
+         "ensemble: the meta learner's dice loss)"),
+        ("aux_weight2", float, 1.0, "weight of the second auxiliary loss (SCCAN's is zero; "
+         "ensemble: the frozen base learner's CE, logged only)"),
+        ("base_learner", bool, False, "BAM's ensemble: backbone and learner_base from the fold's "
+         "base learner initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (train_base.py)"),
+        ("base_learner_weights", str, "", "ensemble: base learner checkpoint; '' = "
+         "initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (BAM's place)"),
+        ("low_fea", str, "layer2", "ensemble: backbone level of the scene difference (Gram matrices)"),
+        ("kshot_trans_dim", int, 2, "ensemble, K > 1: kshot_rw width (0 = one K -> K conv)"),
+        ("merge", str, "final", "generalised few-shot test: 'final' (novel pixels win) or 'base' "
+         "(novel only on base background)"),
+        ("merge_tau", float, 0.9, "generalised few-shot test: novel where softmax(final)_fg > merge_tau"),
     ),
     **_keys(
         "Test_Finetune",

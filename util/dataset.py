@@ -55,6 +55,11 @@ __all__ = [
     "load_fss_lists",
     "fss_list_paths",
     "binarize_label",
+    "base_remap_label",
+    "draw_supports",
+    "read_support",
+    "transform_supports",
+    "transform_with_base_label",
     "fill_bounding_boxes",
     "read_image",
     "read_label",
@@ -397,6 +402,98 @@ def _default_list_root(data_set: str) -> str:
     return os.path.join(".", "lists", data_set, "fss_list")
 
 
+def draw_supports(files: Sequence[PathPair], query: PathPair, shot: int) -> List[PathPair]:
+    """``shot`` distinct support pairs of ``files`` that are not the query, with the original's
+    draws from `random`: per shot, ``random.randint(1, n) - 1`` is drawn and thrown away (parity
+    quirk: the candidate path starts equal to the query's path, so the loop below always runs),
+    then drawn again while the pair is the query or the index was already chosen."""
+    num_files = len(files)
+    support_indices: List[int] = []
+    supports: List[PathPair] = []
+    for _ in range(shot):
+        support_index = random.randint(1, num_files) - 1
+        support_pair = query
+        while support_pair == query or support_index in support_indices:
+            support_index = random.randint(1, num_files) - 1
+            support_pair = tuple(files[support_index])
+        support_indices.append(support_index)
+        supports.append(support_pair)
+    return supports
+
+
+def read_support(image_path: str, label_path: str, class_chosen: int, ann_type: str = "mask"):
+    """A support image and its label: 1 where ``class_chosen``, boxes for ``ann_type`` 'bbox',
+    then 255 where the label was 255 (restored after the box filling, as the original does).
+    Returns (image float32 (H, W, 3), label uint8 (H, W))."""
+    support_image = read_image(image_path)
+    raw_support_label = read_label(label_path)
+    support_label = np.zeros_like(raw_support_label)
+    support_label[raw_support_label == class_chosen] = 1
+    if ann_type == "bbox":
+        support_label = fill_bounding_boxes(support_label)
+    support_label[raw_support_label == IGNORE_LABEL] = IGNORE_LABEL
+    if support_image.shape[:2] != support_label.shape[:2]:
+        raise ValueError(
+            f"support image and label sizes differ: {image_path!r} is "
+            f"{support_image.shape[0]}x{support_image.shape[1]}, {label_path!r} is "
+            f"{support_label.shape[0]}x{support_label.shape[1]}"
+        )
+    return support_image, support_label
+
+
+def transform_supports(transform, support_images, support_labels) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Transform the supports in shot order and stack them as the original does: in REVERSE shot
+    order (parity quirk: it prepends each next shot, so s_x[0] is the last shot). Returns
+    (s_x (K, 3, H, W), s_y (K, H, W))."""
+    transformed = [transform(image, label) for image, label in zip(support_images, support_labels)]
+    try:
+        s_x = torch.stack([pair[0] for pair in reversed(transformed)], 0)
+        s_y = torch.stack([pair[1] for pair in reversed(transformed)], 0)
+    except RuntimeError as error:
+        raise ValueError(
+            f"supports have different sizes after the transform ({error}); use a transform with a "
+            "fixed output size (Crop or test_Resize)"
+        ) from None
+    return s_x, s_y
+
+
+def base_remap_label(label: np.ndarray, base_classes: Sequence[int]) -> np.ndarray:
+    """A label in the base learner's numbering (BAM's ``label_b``): base class c -> its index in
+    ``base_classes`` + 1, every other class and the background -> 0, 255 kept. uint8 (H, W)."""
+    lookup = np.zeros(256, np.uint8)
+    lookup[IGNORE_LABEL] = IGNORE_LABEL
+    for index, class_id in enumerate(base_classes):
+        lookup[class_id] = index + 1
+    return lookup[label]
+
+
+def transform_with_base_label(transform, image: np.ndarray, label: np.ndarray, class_chosen: int,
+                              base_classes: Sequence[int]):
+    """Transform a training query with its binary episode label AND its base label (BAM's
+    ``transform_tri``), with exactly the draws of ``transform(image, binarize_label(label,
+    class_chosen))``, so that serving the base label never changes the episode stream.
+
+    One label map carries both: the base label with the values 1 and (index of class_chosen + 1)
+    swapped. Its pixels equal to 1 are exactly the episode class, so the crop's retry test
+    (``label == 1`` pixels) sees the same counts; every other step moves values without reading
+    them (nearest interpolation, padding with the ignore label). Returns (image, episode label
+    (H, W) int64 {0, 1, 255}, base label (H, W) int64)."""
+    base_label = base_remap_label(label, base_classes)
+    chosen_value = list(base_classes).index(class_chosen) + 1
+    carried = base_label.copy()
+    carried[base_label == chosen_value] = 1
+    carried[base_label == 1] = chosen_value
+    image, carried = transform(image, carried)
+    episode_label = torch.zeros_like(carried)
+    episode_label[carried == 1] = 1
+    padding = carried > len(base_classes)  # 255 and any other padding value stay as they are
+    episode_label[padding] = carried[padding]
+    base_label = carried.clone()
+    base_label[carried == 1] = chosen_value
+    base_label[carried == chosen_value] = 1
+    return image, episode_label, base_label
+
+
 class SemData(Dataset):
     """Episode dataset of the original's ``SemData`` (BAM/SCCAN ``util/dataset.py``).
 
@@ -418,10 +515,15 @@ class SemData(Dataset):
             ``<list_root>/<mode>/sub_class_file_list_<split>.txt``; see `_prepare_fss_lists` for
             which of them are written.
         show_progress: tqdm bar while building the lists.
+        base_label: training with a base learner (BAM's ensemble): each training item also
+            carries the query label in the base numbering (:func:`base_remap_label`), transformed
+            with the same draws (:func:`transform_with_base_label`); off, the items are unchanged.
 
     ``dataset[i]`` returns, for train: ``(image (3,H,W) float32, label (H,W) int64,
     s_x (K,3,H,W) float32, s_y (K,H,W) int64, subcls_list [int])``; for val the same plus
-    ``raw_label`` (the untransformed binarised query label, int64 ``(H0, W0)``).
+    ``raw_label`` (the untransformed binarised query label, int64 ``(H0, W0)``). With
+    ``base_label`` a training item ends with the base label (H, W) int64 (BAM returns it third,
+    as ``label_b``; here it comes last so that the first five items read the same either way).
     ``s_x[0]`` is the LAST shot (the original's stacking order).
     """
 
@@ -438,6 +540,7 @@ class SemData(Dataset):
         ann_type: str = "mask",
         list_root: Optional[str] = None,
         show_progress: bool = True,
+        base_label: bool = False,
     ):
         _check_choice("data_set", data_set, DATA_SETS)
         _check_choice("split", split, tuple(range(NUM_SPLITS)))
@@ -445,6 +548,8 @@ class SemData(Dataset):
         _check_choice("ann_type", ann_type, ANNOTATION_TYPES)
         if not isinstance(shot, int) or shot < 1:
             raise ValueError(f"shot must be a positive int, got {shot!r}")
+        if base_label and mode != "train":
+            raise ValueError("base_label serves the base learner's training label: mode 'train' only")
         if data_root is None or not os.path.isdir(data_root):
             raise FileNotFoundError(
                 f"data_root {data_root!r} does not exist or is not a folder; expected layout: "
@@ -457,6 +562,7 @@ class SemData(Dataset):
         self.mode = mode
         self.ann_type = ann_type
         self.transform = transform
+        self.base_label = base_label
         self.num_classes = NUM_CLASSES[data_set]
         self.train_classes, self.val_classes = get_class_lists(data_set, split, use_split_coco)
         # The mode's class list: episode classes and subcls indices come from it.
@@ -567,23 +673,7 @@ class SemData(Dataset):
             raise ValueError(f"{label_path}: no class of {self.class_list} in the label of data_list entry {index}")
         class_chosen = candidates[random.randint(1, len(candidates)) - 1]
 
-        files = self.sub_class_file_list[class_chosen]
-        num_files = len(files)
-        support_indices: List[int] = []
-        supports: List[PathPair] = []
-        for _ in range(self.shot):
-            # Parity quirk: this first draw is always discarded, because the candidate path below
-            # starts equal to the query's path and the loop therefore runs at least once.
-            support_index = random.randint(1, num_files) - 1
-            support_image_path, support_label_path = image_path, label_path
-            while (
-                (support_image_path == image_path and support_label_path == label_path)
-                or support_index in support_indices
-            ):
-                support_index = random.randint(1, num_files) - 1
-                support_image_path, support_label_path = files[support_index]
-            support_indices.append(support_index)
-            supports.append((support_image_path, support_label_path))
+        supports = draw_supports(self.sub_class_file_list[class_chosen], (image_path, label_path), self.shot)
         episode = dict(query=(image_path, label_path), class_chosen=class_chosen, supports=supports)
         return episode, label
 
@@ -606,44 +696,24 @@ class SemData(Dataset):
                 f"query image and label sizes differ: {image_path!r} is {image.shape[0]}x{image.shape[1]}, "
                 f"{label_path!r} is {label.shape[0]}x{label.shape[1]}"
             )
+        query_label = label
         label = binarize_label(label, class_chosen)
-
-        support_images, support_labels = [], []
-        for support_image_path, support_label_path in supports:
-            support_image = read_image(support_image_path)
-            raw_support_label = read_label(support_label_path)
-            support_label = np.zeros_like(raw_support_label)
-            support_label[raw_support_label == class_chosen] = 1
-            if self.ann_type == "bbox":
-                support_label = fill_bounding_boxes(support_label)
-            # 255 pixels are restored after the (optional) box filling, as the original does.
-            support_label[raw_support_label == IGNORE_LABEL] = IGNORE_LABEL
-            if support_image.shape[:2] != support_label.shape[:2]:
-                raise ValueError(
-                    f"support image and label sizes differ: {support_image_path!r} is "
-                    f"{support_image.shape[0]}x{support_image.shape[1]}, {support_label_path!r} is "
-                    f"{support_label.shape[0]}x{support_label.shape[1]}"
-                )
-            support_images.append(support_image)
-            support_labels.append(support_label)
+        support_images, support_labels = zip(*(read_support(*pair, class_chosen, self.ann_type)
+                                               for pair in supports))
 
         raw_label = label.copy()
         transform = self.transform if self.transform is not None else transform_module.ToTensor()
-        image, label = transform(image, label)
-        transformed = [transform(support_images[k], support_labels[k]) for k in range(len(supports))]
-        # Parity quirk: the original builds s_x by prepending each next shot, so the supports are
-        # stacked in REVERSE shot order (s_x[0] is the last shot).
-        try:
-            s_x = torch.stack([pair[0] for pair in reversed(transformed)], 0)
-            s_y = torch.stack([pair[1] for pair in reversed(transformed)], 0)
-        except RuntimeError as error:
-            raise ValueError(
-                f"supports have different sizes after the transform ({error}); use a transform with a "
-                "fixed output size (Crop or test_Resize)"
-            ) from None
+        if self.base_label:
+            image, label, base_label = transform_with_base_label(transform, image, query_label, class_chosen,
+                                                                 self.train_classes)
+        else:
+            image, label = transform(image, label)
+        s_x, s_y = transform_supports(transform, support_images, support_labels)
 
         if self.mode == "train":
             subcls_list = [self.train_classes.index(class_chosen)]
+            if self.base_label:
+                return image, label, s_x, s_y, subcls_list, base_label
             return image, label, s_x, s_y, subcls_list
         subcls_list = [self.val_classes.index(class_chosen)]
         return image, label, s_x, s_y, subcls_list, torch.from_numpy(raw_label).long()

@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from util.metrics import FewShotMeter, pad_to_square
 from util.runtime import set_seed
 
-__all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "evaluation_passes",
+__all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
            "format_result_table", "summarise_runs", "write_run_scalars"]
 
 # What the logits are scored against (docs/PROTOCOL.md section 1):
@@ -51,6 +51,43 @@ class EvaluatedBatch:
     support_labels: torch.Tensor
     input_prediction: torch.Tensor
     extras: Tuple[Any, ...]
+
+
+class FewShotScoring:
+    """The protocol's scoring of binary few-shot episodes: each output's logits are resized to
+    the target, argmax-ed and accumulated in a :class:`FewShotMeter`.
+
+    A predictor returns one logits tensor (B, 2, h, w), or a mapping name -> logits to score
+    several outputs of the same forward on the same episodes (an ensemble model: the ensemble and
+    its meta learner alone); the first entry is the headline."""
+
+    summary_keys = SUMMARY_KEYS
+
+    def __init__(self, num_test_classes: int, ignore_label: int = 255):
+        self.num_test_classes = num_test_classes
+        self.ignore_label = ignore_label
+        self.meters: Dict[Optional[str], FewShotMeter] = {}
+
+    def update(self, output, target: torch.Tensor, class_index) -> torch.Tensor:
+        """Score one batch; returns the headline prediction in the input frame (B, h, w)."""
+        outputs = output if isinstance(output, Mapping) else {None: output}
+        for name, logits in outputs.items():
+            meter = self.meters.setdefault(name, FewShotMeter(self.num_test_classes,
+                                                              ignore_index=self.ignore_label))
+            scored = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
+                                   align_corners=True)
+            meter.update(scored.argmax(1), target, class_index)
+        return next(iter(outputs.values())).argmax(1)
+
+    def summary(self) -> Dict:
+        """The headline output's summary; with named outputs also ``outputs``: name -> summary."""
+        if not self.meters:
+            return FewShotMeter(self.num_test_classes, ignore_index=self.ignore_label).summary()
+        meters = list(self.meters.items())
+        result = meters[0][1].summary()
+        if meters[0][0] is not None:
+            result["outputs"] = {name: meter.summary() for name, meter in meters}
+        return result
 
 
 @dataclass(frozen=True)
@@ -92,17 +129,22 @@ class EvaluationProtocol:
 
     @torch.no_grad()
     def run(self, predictor: Callable, loader, device: torch.device, seed: Optional[int] = 321,
-            observers: Sequence[Any] = (), progress: bool = False) -> Dict:
+            observers: Sequence[Any] = (), progress: bool = False, scoring=None) -> Dict:
         """Evaluate ``predictor(x=..., s_x=..., s_y=...) -> logits (B, 2, h, w)`` on ``test_num``
         episodes of ``loader`` (validation tuples ``(image, label, s_x, s_y, subcls, raw_label,
-        *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds)."""
+        *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds).
+
+        ``scoring``: what turns outputs and targets into metrics, with ``update(output, target,
+        class_index) -> input-frame prediction`` and ``summary()``; default a fresh
+        :class:`FewShotScoring` (the generalised test passes util/gfss.py's)."""
         if seed is not None:
             set_seed(seed, self.seed_deterministic)
         if hasattr(predictor, "eval"):
             predictor.eval()
         for observer in observers:
             observer.start()
-        meter = FewShotMeter(self.num_test_classes, ignore_index=self.ignore_label)
+        if scoring is None:
+            scoring = FewShotScoring(self.num_test_classes, self.ignore_label)
         bar = _progress_bar(self.test_num, progress)
         done, start = 0, time.time()
         for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
@@ -111,20 +153,19 @@ class EvaluationProtocol:
                     break
                 image, label, support_images, support_labels, subcls, raw_label = batch[:6]
                 image = image.to(device, non_blocking=True)
-                logits = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
+                output = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
                                    s_y=support_labels.to(device, non_blocking=True))
                 target = self.scoring_target(label, raw_label).to(device)
-                scored = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear",
-                                       align_corners=True)
-                meter.update(scored.argmax(1), target, subcls[0] if isinstance(subcls, (list, tuple)) else subcls)
+                prediction = scoring.update(output, target, subcls[0] if isinstance(subcls, (list, tuple))
+                                            else subcls)
                 evaluated = EvaluatedBatch(done, image, label, support_images, support_labels,
-                                           logits.argmax(1), tuple(batch[6:]))
+                                           prediction, tuple(batch[6:]))
                 for observer in observers:
                     observer.observe(evaluated)
                 done += image.shape[0]
                 bar.update(image.shape[0])
         bar.close()
-        return dict(meter.summary(), seconds=time.time() - start)
+        return dict(scoring.summary(), seconds=time.time() - start)
 
 
 class _NoProgress:
@@ -159,15 +200,17 @@ def write_run_scalars(writer, run: Dict, class_ids: Sequence[int], step: int) ->
         writer.add_scalar(f"test/class_{class_id}_IoU", iou, step)
 
 
-def summarise_runs(runs: List[Dict]) -> Tuple[Dict, str]:
-    """Mean and standard deviation over several seeds' runs, and their table (empty for one run)."""
+def summarise_runs(runs: List[Dict], keys: Sequence[str] = SUMMARY_KEYS) -> Tuple[Dict, str]:
+    """Mean and standard deviation of ``keys`` over several seeds' runs, and their table (empty
+    for one run)."""
     if len(runs) < 2:
         return {}, ""
-    summary = {"mean": {key: statistics.mean(run[key] for run in runs) for key in SUMMARY_KEYS},
-               "std": {key: statistics.stdev(run[key] for run in runs) for key in SUMMARY_KEYS}}
-    lines = ["", "| seed | mIoU | FB-IoU | pIoU |", "|---|---|---|---|"]
-    lines += [f"| {run['seed']} | " + " | ".join(f"{run[key]:.4f}" for key in SUMMARY_KEYS) + " |"
+    summary = {"mean": {key: statistics.mean(run[key] for run in runs) for key in keys},
+               "std": {key: statistics.stdev(run[key] for run in runs) for key in keys}}
+    headers = [key.replace("FB_IoU", "FB-IoU") for key in keys]
+    lines = ["", "| seed | " + " | ".join(headers) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {run['seed']} | " + " | ".join(f"{run[key]:.4f}" for key in keys) + " |"
               for run in runs]
     lines.append("| mean ± std | " + " | ".join(
-        f"{summary['mean'][key]:.4f} ± {summary['std'][key]:.4f}" for key in SUMMARY_KEYS) + " |")
+        f"{summary['mean'][key]:.4f} ± {summary['std'][key]:.4f}" for key in keys) + " |")
     return summary, "\n".join(lines)

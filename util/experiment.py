@@ -75,7 +75,8 @@ def test_class_ids(cfg):
 
 
 def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
-    """The training or validation episode dataset of a config."""
+    """The training or validation episode dataset of a config; with ``base_learner`` the training
+    items also carry the base label (BAM's ``y_b``, for the ensemble's losses)."""
     check_data_root(cfg)
     if mode == "train":
         transform = transforms.build_train_transform(
@@ -91,7 +92,20 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
     return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
                    transform=transform, mode=mode, ann_type=cfg.ann_type,
-                   list_root=cfg.list_root or None, show_progress=show_progress)
+                   list_root=cfg.list_root or None, show_progress=show_progress,
+                   base_label=bool(cfg.base_learner) and mode == "train")
+
+
+def build_gfss_dataset(cfg, show_progress: bool = True):
+    """The generalised few-shot episodes of a config (util/gfss.py): every image of ``val_list``
+    as a query, the validation transform."""
+    from util.gfss import GFSSData
+
+    check_data_root(cfg)
+    return GFSSData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=cfg.val_list,
+                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
+                    transform=transforms.build_val_transform(cfg.val_size, cfg.resized_val),
+                    ann_type=cfg.ann_type, show_progress=show_progress)
 
 
 def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
@@ -107,7 +121,8 @@ def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) 
     training and the test script (``--untrained`` baseline) build the very same backbone.
     ``backbone_from_checkpoint``: a full checkpoint is loaded next, so no backbone is prepared."""
     model = build_model(cfg, backbone_from_checkpoint=backbone_from_checkpoint)
-    if not backbone_from_checkpoint and not cfg.pretrained_backbone:
+    # A base learner (base_learner: True) brings its own trained backbone: nothing to calibrate.
+    if not backbone_from_checkpoint and not cfg.pretrained_backbone and not cfg.base_learner:
         check_data_root(cfg)
         if not os.path.isfile(cfg.train_list):
             raise FileNotFoundError(f"train_list {cfg.train_list!r} (config key train_list) not "

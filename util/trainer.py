@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -211,14 +211,18 @@ class Trainer:
         half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
         progress = _progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
         start = time.time()
-        for index, (image, label, support_images, support_labels, subcls) in enumerate(self.train_loader):
+        for index, batch in enumerate(self.train_loader):
+            image, label, support_images, support_labels, subcls = batch[:5]
+            # With a base learner the dataset adds the base label (BAM's y_b) as a sixth item.
+            base_label = {"y_b": batch[5].to(self.device)} if len(batch) > 5 else {}
             current = epoch * iterations + index + 1
             poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
                                index_split=cfg.index_split, warmup=cfg.warmup,
                                warmup_step=iterations // 2)
             _, main_loss, aux_loss1, aux_loss2 = self._training_forward(
                 x=image.to(self.device), s_x=support_images.to(self.device),
-                s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls)
+                s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls,
+                **base_label)
             loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
             self._check_finite(loss, epoch, index, current)
             self.sgd.zero_grad(set_to_none=True)
@@ -231,19 +235,26 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}")
             if self.context.is_main and (index + 1) % cfg.print_freq == 0:
-                self._log_iteration(epoch, index, iterations, loss.item(), start)
+                # With a base learner the terms differ (BAM's losses): log each of them too.
+                terms = dict(main_loss=main_loss.item(), aux_loss1=aux_loss1.item(),
+                             aux_loss2=aux_loss2.item()) if base_label else {}
+                self._log_iteration(epoch, index, iterations, loss.item(), start, terms)
             if half_epoch_validation and index == half_epoch_index(iterations):
                 self.validate(epoch_label(epoch, half=True))
         if progress is not None:
             progress.close()
 
-    def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float) -> None:
+    def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float,
+                       terms: Optional[dict] = None) -> None:
         learning_rate = self.sgd.param_groups[0]["lr"]
-        self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss {loss:.4f} "
+        details = "".join(f" {name} {value:.4f}" for name, value in (terms or {}).items())
+        self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss {loss:.4f}{details} "
                          f"lr {learning_rate:.6f} ({(time.time() - start) / (index + 1):.2f}s/it)")
         if self.writer is not None:
             self.writer.add_scalar("loss_train_batch", loss, self.state.iteration)
             self.writer.add_scalar("learning_rate", learning_rate, self.state.iteration)
+            for name, value in (terms or {}).items():
+                self.writer.add_scalar(f"{name}_train_batch", value, self.state.iteration)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, index: int, current: int) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)

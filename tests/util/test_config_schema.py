@@ -27,11 +27,13 @@ def flat_yaml(path: str) -> dict:
 
 
 SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "config", "*", "*.yaml")))
-PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if os.sep + "toy" + os.sep not in path]
+ENSEMBLE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_bam.yaml")]
+PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS
+                 if os.sep + "toy" + os.sep not in path and path not in ENSEMBLE_CONFIGS]
 
 
-def test_the_shipped_configs_are_32_paper_and_2_toy():
-    assert len(SHIPPED_CONFIGS) == 34 and len(PAPER_CONFIGS) == 32
+def test_the_shipped_configs_are_32_paper_32_ensemble_and_2_toy():
+    assert len(SHIPPED_CONFIGS) == 66 and len(PAPER_CONFIGS) == 32 and len(ENSEMBLE_CONFIGS) == 32
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
@@ -68,7 +70,7 @@ def test_schema_entries_are_consistent():
         assert not hasattr(Config, key), key  # would be shadowed by a Config method
     legacy = {key for key, entry in SCHEMA.items() if entry.legacy}
     assert legacy == {"classes", "dist_url", "dist_backend", "multiprocessing_distributed",
-                      "world_size", "rank", "low_fea", "kshot_trans_dim", "merge", "merge_tau"}
+                      "world_size", "rank"}
 
 
 def test_minimal_config_gets_the_schema_defaults(tmp_path):
@@ -148,12 +150,12 @@ def test_legacy_key_warns_once_and_only_when_changed(tmp_path):
     with pytest.warns(LegacyKeyWarning) as record:
         config = load_config(changed)
         load_config(changed)  # the same key again: no second warning
-        load_config(at_default, ["merge_tau", "0.5"])
+        load_config(at_default, ["classes", "3"])
     messages = [str(warning.message) for warning in record]
     assert len(messages) == 2
     assert "'world_size' = 4 has no effect" in messages[0] and "torchrun" in messages[0]
     assert record[0].filename == changed and record[1].filename == "--opts"
-    assert "'merge_tau' = 0.5" in messages[1]
+    assert "'classes' = 3" in messages[1]
     assert config.world_size == 4  # still accepted and recorded
 
 

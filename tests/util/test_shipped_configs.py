@@ -88,12 +88,12 @@ def shipped_config_path(name: str) -> str:
     return os.path.join(REPOSITORY_ROOT, "config", dataset, name + ".yaml")
 
 
-def test_exactly_the_32_configs_are_shipped():
+def test_exactly_the_32_configs_and_their_ensemble_variants_are_shipped():
     shipped = set()
     for dataset in ("pascal", "coco"):
         folder = os.path.join(REPOSITORY_ROOT, "config", dataset)
         shipped |= {name[:-5] for name in os.listdir(folder) if name.endswith(".yaml")}
-    assert shipped == set(EXPECTED_WEIGHTS)
+    assert shipped == set(EXPECTED_WEIGHTS) | {name + "_bam" for name in EXPECTED_WEIGHTS}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_WEIGHTS))

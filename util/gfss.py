@@ -1,0 +1,239 @@
+"""BAM's generalised few-shot test (Lang et al., CVPR 2022, github.com/chunbolang/BAM:
+test_GFSS.py and util/dataset.py): every validation image is a query in which the model must
+segment the base classes (with its base learner) AND one novel class (with the meta learner and
+its supports), so a model that calls base objects novel, or novel objects base, pays for it.
+
+Pieces:
+
+* the episode (:class:`GFSSData`): the queries are every image of the val list, in order; the
+  chosen novel class is :func:`choose_gfss_class`; the target is :func:`gfss_target` (base class
+  c -> base index + 1, the chosen class -> N_base + 1, other novel classes -> 0, 255 kept); the
+  supports are drawn as the few-shot episodes draw them (util/dataset.py ``draw_supports``) from
+  the val images that contain the class (no pixel threshold);
+* the prediction (:func:`merge_gfss_prediction`): novel = softmax(final)_fg > merge_tau, base =
+  argmax(base), merged by the rule ``merge`` ('final' or 'base');
+* the metrics (:class:`GFSSMeter`): intersection/union per class over classes 0..N_base+1,
+  accumulated over episodes with the novel slot credited to the episode's chosen class;
+  mIoU_n over the novel classes, mIoU_b over the base classes, mIoU_t over all of them;
+* :class:`GFSSScoring` and :class:`GFSSPredictor` plug these into util/evaluation.py's protocol.
+"""
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from util.dataset import (EXPECTED_LAYOUT, IGNORE_LABEL, _label_classes, base_remap_label,
+                          draw_supports, get_class_lists, read_image, read_label, read_pair_list,
+                          read_support, resolve_path, transform_supports)
+from util.metrics import EPSILON, intersection_and_union
+from util import transform as transform_module
+
+__all__ = ["MERGE_RULES", "GFSSData", "GFSSMeter", "GFSSPredictor", "GFSSScoring",
+           "choose_gfss_class", "format_gfss_table", "gfss_target", "merge_gfss_prediction"]
+
+MERGE_RULES = ("final", "base")
+SUMMARY_KEYS = ("mIoU_n", "mIoU_b", "mIoU_t")
+
+
+# ------------------------------------------------------------------------------- episodes
+def choose_gfss_class(present_classes: Sequence[int], base_classes: Sequence[int],
+                      novel_classes: Sequence[int]) -> int:
+    """The episode's novel class (one ``random.choice``): a query without any base class gets
+    one of its own novel classes; any other query one of ALL the fold's novel classes, which may
+    be absent from it (the model must then predict no novel pixel). A query with no class at all
+    (not in PASCAL's or COCO's val lists) is treated as one without base classes whose novel
+    classes are all the fold's."""
+    base = set(base_classes)
+    if any(c in base for c in present_classes):
+        return random.choice(list(novel_classes))
+    own_novel = [c for c in present_classes if c in set(novel_classes)]
+    return random.choice(own_novel or list(novel_classes))
+
+
+def gfss_target(label: np.ndarray, base_classes: Sequence[int], chosen_class: int) -> np.ndarray:
+    """The generalised target of a query label (H, W) uint8: base class c -> its index in
+    ``base_classes`` + 1, ``chosen_class`` -> N_base + 1, other novel classes and the background
+    -> 0, 255 kept."""
+    target = base_remap_label(label, base_classes)
+    target[label == chosen_class] = len(base_classes) + 1
+    return target
+
+
+class GFSSData(Dataset):
+    """The generalised few-shot episodes of a fold (BAM's test_GFSS data).
+
+    Args: as :class:`util.dataset.SemData` (``data_list`` is the val base list; every line is a
+    query, in order). ``dataset[i]`` returns (image (3, H, W), target (H, W) int64 (transformed),
+    s_x (K, 3, H, W), s_y (K, H, W), [index of the chosen class in the fold's novel list],
+    raw target (H0, W0) int64 (untransformed)), the layout of a validation episode, so that the
+    evaluation protocol's targets (util/evaluation.py) apply as they are.
+    """
+
+    def __init__(self, split: int = 0, shot: int = 1, data_root: Optional[str] = None,
+                 data_list: Optional[str] = None, data_set: str = "pascal", use_split_coco: bool = False,
+                 transform=None, ann_type: str = "mask", show_progress: bool = True):
+        self.shot = shot
+        self.data_set = data_set
+        self.ann_type = ann_type
+        self.transform = transform
+        self.base_classes, self.novel_classes = get_class_lists(data_set, split, use_split_coco)
+        if data_list is None:
+            raise FileNotFoundError(f"the generalised few-shot test needs the val base list; "
+                                    f"expected layout: {EXPECTED_LAYOUT[data_set]}")
+        pairs = [(resolve_path(image, data_root, data_set), resolve_path(label, data_root, data_set))
+                 for image, label, _ in read_pair_list(data_list)]
+        self.queries: List[tuple] = pairs
+        # Supports of novel class c: every val image that contains it, whatever its area.
+        self.support_files: Dict[int, List[tuple]] = {c: [] for c in self.novel_classes}
+        novel = set(self.novel_classes)
+        for pair in tqdm(pairs, desc="GFSS support lists", disable=not show_progress):
+            for class_id in _label_classes(read_label(pair[1])):
+                if class_id in novel:
+                    self.support_files[class_id].append(pair)
+        too_few = {c: len(files) for c, files in self.support_files.items() if len(files) < shot + 1}
+        if too_few:
+            raise ValueError(f"{data_list}: {shot}-shot generalised episodes need at least {shot + 1} "
+                             f"val images per novel class; " +
+                             ", ".join(f"class {c}: {n} image(s)" for c, n in too_few.items()))
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, index: int):
+        image_path, label_path = self.queries[index]
+        label = read_label(label_path)
+        chosen = choose_gfss_class(_label_classes(label), self.base_classes, self.novel_classes)
+        supports = draw_supports(self.support_files[chosen], (image_path, label_path), self.shot)
+        image = read_image(image_path)
+        if image.shape[:2] != label.shape[:2]:
+            raise ValueError(f"query image and label sizes differ: {image_path!r}, {label_path!r}")
+        target = gfss_target(label, self.base_classes, chosen)
+        support_images, support_labels = zip(*(read_support(*pair, chosen, self.ann_type)
+                                               for pair in supports))
+        transform = self.transform if self.transform is not None else transform_module.ToTensor()
+        image, transformed_target = transform(image, target)
+        s_x, s_y = transform_supports(transform, support_images, support_labels)
+        return (image, transformed_target, s_x, s_y, [self.novel_classes.index(chosen)],
+                torch.from_numpy(target).long())
+
+
+# ----------------------------------------------------------------------------- prediction
+def merge_gfss_prediction(final: torch.Tensor, base: torch.Tensor, merge: str = "final",
+                          merge_tau: float = 0.9) -> torch.Tensor:
+    """The generalised prediction (B, h, w) long from the ensemble's final output (B, 2, h, w)
+    and the base logits (B, N+1, h, w) at the same size: novel pixels (softmax(final)_fg >
+    merge_tau) take the id N+1, the others the base argmax. ``merge`` 'final': every novel pixel
+    is novel; 'base': only where the base learner sees background."""
+    if merge not in MERGE_RULES:
+        raise ValueError(f"merge must be one of {MERGE_RULES}, got {merge!r}")
+    novel = final.softmax(dim=1)[:, 1] > merge_tau  # (B, h, w)
+    prediction = base.argmax(dim=1)  # (B, h, w)
+    novel_id = base.shape[1]  # N + 1
+    if merge == "base":
+        novel = novel & (prediction == 0)
+    return prediction.masked_fill(novel, novel_id)
+
+
+class GFSSPredictor(nn.Module):
+    """Gives the protocol the three outputs of an ensemble model (model/sccan.py
+    ``ensemble_outputs``) instead of its final logits alone."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if getattr(model, "learner_base", None) is None:
+            raise ValueError("the generalised few-shot test needs SCCAN with its base learner "
+                             "(config key base_learner: True)")
+        self.model = model
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor):
+        """x (B, 3, H, W), s_x (B, K, 3, H, W), s_y (B, K, H, W) -> EnsembleOutputs (final
+        (B, 2, h, w), meta (B, 2, h, w), base (B, N+1, h, w))."""
+        return self.model.ensemble_outputs(x, s_x, s_y)
+
+
+# -------------------------------------------------------------------------------- metrics
+class GFSSMeter:
+    """Per-class intersection and union of the generalised test, accumulated over episodes.
+
+    Slots of a prediction/target: 0 background, i = base_classes[i-1], N+1 the episode's chosen
+    novel class. Sums are kept per real class id (0..C), float64."""
+
+    def __init__(self, base_classes: Sequence[int], novel_classes: Sequence[int],
+                 ignore_index: int = IGNORE_LABEL):
+        self.base_classes = list(base_classes)
+        self.novel_classes = list(novel_classes)
+        self.ignore_index = ignore_index
+        self.num_classes = len(self.base_classes) + len(self.novel_classes)
+        self.intersection = np.zeros(self.num_classes + 1, np.float64)
+        self.union = np.zeros(self.num_classes + 1, np.float64)
+        self.episodes = 0
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor, chosen_class: int) -> None:
+        """One episode: prediction and target (h, w) or (1, h, w) with slots 0..N+1 (255 ignored
+        in the target); ``chosen_class`` the real id of the novel slot."""
+        slots = len(self.base_classes) + 2
+        intersection, union, _ = (area.cpu().numpy() for area in intersection_and_union(
+            prediction, target, slots, self.ignore_index))
+        class_ids = [0] + self.base_classes + [int(chosen_class)]
+        np.add.at(self.intersection, class_ids, intersection)
+        np.add.at(self.union, class_ids, union)
+        self.episodes += 1
+
+    def summary(self) -> dict:
+        """mIoU_n (novel classes), mIoU_b (base classes), mIoU_t (all classes, background
+        excluded), class_IoU (classes 1..C in id order), background_IoU, episodes."""
+        iou = self.intersection / (self.union + EPSILON)
+        return {
+            "mIoU_n": float(np.mean(iou[self.novel_classes])),
+            "mIoU_b": float(np.mean(iou[self.base_classes])),
+            "mIoU_t": float(np.mean(iou[1:])),
+            "class_IoU": [float(value) for value in iou[1:]],
+            "background_IoU": float(iou[0]),
+            "episodes": self.episodes,
+        }
+
+
+class GFSSScoring:
+    """The protocol's scoring of a generalised episode (util/evaluation.py): upsample the final
+    and base outputs to the target, merge, accumulate in a :class:`GFSSMeter`."""
+
+    summary_keys = SUMMARY_KEYS
+
+    def __init__(self, base_classes: Sequence[int], novel_classes: Sequence[int], merge: str = "final",
+                 merge_tau: float = 0.9, ignore_index: int = IGNORE_LABEL):
+        if merge not in MERGE_RULES:
+            raise ValueError(f"merge must be one of {MERGE_RULES}, got {merge!r}")
+        self.merge, self.merge_tau = merge, merge_tau
+        self.novel_classes = list(novel_classes)
+        self.meter = GFSSMeter(base_classes, novel_classes, ignore_index)
+
+    def update(self, outputs, target: torch.Tensor, class_index: int) -> torch.Tensor:
+        """outputs: EnsembleOutputs of one episode (batch 1); target (1, h, w) -> the merged
+        prediction in the input frame (1, H, W), for observers."""
+        if target.dim() == 3 and target.shape[0] != 1:
+            raise ValueError("generalised episodes are scored one at a time (batch_size_val 1)")
+        size = target.shape[-2:]
+        final = F.interpolate(outputs.final.float(), size=size, mode="bilinear", align_corners=True)
+        base = F.interpolate(outputs.base.float(), size=size, mode="bilinear", align_corners=True)
+        self.meter.update(merge_gfss_prediction(final, base, self.merge, self.merge_tau), target,
+                          self.novel_classes[int(class_index)])
+        return merge_gfss_prediction(outputs.final, outputs.base, self.merge, self.merge_tau)
+
+    def summary(self) -> dict:
+        return self.meter.summary()
+
+
+def format_gfss_table(result: dict, title: str = "") -> str:
+    """Markdown table: per-class IoU (classes 1..C), then mIoU_n, mIoU_b, mIoU_t."""
+    lines = [f"### {title}" if title else "", "| class | IoU |", "|---|---|"]
+    lines += [f"| {class_id} | {iou:.4f} |" for class_id, iou in enumerate(result["class_IoU"], start=1)]
+    lines += [f"| **{key}** | {result[key]:.4f} |" for key in SUMMARY_KEYS]
+    lines += [f"| episodes | {result['episodes']} |"]
+    return "\n".join(line for line in lines if line != "" or title)
