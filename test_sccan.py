@@ -21,18 +21,14 @@ from util.baselines import add_predictor_arguments, build_predictor
 from util.cli import positive_int, run_entry_point
 from util.config import config_argparser, load_config
 from util.episodes import EpisodeRecorder, build_episode_loader, save_episodes
-from util.evaluation import EvaluationProtocol, format_result_table, summarise_runs, write_run_scalars
-from util.experiment import (build_dataset, build_gfss_dataset, build_val_loader, default_result_path,
-                             tensorboard_writer, test_class_ids)
-from util.gfss import SUMMARY_KEYS as GFSS_SUMMARY_KEYS
-from util.gfss import GFSSPredictor, GFSSScoring, format_gfss_table
+from util.evaluation import EvaluationProtocol, run_seeds, summarise_runs
+from util.experiment import build_dataset, default_result_path, tensorboard_writer, test_class_ids
+from util.gfss import check_gfss_request, run_generalised_test
 from util.io import atomic_write_json
 from util.runtime import get_logger, init_distributed, set_seed
 from util.visualisation import VisualisationWriter
 
 STARTUP_SEED = 123
-# The generalised test scores the model itself (its ensemble outputs), trained or not.
-GFSS_PREDICTORS = ("trained", "untrained")
 
 
 def parse_arguments(argv=None):
@@ -76,19 +72,8 @@ def run(argv=None) -> dict:
     recorder = EpisodeRecorder() if arguments.dump_episodes and not replayed else None
     pictures = VisualisationWriter(arguments.save_vis) if arguments.save_vis else None
     writer = tensorboard_writer(cfg, "test") if arguments.viz else None
-    runs = []
-    for seed in protocol.seeds:  # the first run alone is recorded and drawn
-        observers = [o for o in (recorder, pictures) if o is not None and not runs]
-        result = protocol.run(predictor, loader, context.device, seed, observers, progress=True)
-        runs.append(dict(result, seed=seed))
-        # An ensemble model has named outputs (the ensemble, the meta learner alone): one table each.
-        for name, output in result.get("outputs", {None: runs[-1]}).items():
-            label = f"{source} ({name})" if name else source
-            print(format_result_table(output, class_ids, title=f"{label}, seed {seed}"), flush=True)
-        if writer is not None:
-            write_run_scalars(writer, runs[-1], class_ids, seed)
-    if writer is not None:
-        writer.close()
+    runs = run_seeds(protocol, predictor, loader, context.device, class_ids, source,
+                     [o for o in (recorder, pictures) if o is not None], writer)
     if recorder is not None:
         save_episodes(arguments.dump_episodes, recorder.episodes, meta=dict(
             config=arguments.config, seed=protocol.seeds[0], workers=cfg.workers, test_num=protocol.test_num))
@@ -103,50 +88,21 @@ def run(argv=None) -> dict:
 
 
 def run_gfss(arguments, cfg, context, logger) -> dict:
-    """BAM's generalised few-shot test (test_GFSS.py): the protocol of the few-shot test (seeds,
-    passes, ori_resize target) on util/gfss.py's episodes and scoring."""
-    unsupported = [flag for flag, value in (("--dump-episodes", arguments.dump_episodes),
-                                            ("--episodes-from", arguments.episodes_from),
-                                            ("--save-vis", arguments.save_vis),
-                                            ("--hsnet-resize", arguments.hsnet_resize)) if value]
-    if arguments.predictor not in GFSS_PREDICTORS:
-        unsupported.append(f"--{arguments.predictor}")
-    if unsupported:
-        raise ValueError(f"--gfss does not combine with {', '.join(unsupported)}")
-    if not cfg.base_learner:
-        raise ValueError("--gfss needs SCCAN with its base learner: set base_learner: True in the "
-                         "config or pass --opts base_learner True")
-    dataset = build_gfss_dataset(cfg)
-    loader = build_val_loader(cfg, dataset)
-    protocol = EvaluationProtocol.from_config(cfg, len(dataset.novel_classes), arguments.episodes,
-                                              arguments.seeds)
+    """BAM's generalised few-shot test (util/gfss.run_generalised_test)."""
+    check_gfss_request(cfg, arguments.predictor, {"--dump-episodes": arguments.dump_episodes,
+                                                  "--episodes-from": arguments.episodes_from,
+                                                  "--save-vis": arguments.save_vis,
+                                                  "--hsnet-resize": arguments.hsnet_resize})
     predictor, source = build_predictor(cfg, arguments.predictor, context.device, arguments.weight,
                                         logger.info)
-    predictor = GFSSPredictor(getattr(predictor, "model", predictor))  # unwrap EnsembleAndMeta
     writer = tensorboard_writer(cfg, "test_gfss") if arguments.viz else None
-    runs = []
-    for seed in protocol.seeds:
-        scoring = GFSSScoring(dataset.base_classes, dataset.novel_classes, cfg.merge, cfg.merge_tau,
-                              cfg.ignore_label)
-        result = protocol.run(predictor, loader, context.device, seed, progress=True, scoring=scoring)
-        runs.append(dict(result, seed=seed))
-        print(format_gfss_table(runs[-1], title=f"{source}, generalised, merge {cfg.merge} "
-                                f"tau {cfg.merge_tau}, seed {seed}"), flush=True)
-        if writer is not None:
-            for key in GFSS_SUMMARY_KEYS:
-                writer.add_scalar(f"test_gfss/{key}", runs[-1][key], seed)
-    if writer is not None:
-        writer.close()
-    statistics, table = summarise_runs(runs, GFSS_SUMMARY_KEYS)
-    print(table, flush=True)
-    summary = dict(config=arguments.config, weights=source, test="gfss", merge=cfg.merge,
-                   merge_tau=cfg.merge_tau, base_classes=dataset.base_classes,
-                   novel_classes=dataset.novel_classes, test_num=protocol.test_num, runs=runs, **statistics)
+    summary = run_generalised_test(cfg, predictor, context.device, arguments.episodes, arguments.seeds,
+                                   title=source, writer=writer)
+    summary = dict(config=arguments.config, weights=source, **summary)
     output = arguments.output or default_result_path(cfg, "gfss_" + os.path.basename(source))
     atomic_write_json(output, summary)
     logger.info(f"wrote {output}")
     return summary
-
 
 if __name__ == "__main__":
     sys.exit(run_entry_point(run))

@@ -22,7 +22,7 @@ from util.metrics import FewShotMeter, pad_to_square
 from util.runtime import set_seed
 
 __all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
-           "format_result_table", "summarise_runs", "write_run_scalars"]
+           "format_result_table", "run_seeds", "summarise_runs", "write_run_scalars"]
 
 # What the logits are scored against (docs/PROTOCOL.md section 1):
 #   'original': the untransformed label padded with the ignore label to a square (ori_resize);
@@ -198,6 +198,26 @@ def write_run_scalars(writer, run: Dict, class_ids: Sequence[int], step: int) ->
         writer.add_scalar(f"test/{key}", run[key], step)
     for class_id, iou in zip(class_ids, run["class_IoU"]):
         writer.add_scalar(f"test/class_{class_id}_IoU", iou, step)
+
+
+def run_seeds(protocol: EvaluationProtocol, predictor: Callable, loader, device: torch.device,
+              class_ids: Sequence[int], title: str, first_run_observers: Sequence[Any] = (),
+              writer=None) -> List[Dict]:
+    """One run of ``protocol`` per seed, a table printed for each (one per named output of an
+    ensemble model); only the first run is seen by ``first_run_observers`` (recording, pictures)."""
+    runs = []
+    for seed in protocol.seeds:
+        observers = first_run_observers if not runs else ()
+        result = protocol.run(predictor, loader, device, seed, observers, progress=True)
+        runs.append(dict(result, seed=seed))
+        for name, output in result.get("outputs", {None: runs[-1]}).items():
+            label = f"{title} ({name})" if name else title
+            print(format_result_table(output, class_ids, title=f"{label}, seed {seed}"), flush=True)
+        if writer is not None:
+            write_run_scalars(writer, runs[-1], class_ids, seed)
+    if writer is not None:
+        writer.close()
+    return runs
 
 
 def summarise_runs(runs: List[Dict], keys: Sequence[str] = SUMMARY_KEYS) -> Tuple[Dict, str]:

@@ -35,7 +35,7 @@ from util.dataset import (EXPECTED_LAYOUT, IGNORE_LABEL, _label_classes, base_re
 from util.metrics import EPSILON, intersection_and_union
 from util import transform as transform_module
 
-__all__ = ["MERGE_RULES", "GFSSData", "GFSSMeter", "GFSSPredictor", "GFSSScoring",
+__all__ = ["check_gfss_request", "run_generalised_test", "MERGE_RULES", "GFSSData", "GFSSMeter", "GFSSPredictor", "GFSSScoring",
            "choose_gfss_class", "format_gfss_table", "gfss_target", "merge_gfss_prediction"]
 
 MERGE_RULES = ("final", "base")
@@ -237,3 +237,50 @@ def format_gfss_table(result: dict, title: str = "") -> str:
     lines += [f"| **{key}** | {result[key]:.4f} |" for key in SUMMARY_KEYS]
     lines += [f"| episodes | {result['episodes']} |"]
     return "\n".join(line for line in lines if line != "" or title)
+
+
+# The generalised test scores the model itself (its ensemble outputs), trained or not.
+GFSS_PREDICTORS = ("trained", "untrained")
+
+
+def check_gfss_request(cfg, predictor_choice: str, other_flags: Dict[str, object]) -> None:
+    """One clear error for a --gfss request the test cannot serve."""
+    unsupported = [flag for flag, value in other_flags.items() if value]
+    if predictor_choice not in GFSS_PREDICTORS:
+        unsupported.append(f"--{predictor_choice}")
+    if unsupported:
+        raise ValueError(f"--gfss does not combine with {', '.join(unsupported)}")
+    if not cfg.base_learner:
+        raise ValueError("--gfss needs SCCAN with its base learner: set base_learner: True in the "
+                         "config or pass --opts base_learner True")
+
+
+def run_generalised_test(cfg, predictor: nn.Module, device: torch.device, episodes: Optional[int],
+                         number_of_seeds: int, title: str = "", writer=None) -> dict:
+    """BAM's generalised few-shot test (test_GFSS.py): the few-shot test's protocol (seeds,
+    passes, ori_resize target) on :class:`GFSSData`'s episodes with :class:`GFSSScoring`. Prints
+    one table per seed; returns the summary (runs, mean/std over seeds, the class lists)."""
+    from util.evaluation import EvaluationProtocol, summarise_runs
+    from util.experiment import build_gfss_dataset, build_val_loader
+
+    dataset = build_gfss_dataset(cfg)
+    loader = build_val_loader(cfg, dataset)
+    protocol = EvaluationProtocol.from_config(cfg, len(dataset.novel_classes), episodes, number_of_seeds)
+    predictor = GFSSPredictor(getattr(predictor, "model", predictor))  # unwrap EnsembleAndMeta
+    runs = []
+    for seed in protocol.seeds:
+        scoring = GFSSScoring(dataset.base_classes, dataset.novel_classes, cfg.merge, cfg.merge_tau,
+                              cfg.ignore_label)
+        result = protocol.run(predictor, loader, device, seed, progress=True, scoring=scoring)
+        runs.append(dict(result, seed=seed))
+        print(format_gfss_table(runs[-1], title=f"{title}, generalised, merge {cfg.merge} "
+                                f"tau {cfg.merge_tau}, seed {seed}"), flush=True)
+        if writer is not None:
+            for key in SUMMARY_KEYS:
+                writer.add_scalar(f"test_gfss/{key}", runs[-1][key], seed)
+    if writer is not None:
+        writer.close()
+    statistics, table = summarise_runs(runs, SUMMARY_KEYS)
+    print(table, flush=True)
+    return dict(test="gfss", merge=cfg.merge, merge_tau=cfg.merge_tau, base_classes=dataset.base_classes,
+                novel_classes=dataset.novel_classes, test_num=protocol.test_num, runs=runs, **statistics)
