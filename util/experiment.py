@@ -74,9 +74,10 @@ def test_class_ids(cfg):
     return get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
 
 
-def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
-    """The training or validation episode dataset of a config."""
-    check_data_root(cfg)
+def transform_and_list(cfg, mode: str, hsnet_resize: bool = False):
+    """``(transform, base list)`` of a config's ``mode``: the training augmentation and
+    train_list, or the validation resize and val_list (shared by the episode data and the base
+    learner's data, util/base_dataset.py)."""
     if mode == "train":
         transform = transforms.build_train_transform(
             cfg.train_h, cfg.train_w, cfg.scale_min, cfg.scale_max, cfg.rotate_min, cfg.rotate_max,
@@ -88,6 +89,13 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
         data_list = cfg.val_list
     else:
         raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+    return transform, data_list
+
+
+def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
+    """The training or validation episode dataset of a config."""
+    check_data_root(cfg)
+    transform, data_list = transform_and_list(cfg, mode, hsnet_resize)
     return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
                    transform=transform, mode=mode, ann_type=cfg.ann_type,

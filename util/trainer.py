@@ -30,7 +30,9 @@ from util.experiment import (build_dataset, build_experiment_model, build_val_lo
 from util.io import atomic_torch_save
 from util.runtime import get_rng_states, set_rng_states, set_seed
 
-__all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm"]
+__all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm",
+           "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
+           "check_finite_loss", "training_checkpoint", "progress_bar"]
 
 # A checkpoint trained for another of these cannot be resumed under this config.
 RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
@@ -63,18 +65,93 @@ def fix_batch_norm(module: torch.nn.Module) -> None:
         module.eval()
 
 
+def refuse_to_overwrite(paths, overwrite: bool, resume: str, run: str, latest: str,
+                        output_key: str) -> None:
+    """Refuse to silently replace another run: ``paths`` are the files a fresh run would
+    overwrite; any of them existing is an error unless the run resumes or --overwrite is given."""
+    if resume or overwrite:
+        return
+    existing = [os.path.basename(path) for path in paths if os.path.exists(path)]
+    if existing:
+        raise UserError(
+            f"{run} ({', '.join(existing)}): continue it with --opts resume {latest}, or start "
+            f"again with --overwrite (or --opts {output_key} OTHER_FOLDER)")
+
+
 def check_fresh_output(cfg, overwrite: bool) -> None:
     """Refuse to silently replace another run of the same shot in the shared output folder."""
-    if cfg.resume or overwrite:
-        return
     names = [per_shot_name(cfg, stem, ".pth") for stem in ("latest", "final")]
-    existing = [name for name in names if os.path.exists(os.path.join(snapshot_dir(cfg), name))]
-    if existing:
-        latest = os.path.join(snapshot_dir(cfg), names[0])
-        raise UserError(
-            f"{experiment_dir(cfg)} already holds a {cfg.shot}-shot run ({', '.join(existing)}): "
-            f"continue it with --opts resume {latest}, or start again with --overwrite "
-            f"(or --opts save_path OTHER_FOLDER)")
+    refuse_to_overwrite([os.path.join(snapshot_dir(cfg), name) for name in names], overwrite,
+                        cfg.resume, f"{experiment_dir(cfg)} already holds a {cfg.shot}-shot run",
+                        os.path.join(snapshot_dir(cfg), names[0]), "save_path")
+
+
+def load_resume_checkpoint(path: str, device, required_keys, latest: str, script: str, cfg,
+                           identity_keys, logger) -> dict:
+    """Read a checkpoint to resume from: it must hold ``required_keys`` (else an error naming
+    ``latest``, the file ``script`` writes every epoch) and belong to the same run as ``cfg``
+    (its recorded ``identity_keys``)."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    missing = [key for key in required_keys if not (isinstance(checkpoint, dict) and key in checkpoint)]
+    if missing:
+        what = "a bare state_dict (weights only)" if "state_dict" in missing else \
+            f"a checkpoint without {', '.join(repr(key) for key in missing)}"
+        raise CheckpointError(
+            f"resume: {path} is {what}; resume needs a training checkpoint with "
+            f"{', '.join(repr(key) for key in required_keys)} such as {latest} (written by "
+            f"{script} every epoch)")
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
+                       f"checked against this config (the backbone depth is)")
+        return checkpoint
+    differences = [f"{key} {saved[key]!r} (config: {cfg[key]!r})" for key in identity_keys
+                   if key in saved and saved[key] != cfg[key]]
+    if differences:
+        raise CheckpointError(
+            f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
+            f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
+            f"or start this run without resume")
+    return checkpoint
+
+
+def restore_training_state(checkpoint: dict, path: str, logger) -> "TrainingState":
+    """The bookkeeping and RNG states of a checkpoint written here (exact continuation); for a
+    checkpoint of the original code, which has only its epoch label, the next epoch."""
+    training = checkpoint.get("training_state")
+    if training is None:
+        state = TrainingState()
+        # label e ends 0-based epoch e (e + 1 done); label e - 0.5 lies inside epoch e (e done)
+        state.epoch = int(math.floor(checkpoint["epoch"])) + 1
+        logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
+                       f"epoch {state.epoch + 1} without exact continuation")
+    else:
+        state = TrainingState.from_dict(training)
+        set_rng_states(training["rng"])
+    logger.info(f"resumed from {path} at epoch {state.epoch}, iteration {state.iteration}, "
+                f"best mIoU {state.best.miou:.4f}")
+    return state
+
+
+def check_finite_loss(loss: torch.Tensor, context, epoch: int, index: int, current: int,
+                      folder: str) -> None:
+    """Stop every rank together on a non-finite loss, naming where it happened."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=context.device)
+    if context.distributed:
+        dist.all_reduce(bad)  # every rank must stop together
+    if bad.item():
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
+            f"(global iteration {current}); training stopped, the last good checkpoints in "
+            f"{folder} are kept")
+
+
+def training_checkpoint(model, optimizers: dict, label: float, cfg, state: "TrainingState") -> dict:
+    """The original's checkpoint keys (``epoch``, ``state_dict``, each optimizer's state under
+    its key) plus the config and the exact-resume state (bookkeeping and RNG states)."""
+    return {"epoch": label, "state_dict": model.state_dict(),
+            **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
+            "config": cfg.to_dict(), "training_state": dict(state.to_dict(), rng=get_rng_states())}
 
 
 class Trainer:
@@ -122,53 +199,19 @@ class Trainer:
     def resume(self, path: str) -> None:
         """Continue the run of a training checkpoint written by this trainer (exactly) or by the
         original train.py (from its epoch label, without the RNG states)."""
-        checkpoint = load_checkpoint(path, map_location=self.device)
-        missing = [key for key in RESUME_KEYS if not (isinstance(checkpoint, dict) and key in checkpoint)]
-        if missing:
-            what = "a bare state_dict (weights only)" if "state_dict" in missing else \
-                f"a checkpoint without {', '.join(repr(key) for key in missing)}"
-            latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
-            raise CheckpointError(
-                f"resume: {path} is {what}; resume needs a training checkpoint with "
-                f"{', '.join(repr(key) for key in RESUME_KEYS)} such as {latest} (written by "
-                f"train_sccan.py every epoch)")
-        self._check_same_run(checkpoint, path)
+        latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
+        checkpoint = load_resume_checkpoint(path, self.device, RESUME_KEYS, latest, "train_sccan.py",
+                                            self.cfg, RUN_IDENTITY_KEYS, self.logger)
         load_model_weights(self.model, checkpoint)
         self.sgd.load_state_dict(checkpoint["optimizer"])
         self.adamw.load_state_dict(checkpoint["optimizer_swin"])
-        training = checkpoint.get("training_state")
-        if training is None:  # a checkpoint of the original code: an epoch label only
-            # label e ends 0-based epoch e (e + 1 done); label e - 0.5 lies inside epoch e (e done)
-            self.state.epoch = int(math.floor(checkpoint["epoch"])) + 1
-            self.logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
-                                f"epoch {self.state.epoch + 1} without exact continuation")
-        else:
-            self.state = TrainingState.from_dict(training)
-            set_rng_states(training["rng"])
-        self.logger.info(f"resumed from {path} at epoch {self.state.epoch}, iteration "
-                         f"{self.state.iteration}, best mIoU {self.state.best.miou:.4f}")
-
-    def _check_same_run(self, checkpoint: dict, path: str) -> None:
-        saved = checkpoint.get("config")
-        if not isinstance(saved, dict):
-            self.logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
-                                f"checked against this config (the backbone depth is)")
-            return
-        differences = [f"{key} {saved[key]!r} (config: {self.cfg[key]!r})" for key in RUN_IDENTITY_KEYS
-                       if key in saved and saved[key] != self.cfg[key]]
-        if differences:
-            raise CheckpointError(
-                f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
-                f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
-                f"or start this run without resume")
+        self.state = restore_training_state(checkpoint, path, self.logger)
 
     # ------------------------------------------------------------------------- checkpoints
     def save(self, name: str, label: float) -> str:
         """Write a training checkpoint (the original's keys plus config and exact-resume state)."""
-        training = dict(self.state.to_dict(), rng=get_rng_states())
-        checkpoint = {"epoch": label, "state_dict": self.model.state_dict(),
-                      "optimizer": self.sgd.state_dict(), "optimizer_swin": self.adamw.state_dict(),
-                      "config": self.cfg.to_dict(), "training_state": training}
+        checkpoint = training_checkpoint(self.model, {"optimizer": self.sgd, "optimizer_swin": self.adamw},
+                                         label, self.cfg, self.state)
         path = os.path.join(self.snapshot_dir, name)
         atomic_torch_save(checkpoint, path)
         return path
@@ -209,7 +252,7 @@ class Trainer:
             self.model.apply(fix_batch_norm)
         iterations = len(self.train_loader)
         half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
-        progress = _progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
+        progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
         start = time.time()
         for index, (image, label, support_images, support_labels, subcls) in enumerate(self.train_loader):
             current = epoch * iterations + index + 1
@@ -220,7 +263,7 @@ class Trainer:
                 x=image.to(self.device), s_x=support_images.to(self.device),
                 s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls)
             loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
-            self._check_finite(loss, epoch, index, current)
+            check_finite_loss(loss, self.context, epoch, index, current, self.snapshot_dir)
             self.sgd.zero_grad(set_to_none=True)
             self.adamw.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,16 +287,6 @@ class Trainer:
         if self.writer is not None:
             self.writer.add_scalar("loss_train_batch", loss, self.state.iteration)
             self.writer.add_scalar("learning_rate", learning_rate, self.state.iteration)
-
-    def _check_finite(self, loss: torch.Tensor, epoch: int, index: int, current: int) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
-        if self.context.distributed:
-            dist.all_reduce(bad)  # every rank must stop together
-        if bad.item():
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
-                f"(global iteration {current}); training stopped, the last good checkpoints in "
-                f"{self.snapshot_dir} are kept")
 
     def fit(self) -> TrainingState:
         """Train from the current state to ``epochs`` (or the early stop); returns the state."""
@@ -301,7 +334,7 @@ class Trainer:
             self.writer.close()
 
 
-def _progress_bar(total: int, description: str, show: bool):
+def progress_bar(total: int, description: str, show: bool):
     if not show:
         return None
     from tqdm import tqdm
