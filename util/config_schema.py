@@ -70,6 +70,8 @@ SCHEMA: dict[str, Key] = {
         ("save_freq", int, 10, "snapshot every this many epochs (0 = none)"),
         ("resume", str, "", "training checkpoint to resume from ('' = none)"),
         ("save_path", str, "", "output folder; '' = exp/<data_set>/SCCAN/split<i>/resnet<layers>"),
+        ("base_save_path", str, "", "train_base.py output folder (log, config, latest/final); "
+         "'' = exp/<data_set>/PSPNet/split<i>/resnet<layers>"),
         ("evaluate", bool, True, "validate during training"),
         ("SubEpoch_val", bool, True, "also validate at half epochs (epochs <= 100)"),
         ("fix_random_seed_val", bool, True, "reseed manual_seed before every validation"),
@@ -85,6 +87,8 @@ SCHEMA: dict[str, Key] = {
         ("pretrained_backbone", bool, True, "load ImageNet weights (False: a random frozen backbone)"),
         ("backbone_weights", str, "", "ImageNet weights; '' = initmodel/resnet<layers>_v2.pth"),
         ("random_backbone_residual_gain", float, 1.0, "random backbone only: residual branch scale"),
+        ("base_learner_weights", str, "", "BAM base learner checkpoint (train_base.py keeps its best "
+         "here); '' = initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth"),
         ("zoom_factor", int, 8, "logits are resized to the input size"),
         ("feature_size", int, 64, "transformer grid side"),
         ("window_size", int, 8, "transformer window side"),

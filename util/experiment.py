@@ -23,6 +23,23 @@ def experiment_dir(cfg) -> str:
     return os.path.join("exp", cfg.data_set, "SCCAN", f"split{cfg.split}", f"resnet{cfg.layers}")
 
 
+def base_experiment_dir(cfg) -> str:
+    """train_base.py's folder: exp/<data_set>/PSPNet/split<i>/resnet<layers> unless
+    base_save_path is set."""
+    if cfg.base_save_path:
+        return cfg.base_save_path
+    return os.path.join("exp", cfg.data_set, "PSPNet", f"split{cfg.split}", f"resnet{cfg.layers}")
+
+
+def base_learner_path(cfg) -> str:
+    """The base learner's checkpoint: base_learner_weights, or where BAM keeps it,
+    initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth."""
+    if cfg.base_learner_weights:
+        return cfg.base_learner_weights
+    return os.path.join("initmodel", "PSPNet", cfg.data_set, f"split{cfg.split}",
+                        f"resnet{cfg.layers}", "best.pth")
+
+
 def snapshot_dir(cfg) -> str:
     return os.path.join(experiment_dir(cfg), "snapshot")
 
