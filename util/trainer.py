@@ -28,11 +28,14 @@ from util.evaluation import EvaluationProtocol
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import atomic_torch_save
-from util.runtime import get_rng_states, set_rng_states, set_seed
+from util.config import config_argparser, config_from_arguments, save_config
+from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
 
 __all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm",
            "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
-           "check_finite_loss", "training_checkpoint", "progress_bar"]
+           "check_finite_loss", "training_checkpoint", "progress_bar", "parse_training_arguments",
+           "start_training_run", "fit_and_close", "build_train_loader",
+           "distributed_network"]
 
 # A checkpoint trained for another of these cannot be resumed under this config.
 RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
@@ -133,6 +136,29 @@ def restore_training_state(checkpoint: dict, path: str, logger) -> "TrainingStat
     return state
 
 
+def distributed_network(model, context, find_unused_parameters: bool = False):
+    """``model`` wrapped in DistributedDataParallel under torchrun (one device per process),
+    else ``model`` itself."""
+    if not context.distributed:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[context.local_rank] if context.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters)
+
+
+def build_train_loader(dataset, cfg, context, items: str):
+    """``(loader, sampler)``: shuffled batches of ``batch_size`` (a DistributedSampler under
+    torchrun), the last incomplete batch dropped; fewer ``items`` than one batch is an error."""
+    sampler = DistributedSampler(dataset) if context.distributed else None
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.workers, pin_memory=context.device.type == "cuda",
+                        drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{cfg.train_list}: {len(dataset)} training {items} are fewer than one "
+                         f"batch of {cfg.batch_size}")
+    return loader, sampler
+
+
 def check_finite_loss(loss: torch.Tensor, context, epoch: int, index: int, current: int,
                       folder: str) -> None:
     """Stop every rank together on a non-finite loss, naming where it happened."""
@@ -170,26 +196,15 @@ class Trainer:
         self.state = TrainingState()
         if cfg.resume:
             self.resume(cfg.resume)
-        self.network = self.model
-        if context.distributed:
-            # The last block's support branch gets no gradient (its output is unused).
-            self.network = DistributedDataParallel(
-                self.model, device_ids=[context.local_rank] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+        # The last block's support branch gets no gradient (its output is unused).
+        self.network = distributed_network(self.model, context, find_unused_parameters=True)
         self._build_loaders()
         self.writer = tensorboard_writer(cfg) if cfg.viz and context.is_main else None
 
     def _build_loaders(self) -> None:
         cfg, context = self.cfg, self.context
-        train_data = build_dataset(cfg, "train", show_progress=context.is_main)
-        self.sampler = DistributedSampler(train_data) if context.distributed else None
-        self.train_loader = DataLoader(train_data, batch_size=cfg.batch_size,
-                                       shuffle=self.sampler is None, sampler=self.sampler,
-                                       num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                                       drop_last=True)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"{cfg.train_list}: {len(train_data)} training episodes are fewer than "
-                             f"one batch of {cfg.batch_size}")
+        self.train_loader, self.sampler = build_train_loader(
+            build_dataset(cfg, "train", show_progress=context.is_main), cfg, context, "episodes")
         self.val_loader, self.protocol = None, None
         if cfg.evaluate and context.is_main:
             self.val_loader = build_val_loader(cfg, build_dataset(cfg, "val"))
@@ -339,3 +354,42 @@ def progress_bar(total: int, description: str, show: bool):
         return None
     from tqdm import tqdm
     return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------ the training scripts' frame
+def parse_training_arguments(argv, description: str, overwrite_help: str, viz_help: str):
+    """``(arguments, cfg)`` of a training script: --config, --opts, --debug, --overwrite, --viz."""
+    parser = config_argparser(description)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--viz", action="store_true", help=viz_help)
+    arguments = parser.parse_args(argv)
+    cfg = config_from_arguments(arguments)
+    if arguments.viz:
+        cfg.viz = True
+    return arguments, cfg
+
+
+def start_training_run(cfg, logger_name: str, out_dir: str, snapshot_folder: str, log_name: str,
+                       config_name: str):
+    """Process group, seed, logger; rank 0 creates the output folders and records the config.
+    Returns ``(context, logger)``."""
+    context = init_distributed(cfg.local_rank)
+    set_seed(cfg.manual_seed, cfg.seed_deterministic)
+    logger = get_logger(logger_name, os.path.join(out_dir, log_name), context.is_main)
+    if context.is_main:
+        os.makedirs(snapshot_folder, exist_ok=True)
+        save_config(cfg, os.path.join(out_dir, config_name))
+        logger.info(f"config {cfg.source}; outputs in {out_dir}; device {context.device}; "
+                    f"world size {context.world_size}")
+    return context, logger
+
+
+def fit_and_close(trainer):
+    """Run ``trainer.fit()``, then close its writer and the process group, even on errors."""
+    try:
+        trainer.fit()
+        return trainer
+    finally:
+        trainer.close()
+        if trainer.context.distributed and dist.is_initialized():
+            dist.destroy_process_group()
