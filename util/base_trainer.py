@@ -25,6 +25,7 @@ from model import poly_learning_rate
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet, base_class_count
 from util.base_dataset import build_base_dataset
+from util.cli import UserError
 from util.experiment import base_experiment_dir, base_learner_path
 from util.io import atomic_torch_save
 from util.metrics import EPSILON, intersection_and_union
@@ -59,13 +60,18 @@ def build_base_optimizer(model: PSPNet, cfg) -> torch.optim.SGD:
 
 
 def check_fresh_base_output(cfg, overwrite: bool) -> None:
-    """Refuse to replace a base run, or a base learner (perhaps BAM's released one) at the
-    base learner's path, without --overwrite."""
+    """Refuse to replace a base run, or a base learner at the base learner's path (perhaps BAM's
+    released one), without --overwrite."""
     folder = os.path.join(base_experiment_dir(cfg), "snapshot")
-    paths = [os.path.join(folder, name) for name in BASE_CHECKPOINT_NAMES] + [base_learner_path(cfg)]
+    paths = [os.path.join(folder, name) for name in BASE_CHECKPOINT_NAMES]
     refuse_to_overwrite(paths, overwrite, cfg.resume,
-                        f"a base learner run of {cfg.data_set} fold {cfg.split} ResNet-{cfg.layers} "
-                        f"already exists", paths[0], "base_save_path")
+                        f"{base_experiment_dir(cfg)} already holds a base learner run", paths[0],
+                        "base_save_path")
+    best = base_learner_path(cfg)
+    if not (overwrite or cfg.resume) and os.path.exists(best):
+        raise UserError(f"{best} already holds a base learner (BAM's released one or an earlier "
+                        f"run) that this run would replace: start again with --overwrite, or "
+                        f"write elsewhere with --opts base_learner_weights OTHER_PATH")
 
 
 class BaseTrainer:

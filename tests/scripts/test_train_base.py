@@ -99,7 +99,13 @@ def test_errors_are_one_line(toy_data_root, tmp_path, small_list, capsys):
     (tmp_path / "best.pth").write_bytes(b"")
     assert run_entry_point(train_base.main, _argv(toy_data_root, tmp_path, small_list)) == 2
     error = capsys.readouterr().err.strip()
-    assert "already exists (best.pth)" in error and "--overwrite" in error and "\n" not in error
+    assert "best.pth already holds a base learner" in error and "--overwrite" in error
+    assert "\n" not in error
+    (tmp_path / "exp" / "snapshot").mkdir(parents=True)
+    (tmp_path / "exp" / "snapshot" / "latest.pth").write_bytes(b"")
+    assert run_entry_point(train_base.main, _argv(toy_data_root, tmp_path, small_list)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "already holds a base learner run (latest.pth)" in error and "--opts resume" in error
     # BAM's best.pth cannot be resumed exactly, a bare state_dict not at all
     torch.save(PSPNet(layers=50, classes=16, pretrained_backbone=False).state_dict(), tmp_path / "bare.pth")
     argv = _argv(toy_data_root, tmp_path / "c", small_list, resume=str(tmp_path / "bare.pth"))
