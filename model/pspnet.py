@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from model.backbone import Backbone, DilatedResNet, load_backbone_weights
 from model.checkpoint import CheckpointError
+from util.dataset import get_class_lists
 from util.io import strip_module_prefix
 
 __all__ = ["PPM", "PSPNet", "PYRAMID_BINS", "base_class_count", "pspnet_backbone_state"]
@@ -47,8 +48,8 @@ _STEM_KEY = re.compile(r"^layer0\.(\d+)\.(.+)$")
 
 def base_class_count(data_set: str) -> int:
     """Output classes of the base learner: background + the base classes of a fold (PASCAL 15,
-    COCO 60), i.e. 16 and 61 as BAM's PSPNet."""
-    return {"pascal": 16, "coco": 61}[data_set]
+    COCO 60: 16 and 61, as BAM's PSPNet)."""
+    return len(get_class_lists(data_set, 0)[0]) + 1
 
 
 class PPM(nn.Module):
@@ -126,12 +127,12 @@ class PSPNet(nn.Module):
         state = {_pspnet_name(key): value for key, value in frozen.body.state_dict().items()}
         result = self.load_state_dict(state, strict=False)
         # Only the head, the encoder aliases and the BN counters are not in an ImageNet file.
-        unexpected = [key for key in result.missing_keys
+        not_loaded = [key for key in result.missing_keys
                       if not key.startswith(("encoder.", "ppm.", "cls."))
                       and not key.endswith("num_batches_tracked")]
-        if result.unexpected_keys or unexpected:
+        if result.unexpected_keys or not_loaded:
             raise CheckpointError(f"{path}: ImageNet weights do not fit the PSPNet backbone "
-                                  f"(unexpected {result.unexpected_keys[:5]}, missing {unexpected[:5]})")
+                                  f"(unexpected {result.unexpected_keys[:5]}, missing {not_loaded[:5]})")
 
     def output_size(self, height: int, width: int) -> Tuple[int, int]:
         """(H-1)/8*zoom_factor+1 for each side, as BAM (H-1 and W-1 multiples of 8)."""
@@ -139,10 +140,6 @@ class PSPNet(nn.Module):
             raise ValueError(f"PSPNet input sides minus 1 must be multiples of 8 (e.g. 417, 473), "
                              f"got {height}x{width}")
         return (height - 1) // 8 * self.zoom_factor + 1, (width - 1) // 8 * self.zoom_factor + 1
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) -> layer4 features (B, 2048, (H-1)/8+1, (W-1)/8+1)."""
-        return self.encoder(x)
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:

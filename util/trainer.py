@@ -5,6 +5,10 @@ validation and checkpoints in section 5), run by train_sccan.py.
 the poly schedule, validates with the shared :class:`EvaluationProtocol` (rank 0 only), keeps the
 best checkpoint under the original's name, writes per-shot ``latest``/``epoch_<e>``/``final``
 checkpoints atomically, and resumes exactly (weights, optimizers, RNG states, bookkeeping).
+
+The module-level helpers (command line, run start, loader, DDP wrapping, overwrite refusal,
+resume, checkpoint content, non-finite loss) are shared with the base learner's loop,
+util/base_trainer.py.
 """
 from __future__ import annotations
 
@@ -24,11 +28,11 @@ from model import build_optimizers, poly_learning_rate
 from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from util.best_checkpoint import BestCheckpoint, epoch_label, format_epoch_label, half_epoch_index
 from util.cli import UserError
+from util.config import config_argparser, config_from_arguments, save_config
 from util.evaluation import EvaluationProtocol
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import atomic_torch_save
-from util.config import config_argparser, config_from_arguments, save_config
 from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
 
 __all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm",

@@ -1,9 +1,11 @@
 """train_base.py on the toy dataset: the loss falls, best.pth is BAM's format and loads strict into
 PSPNet, resume is exact, errors are one line."""
 import os
+import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import train_base
 from model.checkpoint import load_model_weights
@@ -40,7 +42,7 @@ def _parameters(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, small_list):
+def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, small_list, monkeypatch):
     losses = []
     original = train_base.BaseTrainer.train_epoch
 
@@ -53,13 +55,10 @@ def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, s
     two_images = str(tmp_path / "two.txt")
     with open(small_list) as source, open(two_images, "w") as handle:
         handle.writelines(source.readlines()[:2])
-    train_base.BaseTrainer.train_epoch = record
-    try:
-        trainer = train_base.main(_argv(toy_data_root, tmp_path, small_list, flags=["--viz"],
-                                        train_list=two_images, epochs=6, evaluate=True,
-                                        scale_min=0.12, scale_max=0.13, base_lr=0.0025))
-    finally:
-        train_base.BaseTrainer.train_epoch = original
+    monkeypatch.setattr(train_base.BaseTrainer, "train_epoch", record)
+    trainer = train_base.main(_argv(toy_data_root, tmp_path, small_list, flags=["--viz"],
+                                    train_list=two_images, epochs=6, evaluate=True,
+                                    scale_min=0.12, scale_max=0.13, base_lr=0.0025))
     assert losses[-1] < 0.5 * losses[0], losses
     best = torch.load(tmp_path / "best.pth", weights_only=True)
     assert set(best) == {"epoch", "state_dict", "optimizer"}  # BAM's format, nothing more
@@ -72,6 +71,9 @@ def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, s
     assert any(name.startswith("events.out") for name in os.listdir(tmp_path / "exp" / "tensorboard"))
     assert trainer.state.iteration == 6
     # index_split 0: the encoder at the base learning rate, ppm and cls at 10x
+    model = trainer.model
+    assert [len(group["params"]) for group in trainer.optimizer.param_groups] == \
+        [len(list(module.parameters())) for module in (model.encoder, model.ppm, model.cls)]
     rates = [group["lr"] for group in trainer.optimizer.param_groups]
     assert rates[1] == pytest.approx(10 * rates[0]) and rates[2] == pytest.approx(10 * rates[0])
 
@@ -112,3 +114,32 @@ def test_errors_are_one_line(toy_data_root, tmp_path, small_list, capsys):
     assert run_entry_point(train_base.main, argv) == 2
     error = capsys.readouterr().err.strip()
     assert "bare state_dict" in error and "latest.pth" in error and "\n" not in error
+
+
+def _free_port():
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, argv, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), SCCAN_FORCE_CPU="1")
+    torch.set_num_threads(1)
+    trainer = train_base.main(argv)
+    torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_path, small_list):
+    argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, evaluate=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    final = torch.load(tmp_path / "exp" / "snapshot" / "final.pth", weights_only=True)["state_dict"]
+    for key in rank0:
+        assert torch.equal(rank0[key], final[key]), key
+        # BatchNorm statistics are per process (no SyncBN); the weights are shared.
+        if "running_" not in key and "num_batches_tracked" not in key:
+            assert torch.equal(rank0[key], rank1[key]), key
+    assert (tmp_path / "best.pth").exists()  # rank 0 validated
