@@ -9,9 +9,7 @@ import torch.nn as nn
 from model.backbone import Backbone, DilatedResNet
 from model.checkpoint import CheckpointError, load_model_weights
 from model.pspnet import PSPNet, base_class_count, pspnet_backbone_state
-from tests.support import REPOSITORY_ROOT
-
-FIXTURES = os.path.join(REPOSITORY_ROOT, "tests", "fixtures")
+from tests.support import FIXTURES
 
 
 def _state_lines(model):

@@ -1,15 +1,14 @@
 """train_base.py on the toy dataset: the loss falls, best.pth is BAM's format and loads strict into
 PSPNet, resume is exact, errors are one line."""
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import train_base
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
+from tests.support.distributed import train_on_two_processes
 from tests.support.toy_experiment import BASE_CONFIG
 from util.cli import run_entry_point
 
@@ -116,26 +115,9 @@ def test_errors_are_one_line(toy_data_root, tmp_path, small_list, capsys):
     assert "bare state_dict" in error and "latest.pth" in error and "\n" not in error
 
 
-def _free_port():
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
-def _ddp_worker(rank, world_size, port, argv, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), SCCAN_FORCE_CPU="1")
-    torch.set_num_threads(1)
-    trainer = train_base.main(argv)
-    torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()},
-               os.path.join(out_dir, f"rank{rank}.pt"))
-
-
 def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_path, small_list):
     argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, evaluate=True)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rank0, rank1 = train_on_two_processes("train_base", argv, tmp_path)
     final = torch.load(tmp_path / "exp" / "snapshot" / "final.pth", weights_only=True)["state_dict"]
     for key in rank0:
         assert torch.equal(rank0[key], final[key]), key
