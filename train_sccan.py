@@ -9,30 +9,20 @@ The training loop itself is util/trainer.py.
 """
 from __future__ import annotations
 
-import os
 import sys
 
-import torch.distributed as dist
-
 from util.cli import run_entry_point
-from util.config import config_argparser, config_from_arguments, save_config
 from util.experiment import check_data_root, experiment_dir, per_shot_name, snapshot_dir
-from util.runtime import get_logger, init_distributed, set_seed
-from util.trainer import Trainer, check_fresh_output
+from util.trainer import (Trainer, check_fresh_output, fit_and_close, parse_training_arguments,
+                          start_training_run)
 
 
 def parse_arguments(argv=None):
-    parser = config_argparser("Train SCCAN")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start again in an output folder that already holds a run of this shot "
-                             "(its latest/final checkpoints are replaced; best checkpoints are kept)")
-    parser.add_argument("--viz", action="store_true",
-                        help="write TensorBoard event files to <exp>/tensorboard_<K>shot/")
-    arguments = parser.parse_args(argv)
-    cfg = config_from_arguments(arguments)
-    if arguments.viz:
-        cfg.viz = True
-    return arguments, cfg
+    return parse_training_arguments(
+        argv, "Train SCCAN",
+        overwrite_help="start again in an output folder that already holds a run of this shot "
+                       "(its latest/final checkpoints are replaced; best checkpoints are kept)",
+        viz_help="write TensorBoard event files to <exp>/tensorboard_<K>shot/")
 
 
 def build_trainer(argv=None) -> Trainer:
@@ -40,29 +30,15 @@ def build_trainer(argv=None) -> Trainer:
     arguments, cfg = parse_arguments(argv)
     check_data_root(cfg)  # before anything is written into the output folder
     check_fresh_output(cfg, arguments.overwrite)
-    context = init_distributed(cfg.local_rank)
-    set_seed(cfg.manual_seed, cfg.seed_deterministic)
-    out_dir = experiment_dir(cfg)
-    logger = get_logger("sccan.train", os.path.join(out_dir, per_shot_name(cfg, "train", ".log")),
-                        context.is_main)
-    if context.is_main:
-        os.makedirs(snapshot_dir(cfg), exist_ok=True)
-        save_config(cfg, os.path.join(out_dir, per_shot_name(cfg, "config", ".yaml")))
-        logger.info(f"config {cfg.source}; outputs in {out_dir}; device {context.device}; "
-                    f"world size {context.world_size}")
+    context, logger = start_training_run(cfg, "sccan.train", experiment_dir(cfg), snapshot_dir(cfg),
+                                         per_shot_name(cfg, "train", ".log"),
+                                         per_shot_name(cfg, "config", ".yaml"))
     return Trainer(cfg, context, logger)
 
 
 def main(argv=None) -> Trainer:
     """Train from a command line; returns the :class:`Trainer` (model, optimizers, state)."""
-    trainer = build_trainer(argv)
-    try:
-        trainer.fit()
-        return trainer
-    finally:
-        trainer.close()
-        if trainer.context.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    return fit_and_close(build_trainer(argv))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -60,14 +60,16 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def conv_frozen_bn(x: torch.Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> torch.Tensor:
+def conv_frozen_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.Module) -> torch.Tensor:
     """bn(conv(x)) as ONE convolution with the frozen BN folded into its weights and bias.
 
     Mathematically identical to the two steps (the statistics never change); it saves a full
     pass over every feature map of the backbone, about a fifth of its CPU time. The fused
     weights are recomputed on each call (cheap), so loading new weights needs no cache reset.
+    A trainable ``nn.BatchNorm2d`` (BAM's PSPNet base learner, model/pspnet.py) runs as its own
+    step: its statistics change in training mode, so nothing can be folded.
     """
-    if not bn.fold_into_conv:
+    if not isinstance(bn, FrozenBatchNorm2d) or not bn.fold_into_conv:
         return bn(conv(x))
     scale, shift = bn.scale_and_shift()
     weight = conv.weight * scale.view(-1, 1, 1, 1)
@@ -75,21 +77,25 @@ def conv_frozen_bn(x: torch.Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> t
 
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck (expansion 4) with the stride and dilation on the 3x3 conv."""
+    """ResNet bottleneck (expansion 4) with the stride and dilation on the 3x3 conv.
+
+    ``norm_layer``: FrozenBatchNorm2d for SCCAN's frozen backbone, nn.BatchNorm2d for BAM's
+    trainable base learner (model/pspnet.py); the state_dict names are the same."""
 
     expansion = 4
 
     def __init__(self, in_channels: int, width: int, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None):
+                 downsample: Optional[nn.Module] = None,
+                 norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d):
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation,
                                bias=False)
-        self.bn2 = FrozenBatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(out_channels)
+        self.bn3 = norm_layer(out_channels)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,19 +109,30 @@ class Bottleneck(nn.Module):
 
 
 class DilatedResNet(nn.Module):
-    """Deep-stem ResNet with output stride 8 (layer3/layer4 dilated instead of strided)."""
+    """Deep-stem ResNet with output stride 8 (layer3/layer4 dilated instead of strided).
 
-    def __init__(self, layers: int = 50):
+    ``norm_layer``: see :class:`Bottleneck`. ``dilate_first_block``: where the first bottleneck
+    of layer3/layer4 takes its dilation from. False (SCCAN, torchvision's
+    replace_stride_with_dilation): it keeps the previous layer's (layer3.0: 1, layer4.0: 2).
+    True (BAM's PSPNet, model/PSPNet.py in github.com/chunbolang/BAM, which sets the dilation of
+    every ``conv2`` of layer3 to 2 and of layer4 to 4 after building a plain ResNet): it uses its
+    own layer's. Shapes and state_dict names are the same either way; the features are not.
+    """
+
+    def __init__(self, layers: int = 50, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d,
+                 dilate_first_block: bool = False):
         super().__init__()
         if layers not in BLOCKS_PER_LAYER:
             raise ValueError(f"layers must be one of {sorted(BLOCKS_PER_LAYER)}, got {layers!r}")
         blocks = BLOCKS_PER_LAYER[layers]
+        self.norm_layer = norm_layer
+        self.dilate_first_block = dilate_first_block
         self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = norm_layer(64)
         self.conv2 = nn.Conv2d(64, 64, 3, stride=1, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(64)
+        self.bn2 = norm_layer(64)
         self.conv3 = nn.Conv2d(64, 128, 3, stride=1, padding=1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(128)
+        self.bn3 = norm_layer(128)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.in_channels = 128
         self.dilation = 1
@@ -132,16 +149,19 @@ class DilatedResNet(nn.Module):
         if dilate:
             self.dilation *= 2
             stride = 1
+        first_dilation = self.dilation if self.dilate_first_block else previous_dilation
         out_channels = width * Bottleneck.expansion
         downsample = None
         if stride != 1 or self.in_channels != out_channels:
             downsample = nn.Sequential(
                 nn.Conv2d(self.in_channels, out_channels, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(out_channels),
+                self.norm_layer(out_channels),
             )
-        blocks = [Bottleneck(self.in_channels, width, stride, previous_dilation, downsample)]
+        blocks = [Bottleneck(self.in_channels, width, stride, first_dilation, downsample,
+                             self.norm_layer)]
         self.in_channels = out_channels
-        blocks += [Bottleneck(out_channels, width, 1, self.dilation) for _ in range(1, num_blocks)]
+        blocks += [Bottleneck(out_channels, width, 1, self.dilation, norm_layer=self.norm_layer)
+                   for _ in range(1, num_blocks)]
         return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -159,11 +179,14 @@ class DilatedResNet(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Frozen feature extractor; the ``body`` attribute gives the original key prefix."""
+    """Frozen feature extractor; the ``body`` attribute gives the original key prefix.
 
-    def __init__(self, layers: int = 50):
+    ``dilate_first_block``: see :class:`DilatedResNet`; True for a backbone taken from BAM's base
+    learner (model/pspnet.pspnet_backbone_state), which was trained with that dilation."""
+
+    def __init__(self, layers: int = 50, dilate_first_block: bool = False):
         super().__init__()
-        self.body = DilatedResNet(layers)
+        self.body = DilatedResNet(layers, dilate_first_block=dilate_first_block)
         for parameter in self.body.parameters():
             parameter.requires_grad_(False)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from model.backbone import Backbone, build_backbone
+from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoint
 from model.sccan import SCCAN
 from util.config_schema import config_value
 
@@ -52,16 +53,19 @@ def load_base_learner(cfg, backbone: Optional[Backbone]) -> nn.Module:
             f"base learner checkpoint {path!r} not found (config keys base_learner: True, "
             f"base_learner_weights): train it with '{base_learner_training_command(cfg)}' or put "
             f"BAM's released base learner there")
-    try:
-        from model import pspnet
-    except ImportError as error:
-        raise NotImplementedError(f"base_learner: True needs model/pspnet.py (BAM's PSPNet), "
-                                  f"which this tree lacks ({error})") from None
-    # The wiring of the real PSPNet: model/pspnet.py provides the loader (BAM's state_dict
-    # format, strict, with or without the 'module.' prefix) and the mapping of its backbone
-    # weights onto SCCAN's backbone names.
-    return pspnet.load_base_learner(path, cfg, backbone)
+    from model.pspnet import PSPNet, base_class_count, pspnet_backbone_state
 
+    state = extract_state_dict(load_checkpoint(path))
+    pspnet = PSPNet(int(config_value(cfg, "layers")), base_class_count(config_value(cfg, "data_set")),
+                    pretrained_backbone=False)
+    check_state_dict(pspnet, state, source=path)
+    pspnet.load_state_dict(state, strict=True)
+    if backbone is not None:
+        backbone.load_state_dict(pspnet_backbone_state(state, prefix="body."), strict=True)
+    head = nn.Sequential(pspnet.ppm, pspnet.cls)  # (B, 2048, h, w) -> (B, N+1, h, w)
+    for parameter in head.parameters():
+        parameter.requires_grad_(False)
+    return head.eval()
 
 def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
@@ -83,7 +87,9 @@ def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     weights = value("backbone_weights") or f"initmodel/resnet{layers}_v2.pth"
     with_base_learner = bool(value("base_learner"))
     if backbone_from_checkpoint or with_base_learner:
-        backbone = Backbone(layers)
+        # BAM's base learner dilates the first block of layer3/layer4 too; its backbone is
+        # SCCAN's in the ensemble, so the ensemble's backbone must be built the same way.
+        backbone = Backbone(layers, dilate_first_block=with_base_learner)
     else:
         backbone = build_backbone(
             layers, weights, pretrained=bool(value("pretrained_backbone")),

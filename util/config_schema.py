@@ -70,6 +70,8 @@ SCHEMA: dict[str, Key] = {
         ("save_freq", int, 10, "snapshot every this many epochs (0 = none)"),
         ("resume", str, "", "training checkpoint to resume from ('' = none)"),
         ("save_path", str, "", "output folder; '' = exp/<data_set>/SCCAN/split<i>/resnet<layers>"),
+        ("base_save_path", str, "", "train_base.py output folder (log, config, latest/final); "
+         "'' = exp/<data_set>/PSPNet/split<i>/resnet<layers>"),
         ("evaluate", bool, True, "validate during training"),
         ("SubEpoch_val", bool, True, "also validate at half epochs (epochs <= 100)"),
         ("fix_random_seed_val", bool, True, "reseed manual_seed before every validation"),
@@ -95,8 +97,9 @@ SCHEMA: dict[str, Key] = {
          "ensemble: the frozen base learner's CE, logged only)"),
         ("base_learner", bool, False, "BAM's ensemble: backbone and learner_base from the fold's "
          "base learner initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (train_base.py)"),
-        ("base_learner_weights", str, "", "ensemble: base learner checkpoint; '' = "
-         "initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/best.pth (BAM's place)"),
+        ("base_learner_weights", str, "", "the base learner checkpoint (train_base.py keeps its best "
+         "there; the ensemble reads it); '' = initmodel/PSPNet/<data_set>/split<i>/resnet<layers>/"
+         "best.pth (BAM's place)"),
         ("low_fea", str, "layer2", "ensemble: backbone level of the scene difference (Gram matrices)"),
         ("kshot_trans_dim", int, 2, "ensemble, K > 1: kshot_rw width (0 = one K -> K conv)"),
         ("merge", str, "final", "generalised few-shot test: 'final' (novel pixels win) or 'base' "

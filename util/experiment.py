@@ -23,6 +23,14 @@ def experiment_dir(cfg) -> str:
     return os.path.join("exp", cfg.data_set, "SCCAN", f"split{cfg.split}", f"resnet{cfg.layers}")
 
 
+def base_experiment_dir(cfg) -> str:
+    """train_base.py's folder: exp/<data_set>/PSPNet/split<i>/resnet<layers> unless
+    base_save_path is set."""
+    if cfg.base_save_path:
+        return cfg.base_save_path
+    return os.path.join("exp", cfg.data_set, "PSPNet", f"split{cfg.split}", f"resnet{cfg.layers}")
+
+
 def snapshot_dir(cfg) -> str:
     return os.path.join(experiment_dir(cfg), "snapshot")
 
@@ -74,10 +82,10 @@ def test_class_ids(cfg):
     return get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
 
 
-def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
-    """The training or validation episode dataset of a config; with ``base_learner`` the training
-    items also carry the base label (BAM's ``y_b``, for the ensemble's losses)."""
-    check_data_root(cfg)
+def transform_and_list(cfg, mode: str, hsnet_resize: bool = False):
+    """``(transform, base list)`` of a config's ``mode``: the training augmentation and
+    train_list, or the validation resize and val_list (shared by the episode data and the base
+    learner's data, util/base_dataset.py)."""
     if mode == "train":
         transform = transforms.build_train_transform(
             cfg.train_h, cfg.train_w, cfg.scale_min, cfg.scale_max, cfg.rotate_min, cfg.rotate_max,
@@ -89,6 +97,14 @@ def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: boo
         data_list = cfg.val_list
     else:
         raise ValueError(f"mode must be 'train' or 'val', got {mode!r}")
+    return transform, data_list
+
+
+def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
+    """The training or validation episode dataset of a config; with ``base_learner`` the training
+    items also carry the base label (BAM's ``y_b``, for the ensemble's losses)."""
+    check_data_root(cfg)
+    transform, data_list = transform_and_list(cfg, mode, hsnet_resize)
     return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
                    transform=transform, mode=mode, ann_type=cfg.ann_type,

@@ -5,6 +5,10 @@ validation and checkpoints in section 5), run by train_sccan.py.
 the poly schedule, validates with the shared :class:`EvaluationProtocol` (rank 0 only), keeps the
 best checkpoint under the original's name, writes per-shot ``latest``/``epoch_<e>``/``final``
 checkpoints atomically, and resumes exactly (weights, optimizers, RNG states, bookkeeping).
+
+The module-level helpers (command line, run start, loader, DDP wrapping, overwrite refusal,
+resume, checkpoint content, non-finite loss) are shared with the base learner's loop,
+util/base_trainer.py.
 """
 from __future__ import annotations
 
@@ -24,13 +28,18 @@ from model import build_optimizers, poly_learning_rate
 from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from util.best_checkpoint import BestCheckpoint, epoch_label, format_epoch_label, half_epoch_index
 from util.cli import UserError
+from util.config import config_argparser, config_from_arguments, save_config
 from util.evaluation import EvaluationProtocol
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import atomic_torch_save
-from util.runtime import get_rng_states, set_rng_states, set_seed
+from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
 
-__all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm"]
+__all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm",
+           "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
+           "check_finite_loss", "training_checkpoint", "progress_bar", "parse_training_arguments",
+           "start_training_run", "fit_and_close", "build_train_loader",
+           "distributed_network"]
 
 # A checkpoint trained for another of these cannot be resumed under this config.
 RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
@@ -63,18 +72,116 @@ def fix_batch_norm(module: torch.nn.Module) -> None:
         module.eval()
 
 
+def refuse_to_overwrite(paths, overwrite: bool, resume: str, run: str, latest: str,
+                        output_key: str) -> None:
+    """Refuse to silently replace another run: ``paths`` are the files a fresh run would
+    overwrite; any of them existing is an error unless the run resumes or --overwrite is given."""
+    if resume or overwrite:
+        return
+    existing = [os.path.basename(path) for path in paths if os.path.exists(path)]
+    if existing:
+        raise UserError(
+            f"{run} ({', '.join(existing)}): continue it with --opts resume {latest}, or start "
+            f"again with --overwrite (or --opts {output_key} OTHER_FOLDER)")
+
+
 def check_fresh_output(cfg, overwrite: bool) -> None:
     """Refuse to silently replace another run of the same shot in the shared output folder."""
-    if cfg.resume or overwrite:
-        return
     names = [per_shot_name(cfg, stem, ".pth") for stem in ("latest", "final")]
-    existing = [name for name in names if os.path.exists(os.path.join(snapshot_dir(cfg), name))]
-    if existing:
-        latest = os.path.join(snapshot_dir(cfg), names[0])
-        raise UserError(
-            f"{experiment_dir(cfg)} already holds a {cfg.shot}-shot run ({', '.join(existing)}): "
-            f"continue it with --opts resume {latest}, or start again with --overwrite "
-            f"(or --opts save_path OTHER_FOLDER)")
+    refuse_to_overwrite([os.path.join(snapshot_dir(cfg), name) for name in names], overwrite,
+                        cfg.resume, f"{experiment_dir(cfg)} already holds a {cfg.shot}-shot run",
+                        os.path.join(snapshot_dir(cfg), names[0]), "save_path")
+
+
+def load_resume_checkpoint(path: str, device, required_keys, latest: str, script: str, cfg,
+                           identity_keys, logger) -> dict:
+    """Read a checkpoint to resume from: it must hold ``required_keys`` (else an error naming
+    ``latest``, the file ``script`` writes every epoch) and belong to the same run as ``cfg``
+    (its recorded ``identity_keys``)."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    missing = [key for key in required_keys if not (isinstance(checkpoint, dict) and key in checkpoint)]
+    if missing:
+        what = "a bare state_dict (weights only)" if "state_dict" in missing else \
+            f"a checkpoint without {', '.join(repr(key) for key in missing)}"
+        raise CheckpointError(
+            f"resume: {path} is {what}; resume needs a training checkpoint with "
+            f"{', '.join(repr(key) for key in required_keys)} such as {latest} (written by "
+            f"{script} every epoch)")
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
+                       f"checked against this config (the backbone depth is)")
+        return checkpoint
+    differences = [f"{key} {saved[key]!r} (config: {cfg[key]!r})" for key in identity_keys
+                   if key in saved and saved[key] != cfg[key]]
+    if differences:
+        raise CheckpointError(
+            f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
+            f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
+            f"or start this run without resume")
+    return checkpoint
+
+
+def restore_training_state(checkpoint: dict, path: str, logger) -> "TrainingState":
+    """The bookkeeping and RNG states of a checkpoint written here (exact continuation); for a
+    checkpoint of the original code, which has only its epoch label, the next epoch."""
+    training = checkpoint.get("training_state")
+    if training is None:
+        state = TrainingState()
+        # label e ends 0-based epoch e (e + 1 done); label e - 0.5 lies inside epoch e (e done)
+        state.epoch = int(math.floor(checkpoint["epoch"])) + 1
+        logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
+                       f"epoch {state.epoch + 1} without exact continuation")
+    else:
+        state = TrainingState.from_dict(training)
+        set_rng_states(training["rng"])
+    logger.info(f"resumed from {path} at epoch {state.epoch}, iteration {state.iteration}, "
+                f"best mIoU {state.best.miou:.4f}")
+    return state
+
+
+def distributed_network(model, context, find_unused_parameters: bool = False):
+    """``model`` wrapped in DistributedDataParallel under torchrun (one device per process),
+    else ``model`` itself."""
+    if not context.distributed:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[context.local_rank] if context.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters)
+
+
+def build_train_loader(dataset, cfg, context, items: str):
+    """``(loader, sampler)``: shuffled batches of ``batch_size`` (a DistributedSampler under
+    torchrun), the last incomplete batch dropped; fewer ``items`` than one batch is an error."""
+    sampler = DistributedSampler(dataset) if context.distributed else None
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.workers, pin_memory=context.device.type == "cuda",
+                        drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{cfg.train_list}: {len(dataset)} training {items} are fewer than one "
+                         f"batch of {cfg.batch_size}")
+    return loader, sampler
+
+
+def check_finite_loss(loss: torch.Tensor, context, epoch: int, index: int, current: int,
+                      folder: str) -> None:
+    """Stop every rank together on a non-finite loss, naming where it happened."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=context.device)
+    if context.distributed:
+        dist.all_reduce(bad)  # every rank must stop together
+    if bad.item():
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
+            f"(global iteration {current}); training stopped, the last good checkpoints in "
+            f"{folder} are kept")
+
+
+def training_checkpoint(model, optimizers: dict, label: float, cfg, state: "TrainingState") -> dict:
+    """The original's checkpoint keys (``epoch``, ``state_dict``, each optimizer's state under
+    its key) plus the config and the exact-resume state (bookkeeping and RNG states)."""
+    return {"epoch": label, "state_dict": model.state_dict(),
+            **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
+            "config": cfg.to_dict(), "training_state": dict(state.to_dict(), rng=get_rng_states())}
 
 
 class Trainer:
@@ -93,26 +200,17 @@ class Trainer:
         self.state = TrainingState()
         if cfg.resume:
             self.resume(cfg.resume)
-        # `self.model` is the one model (checkpoints, validation); training steps go through
-        # its DDP wrapper when distributed, which all-reduces the gradients. The last block's
-        # support branch gets no gradient (its output is unused), hence find_unused_parameters.
-        self._training_forward = self.model if not context.distributed else DistributedDataParallel(
-            self.model, device_ids=[context.local_rank] if self.device.type == "cuda" else None,
-            find_unused_parameters=True)
+        # `self.model` is the one model (checkpoints, validation); training steps go through its
+        # DDP wrapper when distributed, which all-reduces the gradients. The last block's support
+        # branch gets no gradient (its output is unused), hence find_unused_parameters.
+        self._training_forward = distributed_network(self.model, context, find_unused_parameters=True)
         self._build_loaders()
         self.writer = tensorboard_writer(cfg) if cfg.viz and context.is_main else None
 
     def _build_loaders(self) -> None:
         cfg, context = self.cfg, self.context
-        train_data = build_dataset(cfg, "train", show_progress=context.is_main)
-        self.sampler = DistributedSampler(train_data) if context.distributed else None
-        self.train_loader = DataLoader(train_data, batch_size=cfg.batch_size,
-                                       shuffle=self.sampler is None, sampler=self.sampler,
-                                       num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                                       drop_last=True)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"{cfg.train_list}: {len(train_data)} training episodes are fewer than "
-                             f"one batch of {cfg.batch_size}")
+        self.train_loader, self.sampler = build_train_loader(
+            build_dataset(cfg, "train", show_progress=context.is_main), cfg, context, "episodes")
         self.val_loader, self.protocol = None, None
         if cfg.evaluate and context.is_main:
             self.val_loader = build_val_loader(cfg, build_dataset(cfg, "val"))
@@ -122,53 +220,19 @@ class Trainer:
     def resume(self, path: str) -> None:
         """Continue the run of a training checkpoint written by this trainer (exactly) or by the
         original train.py (from its epoch label, without the RNG states)."""
-        checkpoint = load_checkpoint(path, map_location=self.device)
-        missing = [key for key in RESUME_KEYS if not (isinstance(checkpoint, dict) and key in checkpoint)]
-        if missing:
-            what = "a bare state_dict (weights only)" if "state_dict" in missing else \
-                f"a checkpoint without {', '.join(repr(key) for key in missing)}"
-            latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
-            raise CheckpointError(
-                f"resume: {path} is {what}; resume needs a training checkpoint with "
-                f"{', '.join(repr(key) for key in RESUME_KEYS)} such as {latest} (written by "
-                f"train_sccan.py every epoch)")
-        self._check_same_run(checkpoint, path)
+        latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
+        checkpoint = load_resume_checkpoint(path, self.device, RESUME_KEYS, latest, "train_sccan.py",
+                                            self.cfg, RUN_IDENTITY_KEYS, self.logger)
         load_model_weights(self.model, checkpoint)
         self.sgd.load_state_dict(checkpoint["optimizer"])
         self.adamw.load_state_dict(checkpoint["optimizer_swin"])
-        training = checkpoint.get("training_state")
-        if training is None:  # a checkpoint of the original code: an epoch label only
-            # label e ends 0-based epoch e (e + 1 done); label e - 0.5 lies inside epoch e (e done)
-            self.state.epoch = int(math.floor(checkpoint["epoch"])) + 1
-            self.logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
-                                f"epoch {self.state.epoch + 1} without exact continuation")
-        else:
-            self.state = TrainingState.from_dict(training)
-            set_rng_states(training["rng"])
-        self.logger.info(f"resumed from {path} at epoch {self.state.epoch}, iteration "
-                         f"{self.state.iteration}, best mIoU {self.state.best.miou:.4f}")
-
-    def _check_same_run(self, checkpoint: dict, path: str) -> None:
-        saved = checkpoint.get("config")
-        if not isinstance(saved, dict):
-            self.logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
-                                f"checked against this config (the backbone depth is)")
-            return
-        differences = [f"{key} {saved[key]!r} (config: {self.cfg[key]!r})" for key in RUN_IDENTITY_KEYS
-                       if key in saved and saved[key] != self.cfg[key]]
-        if differences:
-            raise CheckpointError(
-                f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
-                f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
-                f"or start this run without resume")
+        self.state = restore_training_state(checkpoint, path, self.logger)
 
     # ------------------------------------------------------------------------- checkpoints
     def save(self, name: str, label: float) -> str:
         """Write a training checkpoint (the original's keys plus config and exact-resume state)."""
-        training = dict(self.state.to_dict(), rng=get_rng_states())
-        checkpoint = {"epoch": label, "state_dict": self.model.state_dict(),
-                      "optimizer": self.sgd.state_dict(), "optimizer_swin": self.adamw.state_dict(),
-                      "config": self.cfg.to_dict(), "training_state": training}
+        checkpoint = training_checkpoint(self.model, {"optimizer": self.sgd, "optimizer_swin": self.adamw},
+                                         label, self.cfg, self.state)
         path = os.path.join(self.snapshot_dir, name)
         atomic_torch_save(checkpoint, path)
         return path
@@ -209,7 +273,7 @@ class Trainer:
             self.model.apply(fix_batch_norm)
         iterations = len(self.train_loader)
         half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
-        progress = _progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
+        progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
         start = time.time()
         for index, batch in enumerate(self.train_loader):
             image, label, support_images, support_labels, subcls = batch[:5]
@@ -224,7 +288,7 @@ class Trainer:
                 s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls,
                 **base_label)
             loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
-            self._check_finite(loss, epoch, index, current)
+            check_finite_loss(loss, self.context, epoch, index, current, self.snapshot_dir)
             self.sgd.zero_grad(set_to_none=True)
             self.adamw.zero_grad(set_to_none=True)
             loss.backward()
@@ -255,16 +319,6 @@ class Trainer:
             self.writer.add_scalar("learning_rate", learning_rate, self.state.iteration)
             for name, value in (terms or {}).items():
                 self.writer.add_scalar(f"{name}_train_batch", value, self.state.iteration)
-
-    def _check_finite(self, loss: torch.Tensor, epoch: int, index: int, current: int) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=self.device)
-        if self.context.distributed:
-            dist.all_reduce(bad)  # every rank must stop together
-        if bad.item():
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
-                f"(global iteration {current}); training stopped, the last good checkpoints in "
-                f"{self.snapshot_dir} are kept")
 
     def fit(self) -> TrainingState:
         """Train from the current state to ``epochs`` (or the early stop); returns the state."""
@@ -312,8 +366,47 @@ class Trainer:
             self.writer.close()
 
 
-def _progress_bar(total: int, description: str, show: bool):
+def progress_bar(total: int, description: str, show: bool):
     if not show:
         return None
     from tqdm import tqdm
     return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------ the training scripts' frame
+def parse_training_arguments(argv, description: str, overwrite_help: str, viz_help: str):
+    """``(arguments, cfg)`` of a training script: --config, --opts, --debug, --overwrite, --viz."""
+    parser = config_argparser(description)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--viz", action="store_true", help=viz_help)
+    arguments = parser.parse_args(argv)
+    cfg = config_from_arguments(arguments)
+    if arguments.viz:
+        cfg.viz = True
+    return arguments, cfg
+
+
+def start_training_run(cfg, logger_name: str, out_dir: str, snapshot_folder: str, log_name: str,
+                       config_name: str):
+    """Process group, seed, logger; rank 0 creates the output folders and records the config.
+    Returns ``(context, logger)``."""
+    context = init_distributed(cfg.local_rank)
+    set_seed(cfg.manual_seed, cfg.seed_deterministic)
+    logger = get_logger(logger_name, os.path.join(out_dir, log_name), context.is_main)
+    if context.is_main:
+        os.makedirs(snapshot_folder, exist_ok=True)
+        save_config(cfg, os.path.join(out_dir, config_name))
+        logger.info(f"config {cfg.source}; outputs in {out_dir}; device {context.device}; "
+                    f"world size {context.world_size}")
+    return context, logger
+
+
+def fit_and_close(trainer):
+    """Run ``trainer.fit()``, then close its writer and the process group, even on errors."""
+    try:
+        trainer.fit()
+        return trainer
+    finally:
+        trainer.close()
+        if trainer.context.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -276,3 +276,37 @@ def test_a_checkpoint_of_the_other_kind_names_the_switch():
     with pytest.raises(CheckpointError, match="use base_learner: False"):
         load_model_weights(on, {"state_dict": off.state_dict()})
     load_model_weights(on, {"state_dict": on.state_dict()})  # strict, the same kind: fine
+
+
+def test_build_model_takes_backbone_and_head_from_a_bam_base_learner_checkpoint(tmp_path):
+    """The ensemble's frozen backbone and learner_base are the base learner's own layers: a
+    BAM-format checkpoint (with DDP's ``module.`` prefix) of a PSPNet with non-trivial BatchNorm
+    statistics gives SCCAN the same layer features and the same base logits."""
+    from model.builder import build_model
+    from model.pspnet import PSPNet
+    from tests.support.toy_experiment import CONFIG
+    from util.config import load_config
+
+    torch.manual_seed(0)
+    pspnet = PSPNet(50, classes=16, pretrained_backbone=False).eval()
+    generator = torch.Generator().manual_seed(1)
+    for module in pspnet.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    path = str(tmp_path / "best.pth")
+    torch.save({"epoch": 3, "state_dict": {"module." + key: value for key, value in pspnet.state_dict().items()},
+                "optimizer": {}}, path)
+    cfg = load_config(CONFIG, ["base_learner", "True", "base_learner_weights", repr(path),
+                               "feature_size", "8", "window_size", "4"])
+    model = build_model(cfg).eval()
+    assert not any(p.requires_grad for p in model.learner_base.parameters())
+    image = torch.randn(1, 3, 65, 65, generator=generator)
+    with torch.no_grad():
+        features = model.backbone(image)
+        expected = pspnet.layer0(image)
+        for level, layer in enumerate((pspnet.layer1, pspnet.layer2, pspnet.layer3, pspnet.layer4)):
+            expected = layer(expected)
+            torch.testing.assert_close(features[level], expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.learner_base(features[3]), pspnet.cls(pspnet.ppm(expected)),
+                                   rtol=1e-4, atol=1e-4)

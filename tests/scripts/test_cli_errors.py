@@ -72,8 +72,9 @@ def checkpoints(toy):
 
 
 # ------------------------------------------------------------------------ configs and --opts
-@pytest.mark.parametrize("command", [["train_sccan.py"], ["test_sccan.py"], ["-m", "tools.probe_features"]],
-                         ids=["train_sccan", "test_sccan", "tools.probe_features"])
+@pytest.mark.parametrize("command", [["train_sccan.py"], ["train_base.py"], ["test_sccan.py"],
+                                     ["-m", "tools.probe_features"]],
+                         ids=["train_sccan", "train_base", "test_sccan", "tools.probe_features"])
 def test_missing_config_file(command):
     assert_user_error(run(*command, "--config", "config/nope.yaml"),
                       "configuration file not found", "config/nope.yaml")

@@ -1,15 +1,14 @@
 """train_sccan.py on the toy dataset: smoke run, checkpoints, exact resume, DDP (gloo, CPU)."""
 import glob
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import train_sccan
 from util.evaluation import EvaluationProtocol
 from util.trainer import NonFiniteLossError, Trainer
+from tests.support.distributed import train_on_two_processes
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
@@ -124,26 +123,9 @@ def test_non_finite_loss_stops_with_iteration(toy_data_root, tmp_path, small_lis
         train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=4))
 
 
-def _free_port():
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
-def _ddp_worker(rank, world_size, port, argv, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), SCCAN_FORCE_CPU="1")
-    torch.set_num_threads(1)
-    trainer = train_sccan.main(argv)
-    torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()},
-               os.path.join(out_dir, f"rank{rank}.pt"))
-
-
 def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_path, small_list):
     argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=2)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rank0, rank1 = train_on_two_processes("train_sccan", argv, tmp_path)
     initial = torch.load(glob.glob(str(tmp_path / "exp" / "snapshot" / "final_1shot.pth"))[0],
                          weights_only=True)["state_dict"]
     for key in rank0:

@@ -5,6 +5,8 @@ from tests.support import REPOSITORY_ROOT
 from util.dataset import SemData, get_class_lists
 
 CONFIG = os.path.join(REPOSITORY_ROOT, "config", "toy", "toy_split0_resnet50.yaml")
+# The base learner's toy config (train_base.py).
+BASE_CONFIG = os.path.join(REPOSITORY_ROOT, "config", "toy", "toy_split0_resnet50_base.yaml")
 
 
 def reduced_train_list(data_root: str, out_path: str, per_class: int = 2) -> int:

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from tests.support import REPOSITORY_ROOT
-from tests.support.toy_experiment import CONFIG
+from tests.support.toy_experiment import BASE_CONFIG, CONFIG
 from util.config import ConfigError, load_config, save_config
 
 pytestmark = pytest.mark.usefixtures("fresh_legacy_warnings")
@@ -88,12 +88,47 @@ def shipped_config_path(name: str) -> str:
     return os.path.join(REPOSITORY_ROOT, "config", dataset, name + ".yaml")
 
 
-def test_exactly_the_32_configs_and_their_ensemble_variants_are_shipped():
+def _shipped_names():
     shipped = set()
     for dataset in ("pascal", "coco"):
         folder = os.path.join(REPOSITORY_ROOT, "config", dataset)
         shipped |= {name[:-5] for name in os.listdir(folder) if name.endswith(".yaml")}
-    assert shipped == set(EXPECTED_WEIGHTS) | {name + "_bam" for name in EXPECTED_WEIGHTS}
+    return shipped
+
+
+def test_exactly_the_32_configs_their_ensemble_variants_and_16_base_configs_are_shipped():
+    base = {f"{dataset}_split{split}_resnet{layers}_base" for dataset in ("pascal", "coco")
+            for split in range(4) for layers in (50, 101)}
+    ensemble = {name + "_bam" for name in EXPECTED_WEIGHTS}
+    assert _shipped_names() == set(EXPECTED_WEIGHTS) | ensemble | base
+
+
+# BAM's base-learner training (train_base.py and its base configs), checked with their types.
+BASE_VALUES = {
+    "train_h": 417, "train_w": 417, "val_size": 417, "scale_min": 0.5, "scale_max": 2.0,
+    "rotate_min": -10, "rotate_max": 10, "ignore_label": 255, "padding_label": 255,
+    "batch_size": 12, "base_lr": 0.00025, "power": 0.9, "momentum": 0.9, "weight_decay": 0.0001,
+    "index_split": 0, "evaluate": True, "resized_val": True, "ori_resize": False,
+    "batch_size_val": 1, "manual_seed": 321, "zoom_factor": 8, "pretrained_backbone": True,
+    "base_save_path": "", "base_learner_weights": "", "resume": "",
+}
+
+
+@pytest.mark.parametrize("dataset", ["pascal", "coco"])
+@pytest.mark.parametrize("split", range(4))
+@pytest.mark.parametrize("layers", [50, 101])
+def test_base_config_values(dataset, split, layers):
+    config = load_config(shipped_config_path(f"{dataset}_split{split}_resnet{layers}_base"))
+    expected = dict(BASE_VALUES, data_set=dataset, split=split, layers=layers,
+                    epochs={"pascal": 100, "coco": 20}[dataset],
+                    use_split_coco=dataset == "coco",
+                    data_root=DATASET_VALUES[dataset]["data_root"],
+                    train_list=DATASET_VALUES[dataset]["train_list"],
+                    val_list=DATASET_VALUES[dataset]["val_list"],
+                    backbone_weights=f"initmodel/resnet{layers}_v2.pth")
+    for key, value in expected.items():
+        assert config[key] == value, f"{dataset} {split} {layers}: {key} = {config[key]!r}, expected {value!r}"
+        assert type(config[key]) is type(value), f"{key} has type {type(config[key])}"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_WEIGHTS))
@@ -139,8 +174,9 @@ def test_toy_configs_load_and_mark_their_cost_cuts():
     from util.config import load_config
     folder = os.path.dirname(CONFIG)
     names = sorted(os.listdir(folder))
-    assert names == ["toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml"]
-    for name in names:
+    assert names == ["toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml",
+                     "toy_split0_resnet50_base.yaml"]
+    for name in names[:2]:
         cfg = load_config(os.path.join(folder, name))
         assert cfg.pretrained_backbone is False and cfg.data_root == "data/toy"
         assert cfg.list_root.startswith("data/toy") and cfg.save_path.startswith("exp/toy/")
@@ -148,3 +184,16 @@ def test_toy_configs_load_and_mark_their_cost_cuts():
         with open(os.path.join(folder, name)) as handle:
             assert "COST CUT" in handle.read()
     assert load_config(os.path.join(folder, names[1])).shot == 5
+
+
+def test_toy_base_config_marks_its_cost_cuts_and_keeps_the_real_base_learner():
+    cfg = load_config(BASE_CONFIG)
+    assert cfg.pretrained_backbone is False and cfg.data_root == "data/toy" and cfg.workers == 0
+    assert (cfg.train_h - 1) % 8 == 0 and cfg.index_split == 0 and cfg.ori_resize is False
+    # toy data is 'pascal': its base learner must not land on the real PASCAL one in initmodel/
+    assert cfg.base_save_path.startswith("exp/toy/") and cfg.base_learner_weights.startswith("exp/toy/")
+    with open(BASE_CONFIG) as handle:
+        text = handle.read()
+    for key in ("train_h", "epochs", "base_lr", "workers", "pretrained_backbone"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(key + ":"))
+        assert "COST CUT" in line, key

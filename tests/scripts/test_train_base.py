@@ -1,0 +1,127 @@
+"""train_base.py on the toy dataset: the loss falls, best.pth is BAM's format and loads strict into
+PSPNet, resume is exact, errors are one line."""
+import os
+
+import pytest
+import torch
+
+import train_base
+from model.checkpoint import load_model_weights
+from model.pspnet import PSPNet
+from tests.support.distributed import train_on_two_processes
+from tests.support.toy_experiment import BASE_CONFIG
+from util.cli import run_entry_point
+
+
+@pytest.fixture(scope="module")
+def small_list(toy_data_root, tmp_path_factory):
+    """The first 8 training images (4 batches of 2)."""
+    path = str(tmp_path_factory.mktemp("base_lists") / "train_small.txt")
+    with open(os.path.join(toy_data_root, "train.txt")) as handle:
+        lines = handle.readlines()[:8]
+    with open(path, "w") as handle:
+        handle.writelines(lines)
+    return path
+
+
+def _argv(toy_data_root, out, small_list, flags=(), **overrides):
+    """A tiny run: 33 px crops, batch 2, validation on the same 8 images."""
+    values = dict(data_root=toy_data_root, train_list=small_list, val_list=small_list,
+                  base_save_path=str(out / "exp"), base_learner_weights=str(out / "best.pth"),
+                  train_h=33, train_w=33, val_size=33, batch_size=2, epochs=1, workers=0,
+                  print_freq=1, base_lr=0.01)
+    values.update(overrides)
+    opts = []
+    for key, value in values.items():
+        opts += [key, repr(value) if isinstance(value, str) else str(value)]
+    return ["--config", BASE_CONFIG, *flags, "--opts", *opts]
+
+
+def _parameters(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, small_list, monkeypatch):
+    losses = []
+    original = train_base.BaseTrainer.train_epoch
+
+    def record(self, epoch):
+        losses.append(original(self, epoch))
+        return losses[-1]
+
+    # The same two images every epoch, scaled down to about the crop size: the loss measures
+    # fitting, not the draw of the crops.
+    two_images = str(tmp_path / "two.txt")
+    with open(small_list) as source, open(two_images, "w") as handle:
+        handle.writelines(source.readlines()[:2])
+    monkeypatch.setattr(train_base.BaseTrainer, "train_epoch", record)
+    trainer = train_base.main(_argv(toy_data_root, tmp_path, small_list, flags=["--viz"],
+                                    train_list=two_images, epochs=6, evaluate=True,
+                                    scale_min=0.12, scale_max=0.13, base_lr=0.0025))
+    assert losses[-1] < 0.5 * losses[0], losses
+    best = torch.load(tmp_path / "best.pth", weights_only=True)
+    assert set(best) == {"epoch", "state_dict", "optimizer"}  # BAM's format, nothing more
+    assert len(best["optimizer"]["param_groups"]) == 3
+    model = PSPNet(layers=50, classes=16, pretrained_backbone=False)
+    load_model_weights(model, str(tmp_path / "best.pth"))
+    snapshot = tmp_path / "exp" / "snapshot"
+    assert {"latest.pth", "final.pth"} <= set(os.listdir(snapshot))
+    assert (tmp_path / "exp" / "config.yaml").exists() and (tmp_path / "exp" / "train.log").exists()
+    assert any(name.startswith("events.out") for name in os.listdir(tmp_path / "exp" / "tensorboard"))
+    assert trainer.state.iteration == 6
+    # index_split 0: the encoder at the base learning rate, ppm and cls at 10x
+    model = trainer.model
+    assert [len(group["params"]) for group in trainer.optimizer.param_groups] == \
+        [len(list(module.parameters())) for module in (model.encoder, model.ppm, model.cls)]
+    rates = [group["lr"] for group in trainer.optimizer.param_groups]
+    assert rates[1] == pytest.approx(10 * rates[0]) and rates[2] == pytest.approx(10 * rates[0])
+
+
+def test_resume_is_exact(toy_data_root, tmp_path, small_list):
+    straight = train_base.main(_argv(toy_data_root, tmp_path / "a", small_list, epochs=2))
+    first = train_base.build_trainer(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2))
+    first.epoch_end_callbacks.append(lambda trainer: trainer.state.epoch >= 1)
+    first.fit()
+    assert not (tmp_path / "b" / "exp" / "snapshot" / "final.pth").exists()
+    latest = str(tmp_path / "b" / "exp" / "snapshot" / "latest.pth")
+    resumed = train_base.main(_argv(toy_data_root, tmp_path / "b", small_list, epochs=2, resume=latest))
+    assert straight.state.iteration == resumed.state.iteration == 8
+    reference, result = _parameters(straight), _parameters(resumed)
+    for key in reference:
+        assert torch.equal(reference[key], result[key]), key
+
+
+def test_errors_are_one_line(toy_data_root, tmp_path, small_list, capsys):
+    argv = _argv(toy_data_root, tmp_path, small_list, data_root=str(tmp_path / "missing"))
+    assert run_entry_point(train_base.main, argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: data_root") and "\n" not in error
+    # an existing base learner is not replaced without --overwrite
+    (tmp_path / "best.pth").write_bytes(b"")
+    assert run_entry_point(train_base.main, _argv(toy_data_root, tmp_path, small_list)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "best.pth already holds a base learner" in error and "--overwrite" in error
+    assert "\n" not in error
+    (tmp_path / "exp" / "snapshot").mkdir(parents=True)
+    (tmp_path / "exp" / "snapshot" / "latest.pth").write_bytes(b"")
+    assert run_entry_point(train_base.main, _argv(toy_data_root, tmp_path, small_list)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "already holds a base learner run (latest.pth)" in error and "--opts resume" in error
+    # BAM's best.pth cannot be resumed exactly, a bare state_dict not at all
+    torch.save(PSPNet(layers=50, classes=16, pretrained_backbone=False).state_dict(), tmp_path / "bare.pth")
+    argv = _argv(toy_data_root, tmp_path / "c", small_list, resume=str(tmp_path / "bare.pth"))
+    assert run_entry_point(train_base.main, argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "bare state_dict" in error and "latest.pth" in error and "\n" not in error
+
+
+def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_path, small_list):
+    argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, evaluate=True)
+    rank0, rank1 = train_on_two_processes("train_base", argv, tmp_path)
+    final = torch.load(tmp_path / "exp" / "snapshot" / "final.pth", weights_only=True)["state_dict"]
+    for key in rank0:
+        assert torch.equal(rank0[key], final[key]), key
+        # BatchNorm statistics are per process (no SyncBN); the weights are shared.
+        if "running_" not in key and "num_batches_tracked" not in key:
+            assert torch.equal(rank0[key], rank1[key]), key
+    assert (tmp_path / "best.pth").exists()  # rank 0 validated

@@ -1,0 +1,49 @@
+"""Train BAM's base learner (a PSPNet on the base classes of one fold), as BAM's train_base.py
+(github.com/chunbolang/BAM); SCCAN's ensemble variant then takes its backbone and predictions.
+
+    python train_base.py --config config/pascal/pascal_split0_resnet50_base.yaml [--opts key value ...]
+    torchrun --nproc_per_node 4 train_base.py --config config/coco/coco_split0_resnet50_base.yaml \
+        --opts batch_size 3
+
+The best weights go to initmodel/PSPNet/<dataset>/split<i>/resnet<L>/best.pth (config key
+base_learner_weights) in BAM's format, so BAM's released base learners and these are
+interchangeable; the log, config and latest/final checkpoints go to
+exp/<dataset>/PSPNet/split<i>/resnet<L>/ (base_save_path). The loop is util/base_trainer.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from util.base_trainer import BaseTrainer, check_fresh_base_output
+from util.cli import run_entry_point
+from util.experiment import base_experiment_dir, check_data_root
+from util.trainer import fit_and_close, parse_training_arguments, start_training_run
+
+
+def parse_arguments(argv=None):
+    return parse_training_arguments(
+        argv, "Train BAM's base learner (PSPNet) on the base classes of a fold",
+        overwrite_help="start again where a base run (latest/final) or a base learner (best.pth) "
+                       "already exists; they are replaced",
+        viz_help="write TensorBoard event files to <base_save_path>/tensorboard/")
+
+
+def build_trainer(argv=None) -> BaseTrainer:
+    """Parse the command line, check the inputs, prepare the output folder, build the trainer."""
+    arguments, cfg = parse_arguments(argv)
+    check_data_root(cfg)  # before anything is written into the output folder
+    check_fresh_base_output(cfg, arguments.overwrite)
+    out_dir = base_experiment_dir(cfg)
+    context, logger = start_training_run(cfg, "sccan.train_base", out_dir,
+                                         os.path.join(out_dir, "snapshot"), "train.log", "config.yaml")
+    return BaseTrainer(cfg, context, logger)
+
+
+def main(argv=None) -> BaseTrainer:
+    """Train from a command line; returns the :class:`BaseTrainer` (model, optimizer, state)."""
+    return fit_and_close(build_trainer(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(main))

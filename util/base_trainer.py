@@ -1,0 +1,250 @@
+"""The training loop of BAM's base learner (train_base.py in github.com/chunbolang/BAM), run by
+train_base.py.
+
+:class:`BaseTrainer` trains model/pspnet.PSPNet on the base classes of a fold
+(util/base_dataset.py): SGD with three parameter groups (encoder, ppm, cls; ``index_split: 0``
+gives ppm and cls 10x the encoder's learning rate), the poly schedule of model/builder, cross
+entropy ignoring 255. After every epoch rank 0 scores the validation list (mIoU over background
+and the base classes, intersection and union summed over the whole list) and keeps the best
+weights at the base learner's path in BAM's format ``{'epoch', 'state_dict', 'optimizer'}``, so a
+base learner trained here and one released by BAM are interchangeable. ``latest.pth`` and
+``final.pth`` (and ``epoch_<e>.pth`` every ``save_freq`` epochs) carry the exact-resume state.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, List
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from model import poly_learning_rate
+from model.checkpoint import load_model_weights
+from model.pspnet import PSPNet, base_class_count
+from util.base_dataset import build_base_dataset
+from util.cli import UserError
+from model.builder import base_learner_checkpoint_path
+from util.experiment import base_experiment_dir
+from util.io import atomic_torch_save
+from util.metrics import EPSILON, intersection_and_union
+from util.runtime import set_seed
+from util.trainer import (TrainingState, build_train_loader, check_finite_loss, distributed_network,
+                          load_resume_checkpoint, progress_bar, refuse_to_overwrite,
+                          restore_training_state, training_checkpoint)
+
+__all__ = ["BaseTrainer", "build_base_model", "build_base_optimizer", "check_fresh_base_output",
+           "BASE_CHECKPOINT_NAMES"]
+
+# A checkpoint of another dataset, fold or depth cannot be resumed under this config.
+BASE_RUN_IDENTITY_KEYS = ("data_set", "split", "layers")
+BASE_RESUME_KEYS = ("state_dict", "optimizer", "epoch")
+BASE_CHECKPOINT_NAMES = ("latest.pth", "final.pth")
+
+
+def build_base_model(cfg) -> PSPNet:
+    """The PSPNet of a base config: background + the fold's base classes, ImageNet backbone
+    unless ``pretrained_backbone`` is False."""
+    return PSPNet(layers=cfg.layers, classes=base_class_count(cfg.data_set),
+                  zoom_factor=cfg.zoom_factor, pretrained_backbone=cfg.pretrained_backbone,
+                  backbone_weights=cfg.backbone_weights or None, ignore_label=cfg.ignore_label)
+
+
+def build_base_optimizer(model: PSPNet, cfg) -> torch.optim.SGD:
+    """BAM's three SGD groups in its order: encoder (layer0..layer4), ppm, cls; the poly
+    schedule gives groups above ``index_split`` 10x the learning rate."""
+    groups = [{"params": list(module.parameters())} for module in (model.encoder, model.ppm, model.cls)]
+    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def check_fresh_base_output(cfg, overwrite: bool) -> None:
+    """Refuse to replace a base run, or a base learner at the base learner's path (perhaps BAM's
+    released one), without --overwrite."""
+    folder = os.path.join(base_experiment_dir(cfg), "snapshot")
+    paths = [os.path.join(folder, name) for name in BASE_CHECKPOINT_NAMES]
+    refuse_to_overwrite(paths, overwrite, cfg.resume,
+                        f"{base_experiment_dir(cfg)} already holds a base learner run", paths[0],
+                        "base_save_path")
+    best = base_learner_checkpoint_path(cfg)
+    if not (overwrite or cfg.resume) and os.path.exists(best):
+        raise UserError(f"{best} already holds a base learner (BAM's released one or an earlier "
+                        f"run) that this run would replace: start again with --overwrite, or "
+                        f"write elsewhere with --opts base_learner_weights OTHER_PATH")
+
+
+class BaseTrainer:
+    """One base-learner training run. ``epoch_end_callbacks``: functions ``f(trainer) -> bool``
+    called after each epoch's checkpoints; True ends :meth:`fit` there without the final
+    checkpoint, as if the process had been stopped (tests of exact resume)."""
+
+    def __init__(self, cfg, context, logger):
+        self.cfg, self.context, self.logger = cfg, context, logger
+        self.device = context.device
+        self.snapshot_dir = os.path.join(base_experiment_dir(cfg), "snapshot")
+        self.best_path = base_learner_checkpoint_path(cfg)
+        self.epoch_end_callbacks: List[Callable[["BaseTrainer"], bool]] = []
+        self.model = build_base_model(cfg).to(self.device)
+        self.optimizer = build_base_optimizer(self.model, cfg)
+        self.state = TrainingState()
+        if cfg.resume:
+            self.resume(cfg.resume)
+        # `self.model` is the one model; training steps go through its DDP wrapper when distributed.
+        self._training_forward = distributed_network(self.model, context)
+        self._build_loaders()
+        self.writer = None
+        if cfg.viz and context.is_main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(base_experiment_dir(cfg), "tensorboard"))
+
+    def _build_loaders(self) -> None:
+        cfg, context = self.cfg, self.context
+        # The last incomplete batch is dropped: a batch of one image would also stop the PPM's
+        # 1x1-bin BatchNorm in training mode.
+        self.train_loader, self.sampler = build_train_loader(build_base_dataset(cfg, "train"), cfg,
+                                                             context, "images")
+        self.val_loader = None
+        if cfg.evaluate and context.is_main:
+            self.val_loader = DataLoader(build_base_dataset(cfg, "val"), batch_size=cfg.batch_size_val,
+                                         shuffle=False, num_workers=cfg.workers, pin_memory=False)
+
+    # ------------------------------------------------------------------------------ resume
+    def resume(self, path: str) -> None:
+        """Continue a run from a checkpoint written here (exactly) or from BAM's best.pth (at
+        the epoch after its label, without the RNG states)."""
+        checkpoint = load_resume_checkpoint(
+            path, self.device, BASE_RESUME_KEYS, os.path.join(self.snapshot_dir, "latest.pth"),
+            "train_base.py", self.cfg, BASE_RUN_IDENTITY_KEYS, self.logger)
+        load_model_weights(self.model, checkpoint)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.state = restore_training_state(checkpoint, path, self.logger)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save(self, name: str, epoch: int) -> str:
+        """A training checkpoint with the exact-resume state in the snapshot folder."""
+        path = os.path.join(self.snapshot_dir, name)
+        atomic_torch_save(training_checkpoint(self.model, {"optimizer": self.optimizer}, epoch,
+                                              self.cfg, self.state), path)
+        return path
+
+    def save_best(self, epoch: int) -> None:
+        """BAM's best.pth: exactly its three keys, so that BAM's code loads it too."""
+        atomic_torch_save({"epoch": epoch, "state_dict": self.model.state_dict(),
+                           "optimizer": self.optimizer.state_dict()}, self.best_path)
+
+    # -------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """mIoU over background + base classes on the validation list (BAM's base validation:
+        intersection and union of every class summed over all images, then the mean IoU)."""
+        classes = self.model.classes
+        intersection = torch.zeros(classes, dtype=torch.float64)
+        union = torch.zeros(classes, dtype=torch.float64)
+        self.model.eval()
+        progress = progress_bar(len(self.val_loader), "validation", self.context.is_main)
+        for image, label in self.val_loader:
+            logits = self.model(image.to(self.device))
+            label = label.to(self.device)
+            if logits.shape[-2:] != label.shape[-2:]:
+                logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
+            area_intersection, area_union, _ = intersection_and_union(
+                logits.argmax(1), label, classes, self.cfg.ignore_label)
+            intersection += area_intersection.cpu()
+            union += area_union.cpu()
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.close()
+        self.model.train()
+        iou = intersection / (union + EPSILON)
+        return {"mIoU": float(iou.mean()), "class_IoU": iou.tolist()}
+
+    def validate(self, epoch: int) -> None:
+        """Rank 0 scores the validation list and keeps a better model as the base learner."""
+        if self.val_loader is not None:
+            result = self.evaluate()
+            self.logger.info(f"val epoch {epoch + 1}: mIoU {result['mIoU']:.4f} (background + "
+                             f"{self.model.classes - 1} base classes)")
+            if self.writer is not None:
+                self.writer.add_scalar("mIoU_val", result["mIoU"], epoch + 1)
+            best = self.state.best
+            if best.improves(result["mIoU"]):
+                best.miou, best.epoch, best.path = result["mIoU"], epoch, self.best_path
+                self.save_best(epoch)
+                self.logger.info(f"new best mIoU {best.miou:.4f}: {self.best_path}")
+        if self.context.distributed:
+            dist.barrier()
+
+    # ---------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training list; returns the mean loss."""
+        cfg = self.cfg
+        self.model.train()
+        iterations = len(self.train_loader)
+        progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
+        start, total = time.time(), 0.0
+        for index, (image, label) in enumerate(self.train_loader):
+            current = epoch * iterations + index + 1
+            poly_learning_rate(self.optimizer, cfg.base_lr, current, cfg.epochs * iterations,
+                               power=cfg.power, index_split=cfg.index_split, warmup=cfg.warmup,
+                               warmup_step=iterations // 2)
+            _, loss = self._training_forward(image.to(self.device), label.to(self.device))
+            check_finite_loss(loss, self.context, epoch, index, current, self.snapshot_dir)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.state.iteration = current
+            total += loss.item()
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+            if self.context.is_main and (index + 1) % cfg.print_freq == 0:
+                learning_rate = self.optimizer.param_groups[0]["lr"]
+                self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss "
+                                 f"{loss.item():.4f} lr {learning_rate:.6f} "
+                                 f"({(time.time() - start) / (index + 1):.2f}s/it)")
+                if self.writer is not None:
+                    self.writer.add_scalar("loss_train_batch", loss.item(), current)
+                    self.writer.add_scalar("learning_rate", learning_rate, current)
+        if progress is not None:
+            progress.close()
+        return total / iterations
+
+    def fit(self) -> TrainingState:
+        """Train from the current state to ``epochs``; returns the state."""
+        cfg = self.cfg
+        for epoch in range(self.state.epoch, cfg.epochs):
+            if cfg.fix_random_seed_val:  # BAM reseeds manual_seed + epoch every epoch
+                set_seed(cfg.manual_seed + epoch, cfg.seed_deterministic)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            loss = self.train_epoch(epoch)
+            if self.context.is_main:
+                self.logger.info(f"epoch {epoch + 1}: mean training loss {loss:.4f}")
+                if self.writer is not None:
+                    self.writer.add_scalar("loss_train", loss, epoch + 1)
+            if cfg.evaluate:
+                self.validate(epoch)
+            self.state.epoch = epoch + 1
+            if self.context.is_main:
+                self.save("latest.pth", epoch)
+                if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
+                    self.save(f"epoch_{epoch}.pth", epoch)
+            if self.context.distributed:
+                dist.barrier()
+            if any([callback(self) for callback in self.epoch_end_callbacks]):
+                return self.state
+        if self.context.is_main:
+            path = self.save("final.pth", self.state.epoch - 1)
+            outcome = (f"best mIoU {self.state.best.miou:.4f} after epoch "
+                       f"{int(self.state.best.epoch) + 1} ({self.best_path})"
+                       if self.state.best.path else "no best checkpoint was kept (evaluate: False "
+                       "or no validation scored above 0)")
+            self.logger.info(f"done after {self.state.epoch} epochs: final weights {path}; {outcome}")
+        return self.state
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
