@@ -22,17 +22,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from model import poly_learning_rate
+from model.builder import base_learner_checkpoint_path
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet, base_class_count
 from util.base_dataset import build_base_dataset
 from util.cli import UserError
-from model.builder import base_learner_checkpoint_path
 from util.experiment import base_experiment_dir
 from util.io import atomic_torch_save
 from util.metrics import EPSILON, intersection_and_union
-from util.runtime import set_seed
+from util.runtime import progress_bar, set_seed
 from util.trainer import (TrainingState, build_train_loader, check_finite_loss, distributed_network,
-                          load_resume_checkpoint, progress_bar, refuse_to_overwrite,
+                          load_resume_checkpoint, refuse_to_overwrite,
                           restore_training_state, training_checkpoint)
 
 __all__ = ["BaseTrainer", "build_base_model", "build_base_optimizer", "check_fresh_base_output",
@@ -153,10 +153,8 @@ class BaseTrainer:
                 logits.argmax(1), label, classes, self.cfg.ignore_label)
             intersection += area_intersection.cpu()
             union += area_union.cpu()
-            if progress is not None:
-                progress.update(1)
-        if progress is not None:
-            progress.close()
+            progress.update(1)
+        progress.close()
         self.model.train()
         iou = intersection / (union + EPSILON)
         return {"mIoU": float(iou.mean()), "class_IoU": iou.tolist()}
@@ -197,9 +195,8 @@ class BaseTrainer:
             self.optimizer.step()
             self.state.iteration = current
             total += loss.item()
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.4f}")
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
             if self.context.is_main and (index + 1) % cfg.print_freq == 0:
                 learning_rate = self.optimizer.param_groups[0]["lr"]
                 self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss "
@@ -208,8 +205,7 @@ class BaseTrainer:
                 if self.writer is not None:
                     self.writer.add_scalar("loss_train_batch", loss.item(), current)
                     self.writer.add_scalar("learning_rate", learning_rate, current)
-        if progress is not None:
-            progress.close()
+        progress.close()
         return total / iterations
 
     def fit(self) -> TrainingState:

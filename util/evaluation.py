@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from util.metrics import FewShotMeter, pad_to_square
-from util.runtime import set_seed
+from util.runtime import progress_bar, set_seed
 
 __all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
            "format_result_table", "run_seeds", "summarise_runs", "write_run_scalars"]
@@ -145,7 +145,7 @@ class EvaluationProtocol:
             observer.start()
         if scoring is None:
             scoring = FewShotScoring(self.num_test_classes, self.ignore_label)
-        bar = _progress_bar(self.test_num, progress)
+        bar = progress_bar(self.test_num, "eval", progress)
         done, start = 0, time.time()
         for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
             for batch in loader:  # a fresh iterator each pass, as the original
@@ -166,21 +166,6 @@ class EvaluationProtocol:
                 bar.update(image.shape[0])
         bar.close()
         return dict(scoring.summary(), seconds=time.time() - start)
-
-
-class _NoProgress:
-    def update(self, count: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, show: bool):
-    if not show:
-        return _NoProgress()
-    from tqdm import tqdm
-    return tqdm(total=total, desc="eval", leave=False, dynamic_ncols=True)
 
 
 def format_result_table(result: Dict, class_ids: Sequence[int], title: str = "") -> str:

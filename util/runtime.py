@@ -105,3 +105,24 @@ def get_logger(name: str = "sccan", log_file: Optional[str] = None, main: bool =
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
     return logger
+
+
+class _NoProgress:
+    """Stands in for a tqdm bar where none is shown (other ranks, quiet runs)."""
+
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, description: str, show: bool = True):
+    """A tqdm bar, or an object with the same update/set_postfix/close that shows nothing."""
+    if not show:
+        return _NoProgress()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)

@@ -33,11 +33,12 @@ from util.evaluation import EvaluationProtocol
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import atomic_torch_save
-from util.runtime import get_logger, get_rng_states, init_distributed, set_rng_states, set_seed
+from util.runtime import (get_logger, get_rng_states, init_distributed, progress_bar, set_rng_states,
+                          set_seed)
 
 __all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm",
            "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
-           "check_finite_loss", "training_checkpoint", "progress_bar", "parse_training_arguments",
+           "check_finite_loss", "training_checkpoint", "parse_training_arguments",
            "start_training_run", "fit_and_close", "build_train_loader",
            "distributed_network"]
 
@@ -295,9 +296,8 @@ class Trainer:
             self.sgd.step()
             self.adamw.step()
             self.state.iteration = current
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.4f}")
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
             if self.context.is_main and (index + 1) % cfg.print_freq == 0:
                 # With a base learner the terms differ (BAM's losses): log each of them too.
                 terms = dict(main_loss=main_loss.item(), aux_loss1=aux_loss1.item(),
@@ -305,8 +305,7 @@ class Trainer:
                 self._log_iteration(epoch, index, iterations, loss.item(), start, terms)
             if half_epoch_validation and index == half_epoch_index(iterations):
                 self.validate(epoch_label(epoch, half=True))
-        if progress is not None:
-            progress.close()
+        progress.close()
 
     def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float,
                        terms: Optional[dict] = None) -> None:
@@ -364,13 +363,6 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def progress_bar(total: int, description: str, show: bool):
-    if not show:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
 
 
 # ------------------------------------------------------------------ the training scripts' frame
