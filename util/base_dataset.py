@@ -22,20 +22,10 @@ from torch.utils.data import Dataset
 from util import transform as transforms
 from util.experiment import check_data_root, transform_and_list
 from util.dataset import (DATA_SETS, EXPECTED_LAYOUT, IGNORE_LABEL, MODES, NUM_CLASSES, NUM_SPLITS,
-                          _check_choice, get_class_lists, read_image, read_label, read_pair_list,
-                          resolve_path)
+                          _check_choice, base_remap_label, get_class_lists, read_image, read_label,
+                          read_pair_list, resolve_path)
 
-__all__ = ["BaseData", "base_remap", "base_remap_table", "build_base_dataset"]
-
-
-def base_remap_table(data_set: str, base_classes: Sequence[int]) -> np.ndarray:
-    """Lookup table (256,) uint8 of :func:`base_remap`; values that are no class of ``data_set``
-    (nor 255) map to 255 here and are reported by :func:`base_remap`."""
-    table = np.full(256, IGNORE_LABEL, np.uint8)
-    table[:NUM_CLASSES[data_set] + 1] = 0
-    for index, class_id in enumerate(base_classes):
-        table[class_id] = index + 1
-    return table
+__all__ = ["BaseData", "base_remap", "build_base_dataset"]
 
 
 def base_remap(label: np.ndarray, data_set: str, base_classes: Sequence[int],
@@ -47,7 +37,7 @@ def base_remap(label: np.ndarray, data_set: str, base_classes: Sequence[int],
     if unknown.any():
         raise ValueError(f"{where}: label values {sorted(set(label[unknown].tolist()))[:5]} are "
                          f"no {data_set} class (expected 0..{NUM_CLASSES[data_set]} and 255)")
-    return base_remap_table(data_set, base_classes)[label]
+    return base_remap_label(label, base_classes)
 
 
 class BaseData(Dataset):
