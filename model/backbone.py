@@ -200,7 +200,8 @@ class Backbone(nn.Module):
         return self.body(x)
 
 
-def initialise_random_backbone(backbone: Backbone, seed: int = 0, residual_gain: float = 1.0) -> None:
+@torch.no_grad()
+def initialise_random_backbone(backbone: nn.Module, seed: int = 0, residual_gain: float = 1.0) -> None:
     """Kaiming-normal convs and identity BN, from a private generator so the global RNG
     (which drives the episode draws) is untouched.
 

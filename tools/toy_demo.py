@@ -1,16 +1,28 @@
-"""The README's default run: toy data -> train on base classes -> test on novel classes.
+"""The README's default run: toy data -> base learner -> SCCAN + ensemble -> test on novel classes.
 
-    python -m tools.toy_demo [--config config/toy/toy_split0_resnet50.yaml] [--opts key value ...]
+    python -m tools.toy_demo [--config config/toy/toy_split0_resnet50_bam.yaml]
+                             [--base-config config/toy/toy_split0_resnet50_base.yaml] [--opts key value ...]
+
+The two stages of BAM's pipeline (which SCCAN's ensemble variant follows), on the toy data:
 
 1. generates the toy dataset into data/toy if absent (seeded, a few seconds);
-2. trains SCCAN (random frozen backbone: no ImageNet weights here) on the 15 base classes of
-   fold 0 with train_sccan.py;
-3. evaluates on the 5 novel classes with test_sccan.py, recording the episodes, then replays
-   exactly those episodes for two baselines (the untrained model; "everything foreground"), a
-   training-free reference (SCCAN's prior mask of the same backbone, thresholded) and one
-   diagnostic (the trained model given the previous episode's support: a model that really
-   uses its support scores lower there);
-4. prints the comparison table (also written to exp/toy/.../result/toy_demo.json).
+2. stage 1, train_base.py: BAM's PSPNet base learner on the 15 base classes of fold 0 (the novel
+   classes are background), from a random start (no ImageNet weights here); its best weights
+   (base_learner_weights) are what stage 2 reads;
+3. stage 2, train_sccan.py: SCCAN's meta learner on the base learner's frozen backbone, ensembled
+   with the base learner's predictions (base_learner: True), on base-class episodes only;
+4. test_sccan.py on the 5 novel classes, recording the episodes, then replaying exactly those
+   episodes for every other row: the trained model scored as its ensemble and as its meta
+   learner alone (one forward), the trained model given the previous episode's support (a
+   diagnostic: a model that really uses its support scores lower there), the untrained model,
+   the training-free prior mask of the same backbone, and "everything foreground";
+5. BAM's generalised few-shot test (test_sccan.py --gfss): base and novel classes together;
+6. prints the tables (also written to exp/toy/SCCAN_BAM/.../result/toy_demo.json).
+
+--opts go to the stage-2 config (and so to every test); --base-opts to the stage-1 config.
+``--config config/toy/toy_split0_resnet50.yaml`` (no base learner) runs the one-stage version
+instead: SCCAN on a random frozen backbone, the same rows without the ensemble and the
+generalised test.
 """
 from __future__ import annotations
 
@@ -22,32 +34,70 @@ if not __package__:  # run as a file: the project's packages are not importable 
     raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
 
 import test_sccan
+import train_base
 import train_sccan
+from model.builder import base_learner_checkpoint_path
+from model.pspnet import base_class_count
 from tools.make_toy_dataset import make_toy_dataset
-from util.cli import run_entry_point
+from util.cli import UserError, run_entry_point
 from util.config import config_argparser, load_config
 from util.experiment import result_dir
 from util.io import atomic_write_json
 
+DEFAULT_CONFIG = "config/toy/toy_split0_resnet50_bam.yaml"
+DEFAULT_BASE_CONFIG = "config/toy/toy_split0_resnet50_base.yaml"
 
-# (row, test_sccan.py flags, result file name) of the comparison table, in the order they run.
+# (row, test_sccan.py flags, result file name, output scored: 'ensemble', 'meta' or None for a
+# single-output predictor), in the order they are printed. Rows with the same flags share a run.
 ROWS = [
-    ("SCCAN, trained on base classes", [], "toy_trained"),
-    ("SCCAN, trained, given the previous episode's support", ["--previous-support"], "toy_previous_support"),
-    ("untrained model (same random backbone)", ["--untrained"], "toy_untrained"),
-    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"], "toy_prior_baseline"),
-    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground"),
+    ("SCCAN + base-learner ensemble (BAM), trained", [], "toy_trained", "ensemble"),
+    ("SCCAN meta learner alone (same trained model)", [], "toy_trained", "meta"),
+    ("SCCAN + ensemble, given the previous episode's support", ["--previous-support"],
+     "toy_previous_support", "ensemble"),
+    ("SCCAN meta learner alone, given the previous episode's support", ["--previous-support"],
+     "toy_previous_support", "meta"),
+    ("untrained meta learner + the same base learner (ensemble)", ["--untrained"], "toy_untrained",
+     "ensemble"),
+    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"],
+     "toy_prior_baseline", None),
+    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground", None),
+]
+# The one-stage run (a config without base_learner, e.g. config/toy/toy_split0_resnet50.yaml):
+# SCCAN on a random frozen backbone, no base learner, no generalised test.
+ONE_STAGE_ROWS = [
+    ("SCCAN, trained on base classes", [], "toy_trained", None),
+    ("SCCAN, trained, given the previous episode's support", ["--previous-support"],
+     "toy_previous_support", None),
+    ("untrained model (same random backbone)", ["--untrained"], "toy_untrained", None),
+    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"],
+     "toy_prior_baseline", None),
+    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground", None),
 ]
 
 
+def scored_run(summary: dict, output) -> dict:
+    """The first seed's result of one output ('ensemble', 'meta') or of a single-output predictor."""
+    run = summary["runs"][0]
+    return run["outputs"][output] if output else run
+
+
 def main(argv=None):
-    parser = config_argparser(__doc__.splitlines()[0] + " (config/toy/toy_split0_resnet50_5s.yaml: "
-                              "5-shot; --opts go to both scripts)", prog="python -m tools.toy_demo",
-                              default_config="config/toy/toy_split0_resnet50.yaml")
+    parser = config_argparser(__doc__.splitlines()[0] + " (--opts go to the SCCAN stage and the tests)",
+                              prog="python -m tools.toy_demo", default_config=DEFAULT_CONFIG)
+    parser.add_argument("--base-config", default=DEFAULT_BASE_CONFIG,
+                        help=f"stage-1 config for train_base.py (default {DEFAULT_BASE_CONFIG})")
+    parser.add_argument("--base-opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="overrides for the stage-1 config")
     parser.add_argument("--skip-training", action="store_true",
-                        help="reuse the final checkpoint (the config's 'weight') of a previous run")
+                        help="reuse the base learner and the final SCCAN checkpoint of a previous run")
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
+    base_cfg = load_config(arguments.base_config, arguments.base_opts)
+    two_stages = bool(cfg.base_learner)
+    if two_stages and base_learner_checkpoint_path(base_cfg) != base_learner_checkpoint_path(cfg):
+        raise UserError(f"stage 1 writes its base learner to {base_learner_checkpoint_path(base_cfg)!r} "
+                        f"but stage 2 reads {base_learner_checkpoint_path(cfg)!r}: set the same "
+                        f"base_learner_weights in {arguments.base_config} and {arguments.config}")
     start = time.time()
 
     if not os.path.isfile(os.path.join(cfg.data_root, "meta.json")):
@@ -55,34 +105,57 @@ def main(argv=None):
         make_toy_dataset(cfg.data_root)
     common = ["--config", arguments.config]
     opts = ["--opts", *arguments.opts] if arguments.opts else []
+    base_opts = ["--opts", *arguments.base_opts] if arguments.base_opts else []
 
-    if not arguments.skip_training:
+    stages = {}
+    if not arguments.skip_training and two_stages:
         # The demo is a fresh run by definition: it replaces an earlier toy run's checkpoints.
+        base_trainer = train_base.main(["--config", arguments.base_config, "--overwrite"] + base_opts)
+        stages["stage 1 (base learner)"] = time.time() - start
+        print(f"stage 1: base learner val mIoU {base_trainer.state.best.miou:.4f} (background + "
+              f"{base_class_count(base_cfg.data_set) - 1} base classes), "
+              f"{stages['stage 1 (base learner)']:.0f}s", flush=True)
+    if not arguments.skip_training:
+        stage_2_start = time.time()
         train_sccan.main(common + ["--overwrite"] + opts)
-    trained_at = time.time()
+        stages["stage 2 (SCCAN + ensemble)" if two_stages else "training"] = time.time() - stage_2_start
+    tested_at = time.time()
 
     out = result_dir(cfg)
     episodes = os.path.join(out, "toy_demo_episodes.json")
-    rows = {}
-    for number, (name, flags, stem) in enumerate(ROWS):
-        # The first row draws and records the episodes; every other row replays exactly those.
-        episode_flags = ["--dump-episodes" if number == 0 else "--episodes-from", episodes]
-        output = ["--output", os.path.join(out, f"{stem}.json")]
-        rows[name] = test_sccan.run(common + episode_flags + flags + output + opts)
+    table = ROWS if two_stages else ONE_STAGE_ROWS
+    summaries = {}
+    for name, flags, stem, output in table:
+        if stem not in summaries:
+            # The first run draws and records the episodes; every other run replays exactly those.
+            episode_flags = ["--episodes-from", episodes] if summaries else ["--dump-episodes", episodes]
+            summaries[stem] = test_sccan.run(common + episode_flags + flags +
+                                             ["--output", os.path.join(out, f"{stem}.json")] + opts)
+    gfss = None
+    if two_stages:
+        gfss = test_sccan.run(common + ["--gfss", "--output", os.path.join(out, "toy_gfss.json")] + opts)
+    stages["tests"] = time.time() - tested_at
 
-    total = time.time() - start
-    first = rows[ROWS[0][0]]
+    first = summaries[table[0][2]]
+    rows = {name: scored_run(summaries[stem], output) for name, _, stem, output in table}
     lines = ["", f"Toy fold {cfg.split}, {cfg.shot}-shot, novel classes {first['class_ids']}, "
              f"{first['test_num']} identical episodes for every row:",
              "", "| predictor | mIoU | FB-IoU | pIoU |", "|---|---|---|---|"]
-    for name, summary in rows.items():
-        run = summary["runs"][0]
+    for name, run in rows.items():
         lines.append(f"| {name} | {run['mIoU']:.4f} | {run['FB_IoU']:.4f} | {run['pIoU']:.4f} |")
+    if gfss is not None:
+        run = gfss["runs"][0]
+        lines += ["", f"Generalised few-shot test (BAM), {gfss['test_num']} episodes, merge "
+                  f"{gfss['merge']} tau {gfss['merge_tau']}:", "",
+                  "| mIoU_n (novel) | mIoU_b (base) | mIoU_t (total) |", "|---|---|---|",
+                  f"| {run['mIoU_n']:.4f} | {run['mIoU_b']:.4f} | {run['mIoU_t']:.4f} |"]
     lines.append("")
-    lines.append(f"training {trained_at - start:.0f}s, total {total:.0f}s")
+    timing = ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in stages.items())
+    lines.append(f"{timing}, total {time.time() - start:.0f}s")
     print("\n".join(lines), flush=True)
-    atomic_write_json(os.path.join(out, "toy_demo.json"), {name: s["runs"][0] for name, s in rows.items()})
-    return rows
+    atomic_write_json(os.path.join(out, "toy_demo.json"),
+                      dict(rows=rows, gfss=gfss and gfss["runs"][0], seconds=stages))
+    return dict(rows=rows, gfss=gfss, seconds=stages)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,19 @@ __all__ = ["BaseData", "base_remap", "build_base_dataset"]
 
 
 def base_remap(label: np.ndarray, data_set: str, base_classes: Sequence[int],
-               where: str = "label") -> np.ndarray:
+               where: str = "label", novel_label: int = 0) -> np.ndarray:
     """uint8 (H, W) label with classes 0..N (and 255) -> base numbering: base class c ->
-    ``base_classes.index(c) + 1``, other classes -> 0, 255 kept. A value outside 0..N and 255 is
-    an error naming ``where`` (BAM would pass it on and fail later inside the loss)."""
+    ``base_classes.index(c) + 1``, other classes -> ``novel_label`` (0, background, as BAM; 255
+    leaves them out of the loss), background 0, 255 kept. A value outside 0..N and 255 is an
+    error naming ``where`` (BAM would pass it on and fail later inside the loss)."""
     unknown = (label > NUM_CLASSES[data_set]) & (label != IGNORE_LABEL)
     if unknown.any():
         raise ValueError(f"{where}: label values {sorted(set(label[unknown].tolist()))[:5]} are "
                          f"no {data_set} class (expected 0..{NUM_CLASSES[data_set]} and 255)")
-    return base_remap_label(label, base_classes)
+    remapped = base_remap_label(label, base_classes)
+    if novel_label != 0:
+        remapped[(remapped == 0) & (label != 0)] = novel_label
+    return remapped
 
 
 class BaseData(Dataset):
@@ -52,6 +56,9 @@ class BaseData(Dataset):
         transform: ``t(image, label) -> (image (3, H, W) float32, label (H, W) int64)``;
             None means util/transform.ToTensor only.
         mode: 'train' or 'val' (recorded; both serve every image).
+        novel_label: the label of novel-class pixels (0: background, BAM's choice; 255: ignored,
+            so that a base learner trained from scratch is not taught that the novel classes
+            are background).
 
     ``dataset[i]`` -> ``(image (3, H, W) float32, label (H, W) int64)`` of line i, label values
     0..len(base_classes) and 255.
@@ -59,8 +66,9 @@ class BaseData(Dataset):
 
     def __init__(self, split: int = 0, data_root: Optional[str] = None, data_list: Optional[str] = None,
                  data_set: str = "pascal", use_split_coco: bool = False, transform=None,
-                 mode: str = "train"):
+                 mode: str = "train", novel_label: int = 0):
         _check_choice("data_set", data_set, DATA_SETS)
+        _check_choice("novel_label", novel_label, (0, IGNORE_LABEL))
         _check_choice("split", split, tuple(range(NUM_SPLITS)))
         _check_choice("mode", mode, MODES)
         if data_root is None or not os.path.isdir(data_root):
@@ -70,6 +78,7 @@ class BaseData(Dataset):
             raise FileNotFoundError(f"{mode} base list {data_list!r} not found (lines '<image path> "
                                     f"<label path>'); expected layout: {EXPECTED_LAYOUT[data_set]}")
         self.split, self.data_root, self.data_set, self.mode = split, data_root, data_set, mode
+        self.novel_label = novel_label
         self.transform = transform if transform is not None else transforms.ToTensor()
         self.base_classes, self.novel_classes = get_class_lists(data_set, split, use_split_coco)
         self.data_list: List[Tuple[str, str]] = [
@@ -93,7 +102,8 @@ class BaseData(Dataset):
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(f"image and label sizes differ: {image_path!r} is {image.shape[0]}x"
                              f"{image.shape[1]}, {label_path!r} is {label.shape[0]}x{label.shape[1]}")
-        label = base_remap(label, self.data_set, self.base_classes, where=label_path)
+        label = base_remap(label, self.data_set, self.base_classes, where=label_path,
+                           novel_label=self.novel_label)
         return self.transform(image, label)
 
 
@@ -104,4 +114,4 @@ def build_base_dataset(cfg, mode: str) -> BaseData:
     transform, data_list = transform_and_list(cfg, mode)
     return BaseData(split=cfg.split, data_root=cfg.data_root, data_list=data_list,
                     data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
-                    transform=transform, mode=mode)
+                    transform=transform, mode=mode, novel_label=cfg.base_novel_label)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from model import poly_learning_rate
+from model.backbone import initialise_random_backbone
 from model.builder import base_learner_checkpoint_path
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet, base_class_count
@@ -47,9 +48,12 @@ BASE_CHECKPOINT_NAMES = ("latest.pth", "final.pth")
 def build_base_model(cfg) -> PSPNet:
     """The PSPNet of a base config: background + the fold's base classes, ImageNet backbone
     unless ``pretrained_backbone`` is False."""
-    return PSPNet(layers=cfg.layers, classes=base_class_count(cfg.data_set),
-                  zoom_factor=cfg.zoom_factor, pretrained_backbone=cfg.pretrained_backbone,
-                  backbone_weights=cfg.backbone_weights or None, ignore_label=cfg.ignore_label)
+    model = PSPNet(layers=cfg.layers, classes=base_class_count(cfg.data_set),
+                   zoom_factor=cfg.zoom_factor, pretrained_backbone=cfg.pretrained_backbone,
+                   backbone_weights=cfg.backbone_weights or None, ignore_label=cfg.ignore_label)
+    if not cfg.pretrained_backbone:
+        initialise_random_backbone(model.encoder, residual_gain=cfg.random_backbone_residual_gain)
+    return model
 
 
 def build_base_optimizer(model: PSPNet, cfg) -> torch.optim.SGD:

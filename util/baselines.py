@@ -151,5 +151,5 @@ def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str
     epoch = checkpoint.get("epoch") if checkpoint else None
     log(f"loaded {weight}" + (f" (epoch {epoch})" if epoch is not None else ""))
     if choice == "previous-support":
-        return PreviousSupport(model), weight + " with the previous episode's supports"
+        return PreviousSupport(_with_meta_scores(model)), weight + " with the previous episode's supports"
     return _with_meta_scores(model), weight

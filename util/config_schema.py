@@ -86,7 +86,10 @@ SCHEMA: dict[str, Key] = {
         ("layers", int, 50, "ResNet depth: 50 or 101"),
         ("pretrained_backbone", bool, True, "load ImageNet weights (False: a random frozen backbone)"),
         ("backbone_weights", str, "", "ImageNet weights; '' = initmodel/resnet<layers>_v2.pth"),
-        ("random_backbone_residual_gain", float, 1.0, "random backbone only: residual branch scale"),
+        ("random_backbone_residual_gain", float, 1.0, "random backbone only (SCCAN's frozen one, or "
+         "the base learner's start): residual branch scale"),
+        ("base_novel_label", int, 0, "train_base.py: label of novel-class pixels in the base "
+         "learner's data (0 = background, as BAM; 255 = ignored)"),
         ("zoom_factor", int, 8, "logits are resized to the input size"),
         ("feature_size", int, 64, "transformer grid side"),
         ("window_size", int, 8, "transformer window side"),

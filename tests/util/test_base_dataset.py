@@ -11,16 +11,19 @@ from util.base_dataset import BaseData, base_remap, build_base_dataset
 from util.config import load_config
 
 
-def test_base_remap_by_hand():
-    # PASCAL fold 1 tests 6..10; its base classes are 1..5 (-> 1..5) and 11..20 (-> 6..15).
+@pytest.mark.parametrize("novel_label", [0, 255])
+def test_base_remap_by_hand(novel_label):
+    # PASCAL fold 1 tests 6..10; its base classes are 1..5 (-> 1..5) and 11..20 (-> 6..15);
+    # novel classes become background (BAM) or ignored (base_novel_label: 255).
     label = np.array([[0, 1, 5, 6],
                       [10, 11, 20, 255]], np.uint8)
-    expected = np.array([[0, 1, 5, 0],
-                         [0, 6, 15, 255]], np.uint8)
+    n = novel_label
+    expected = np.array([[0, 1, 5, n],
+                         [n, 6, 15, 255]], np.uint8)
     base_classes = [1, 2, 3, 4, 5] + list(range(11, 21))
-    assert np.array_equal(base_remap(label, "pascal", base_classes), expected)
+    assert np.array_equal(base_remap(label, "pascal", base_classes, novel_label=novel_label), expected)
     with pytest.raises(ValueError, match=r"label values \[21\]"):
-        base_remap(np.array([[21]], np.uint8), "pascal", base_classes)
+        base_remap(np.array([[21]], np.uint8), "pascal", base_classes, novel_label=novel_label)
 
 
 @pytest.fixture
@@ -48,6 +51,17 @@ def test_every_image_in_list_order_with_base_labels(mini_root):
         assert label.dtype == torch.int64
         values.append(sorted(torch.unique(label).tolist()))
     assert values == [[0, 2, 255], [0, 255], [0, 14, 255]]
+
+
+def test_config_key_base_novel_label_reaches_the_data(mini_root):
+    cfg = load_config(BASE_CONFIG, ["data_root", mini_root, "val_list", os.path.join(mini_root, "train.txt"),
+                                    "base_novel_label", "255"])
+    dataset = build_base_dataset(cfg, "val")
+    assert dataset.novel_label == 255
+    _, label = dataset[1]  # image1 holds only class 2, novel in fold 0
+    assert set(torch.unique(label).tolist()) == {0, 255} and (label == 255).sum() > 25 * 15
+    with pytest.raises(ValueError, match="novel_label"):
+        BaseData(split=0, data_root=mini_root, data_list=os.path.join(mini_root, "train.txt"), novel_label=3)
 
 
 def test_validation_transform_size(mini_root):
