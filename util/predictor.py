@@ -61,8 +61,8 @@ def _is_path(source) -> bool:
     return isinstance(source, (str, os.PathLike))
 
 
-def _read_file(path, what: str) -> np.ndarray:
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED) if os.path.isfile(path) else None
+def _read_file(path, what: str, flags: int) -> np.ndarray:
+    image = cv2.imread(os.fspath(path), flags) if os.path.isfile(path) else None
     if image is None:
         reason = "no such file" if not os.path.exists(path) else "not an image file OpenCV can read"
         raise PredictorError(f"{what} {os.fspath(path)!r}: {reason}")
@@ -70,20 +70,12 @@ def _read_file(path, what: str) -> np.ndarray:
 
 
 def read_rgb(source: ImageSource, what: str = "image") -> np.ndarray:
-    """An image file (any format OpenCV reads) or array -> float32 (H, W, 3) RGB on 0..255, the
-    form util/dataset.py feeds the transforms. Arrays are RGB: (H, W) or (H, W, 1) grey,
-    (H, W, 3), or (H, W, 4) whose alpha is dropped."""
+    """An image file (any format OpenCV reads) or array -> float32 (H, W, 3) RGB on 0..255.
+    Files are read as util/dataset.py reads them (8-bit colour, EXIF orientation applied).
+    Arrays are RGB on the 0..255 scale: (H, W) or (H, W, 1) grey, (H, W, 3), or (H, W, 4) whose
+    alpha is dropped."""
     if _is_path(source):
-        image = _read_file(source, what)
-        if image.dtype == np.uint16:  # 16-bit files: back to the 0..255 scale of the dataset's reads
-            image = (image / 257.0).astype(np.float32)
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-        else:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return np.float32(image)
+        return np.float32(cv2.cvtColor(_read_file(source, what, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
     array = np.asarray(source)
     if array.ndim == 3 and array.shape[2] in (1, 3, 4):
         array = array[:, :, :3] if array.shape[2] != 1 else array[:, :, 0]
@@ -92,6 +84,9 @@ def read_rgb(source: ImageSource, what: str = "image") -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype == bool or min(array.shape[:2]) < 1:
         raise PredictorError(f"{what}: expected an RGB array (H, W, 3) (or grey (H, W)), got "
                              f"shape {array.shape} of {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and 0 < array.max() <= 1.0:
+        raise PredictorError(f"{what}: a float array with values in [0, 1]; expected the 0..255 scale "
+                             f"(multiply by 255)")
     return np.float32(array)
 
 
@@ -99,7 +94,7 @@ def read_mask(source: ImageSource, what: str = "mask") -> np.ndarray:
     """A mask file or array -> (H, W) integer array of its values. A mask must have one
     channel; a file saved with identical colour channels (grey stored as RGB) counts as one."""
     name = repr(os.fspath(source)) if _is_path(source) else "(array)"
-    mask = _read_file(source, what) if _is_path(source) else np.asarray(source)
+    mask = _read_file(source, what, cv2.IMREAD_UNCHANGED) if _is_path(source) else np.asarray(source)
     if mask.dtype == bool:
         mask = mask.astype(np.uint8)
     if mask.ndim == 3 and mask.shape[2] == 1:
