@@ -173,15 +173,14 @@ def prediction_overlay(query: np.ndarray, mask: np.ndarray, supports: Sequence[n
     (two rows at half the query's height). Returns the picture (RGB uint8)."""
     height = int(np.clip(query.shape[0], *height_range))
     query_panel = mask_overlay(*_scaled_pair(query, mask.astype(np.uint8), height), PREDICTION_COLOUR)
-    scale = _font_scale(height)
+    scale = _font_scale(height) * 0.75  # one caption size for the query and its thumbnails
     panels = [_captioned(query_panel, "query: prediction", PREDICTION_COLOUR, scale)]
     thumbnail_height = (height - GAP) // 2
     thumbnails = [_captioned(mask_overlay(*_scaled_pair(image, support_mask, thumbnail_height),
-                                          ANNOTATION_COLOUR), f"support {number}", ANNOTATION_COLOUR,
-                             _font_scale(thumbnail_height))
+                                          ANNOTATION_COLOUR), f"support {number}", ANNOTATION_COLOUR, scale)
                   for number, (image, support_mask) in enumerate(zip(supports, support_masks), start=1)]
     columns = [_join(thumbnails[index:index + 2], axis=0) for index in range(0, len(thumbnails), 2)]
-    return _titled(_join(panels + columns, axis=1), [title], scale)
+    return _titled(_join(panels + columns, axis=1), [title], _font_scale(height))
 
 
 # --------------------------------------------------------------------------- episode panels
