@@ -7,8 +7,9 @@
 
 Seed 123 at start-up, then one run per seed (321, 322, ...): test_num episodes (1000 PASCAL,
 4000 COCO) in loader passes, batch 1, ori_resize. Prints per-class IoU, mIoU, FB-IoU and pIoU
-and writes them as JSON. A model with a base learner (``base_learner: True``) is scored as its
-ensemble and as its meta learner alone, on the same episodes. ``--gfss`` runs BAM's generalised
+and writes them as JSON, with a bar chart of the per-class IoU beside it (PNG). A model with a
+base learner (``base_learner: True``) is scored as its ensemble and as its meta learner alone,
+on the same episodes. ``--gfss`` runs BAM's generalised
 few-shot test instead (util/gfss.py): every val image as a query, base and novel classes,
 ``merge``/``merge_tau`` from the config; it reports mIoU_n, mIoU_b, mIoU_t and per-class IoU.
 """
@@ -26,7 +27,7 @@ from util.experiment import build_dataset, default_result_path, tensorboard_writ
 from util.gfss import check_gfss_request, run_generalised_test
 from util.io import atomic_write_json
 from util.runtime import get_logger, init_distributed, set_seed
-from util.visualisation import VisualisationWriter
+from util.visualisation import VisualisationWriter, class_iou_chart, write_png
 
 STARTUP_SEED = 123
 
@@ -39,7 +40,8 @@ def parse_arguments(argv=None):
     add("--seeds", type=positive_int, default=1, help="N runs with seeds 321, 322, ...: rows, mean and std")
     add("--episodes", type=positive_int, help="override test_num")
     add("--viz", action="store_true", help="TensorBoard event files in <exp>/tensorboard_<K>shot/test/")
-    add("--save-vis", metavar="DIR", help="one PNG panel per episode of the first seed's run")
+    add("--save-vis", metavar="DIR", help="one PNG panel per episode of the first seed's run (named by "
+        "episode, class and IoU) and DIR/index.html, the episodes sorted by IoU, worst first")
     add("--dump-episodes", metavar="FILE", help="write the first run's exact episodes as JSON")
     add("--episodes-from", metavar="FILE", help="evaluate exactly the episodes of FILE")
     add("--hsnet-resize", action="store_true", help="HSNet-style test: inputs resized to val_size squared, "
@@ -70,21 +72,36 @@ def run(argv=None) -> dict:
     predictor, source = build_predictor(cfg, arguments.predictor, context.device, arguments.weight,
                                         logger.info)
     recorder = EpisodeRecorder() if arguments.dump_episodes and not replayed else None
-    pictures = VisualisationWriter(arguments.save_vis) if arguments.save_vis else None
+    pictures = VisualisationWriter(arguments.save_vis, class_ids) if arguments.save_vis else None
     writer = tensorboard_writer(cfg, "test") if arguments.viz else None
     runs = run_seeds(protocol, predictor, loader, context.device, class_ids, source,
                      [o for o in (recorder, pictures) if o is not None], writer)
     if recorder is not None:
         save_episodes(arguments.dump_episodes, recorder.episodes, meta=dict(
             config=arguments.config, seed=protocol.seeds[0], workers=cfg.workers, test_num=protocol.test_num))
+    if pictures is not None:
+        index = pictures.finish(f"{source}: {len(pictures.entries)} episodes, seed {protocol.seeds[0]}")
+        logger.info(f"wrote {len(pictures.entries)} episode pictures and {index}")
     statistics, table = summarise_runs(runs)
     print(table, flush=True)
     summary = dict(config=arguments.config, weights=source, class_ids=class_ids, test_num=protocol.test_num,
                    hsnet_resize=arguments.hsnet_resize, runs=runs, **statistics)
     output = arguments.output or default_result_path(cfg, source)
     atomic_write_json(output, summary)
-    logger.info(f"wrote {output}")
+    logger.info(f"wrote {output} and {write_chart(output, class_ids, runs, source)}")
     return summary
+
+
+def write_chart(output: str, class_ids, runs, source: str) -> str:
+    """The per-class IoU bar chart beside the result JSON (same name, .png)."""
+    path = os.path.splitext(output)[0] + ".png"
+    seeds = ", ".join(str(run["seed"]) for run in runs)
+    subtitle = f"{runs[0]['episodes']} episodes per run, seed{'s' * (len(runs) > 1)} {seeds}"
+    if len(runs) > 1:
+        subtitle += "; bars: mean, dots: each seed, whiskers: lowest to highest"
+    write_png(path, class_iou_chart(class_ids, [run["class_IoU"] for run in runs],
+                                    f"per-class IoU: {source}", subtitle))
+    return path
 
 
 def run_gfss(arguments, cfg, context, logger) -> dict:
@@ -101,7 +118,8 @@ def run_gfss(arguments, cfg, context, logger) -> dict:
     summary = dict(config=arguments.config, weights=source, **summary)
     output = arguments.output or default_result_path(cfg, "gfss_" + os.path.basename(source))
     atomic_write_json(output, summary)
-    logger.info(f"wrote {output}")
+    class_ids = list(range(1, len(summary["runs"][0]["class_IoU"]) + 1))
+    logger.info(f"wrote {output} and {write_chart(output, class_ids, summary['runs'], source)}")
     return summary
 
 if __name__ == "__main__":

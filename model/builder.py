@@ -46,26 +46,35 @@ def load_base_learner(cfg, backbone: Optional[Backbone]) -> nn.Module:
     (layer4 features (B, 2048, h, w) -> (B, N+1, h, w) logits), as BAM's OneModel does.
 
     A missing checkpoint is a one-line error naming the expected file and the command that makes
-    it. The PSPNet itself lives in model/pspnet.py (BAM's base learner)."""
+    it, except where a full ensemble checkpoint is loaded next (``backbone`` None): that one
+    holds ``learner_base`` too, so the head's structure is enough. The PSPNet itself lives in
+    model/pspnet.py (BAM's base learner)."""
+    from model.pspnet import PSPNet, base_class_count, pspnet_backbone_state
+
     path = base_learner_checkpoint_path(cfg)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and backbone is not None:
         raise FileNotFoundError(
             f"base learner checkpoint {path!r} not found (config keys base_learner: True, "
             f"base_learner_weights): train it with '{base_learner_training_command(cfg)}' or put "
             f"BAM's released base learner there")
-    from model.pspnet import PSPNet, base_class_count, pspnet_backbone_state
-
-    state = extract_state_dict(load_checkpoint(path))
     pspnet = PSPNet(int(config_value(cfg, "layers")), base_class_count(config_value(cfg, "data_set")),
                     pretrained_backbone=False)
+    if not os.path.isfile(path):
+        return _frozen_head(pspnet)
+    state = extract_state_dict(load_checkpoint(path))
     check_state_dict(pspnet, state, source=path)
     pspnet.load_state_dict(state, strict=True)
     if backbone is not None:
         backbone.load_state_dict(pspnet_backbone_state(state, prefix="body."), strict=True)
+    return _frozen_head(pspnet)
+
+
+def _frozen_head(pspnet: nn.Module) -> nn.Module:
     head = nn.Sequential(pspnet.ppm, pspnet.cls)  # (B, 2048, h, w) -> (B, N+1, h, w)
     for parameter in head.parameters():
         parameter.requires_grad_(False)
     return head.eval()
+
 
 def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,

@@ -187,7 +187,14 @@ class SCCAN(nn.Module):
     def _to_output_size(self, logits: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
         return resize(logits, output_size) if self.zoom_factor != 1 else logits
 
-    def _meta_forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor):
+    def support_features(self, s_x: torch.Tensor):
+        """The frozen backbone's features of the supports s_x (B, K, 3, H, W): four levels, each
+        (B*K, C, h, w). Passed back to :meth:`forward` or :meth:`ensemble_outputs` as
+        ``support_features``, they serve several queries of the same supports without a second
+        backbone pass (util/predictor.py)."""
+        return self._backbone(s_x.flatten(0, 1))
+
+    def _meta_forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor, support_features=None):
         """The meta learner: (logits on the feature grid (B, 2, g, g), query backbone features,
         support backbone features (each level (B*K, C, h, w)))."""
         batch = x.shape[0]
@@ -195,7 +202,8 @@ class SCCAN(nn.Module):
         grid = (self.feature_size, self.feature_size)
 
         query_features = self._backbone(x)
-        support_features = self._backbone(s_x.flatten(0, 1))  # each (B*K, C, h, w)
+        if support_features is None:
+            support_features = self.support_features(s_x)  # each (B*K, C, h, w)
 
         query_mid = resize(self.down_query(self._mid_features(query_features)), grid)  # (B, 256, g, g)
         support_mid = resize(self.down_supp(self._mid_features(support_features)), grid)  # (B*K, 256, g, g)
@@ -249,7 +257,8 @@ class SCCAN(nn.Module):
                                resize(base_native, output_size))
 
     @torch.no_grad()
-    def ensemble_outputs(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor) -> EnsembleOutputs:
+    def ensemble_outputs(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
+                         support_features=None) -> EnsembleOutputs:
         """Inference with a base learner (what BAM's eval forward returns, for the generalised
         few-shot test and for scoring the meta learner alone): x (B, 3, H, W), s_x (B, K, 3, H, W),
         s_y (B, K, H, W) -> :class:`EnsembleOutputs` (final (B, 2, h, w), meta (B, 2, h, w),
@@ -257,12 +266,13 @@ class SCCAN(nn.Module):
         if self.learner_base is None:
             raise ValueError("ensemble_outputs needs a model built with a base learner "
                              "(config key base_learner: True)")
-        meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y)
+        meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y, support_features)
         return self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
                               self._output_size(x))
 
     def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
-                y_m: Optional[torch.Tensor] = None, y_b: Optional[torch.Tensor] = None, cat_idx=None
+                y_m: Optional[torch.Tensor] = None, y_b: Optional[torch.Tensor] = None, cat_idx=None,
+                support_features=None
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Segment the support class in the query.
 
@@ -276,6 +286,7 @@ class SCCAN(nn.Module):
             cat_idx: the collated ``subcls_list`` of a training batch (a list holding the (B,)
                 train-class indices); used in training with a base learner only (the episode
                 class leaves p_B, BAM's ``cat_idx``).
+            support_features: :meth:`support_features` of ``s_x``, computed earlier (optional).
         Returns:
             eval mode: logits (B, 2, h, w), h = (H-1)/8*zoom_factor + 1 (with a base learner: the
             ensemble's final output; all three via :meth:`ensemble_outputs`);
@@ -285,7 +296,7 @@ class SCCAN(nn.Module):
             aux_loss2 = CE(base, y_b) without gradient (the base learner is frozen; logged).
         """
         output_size = self._output_size(x)
-        meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y)
+        meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y, support_features)
         if self.training and y_m is None:
             raise ValueError("training mode needs the query label y_m")
 

@@ -42,8 +42,9 @@ def evaluation_passes(test_num: int, loader_length: int, batch_size: int = 1) ->
 
 @dataclass
 class EvaluatedBatch:
-    """What an observer sees of one batch: the inputs, the prediction in the input frame and the
-    items beyond the six of a validation batch (a recorded episode, see util.episodes)."""
+    """What an observer sees of one batch: the inputs, the prediction in the input frame, the
+    items beyond the six of a validation batch (a recorded episode, see util.episodes) and each
+    episode's class index into the fold's test classes (B,)."""
     first_episode: int
     image: torch.Tensor
     label: torch.Tensor
@@ -51,6 +52,7 @@ class EvaluatedBatch:
     support_labels: torch.Tensor
     input_prediction: torch.Tensor
     extras: Tuple[Any, ...]
+    class_indices: Optional[torch.Tensor] = None
 
 
 class FewShotScoring:
@@ -156,10 +158,10 @@ class EvaluationProtocol:
                 output = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
                                    s_y=support_labels.to(device, non_blocking=True))
                 target = self.scoring_target(label, raw_label).to(device)
-                prediction = scoring.update(output, target, subcls[0] if isinstance(subcls, (list, tuple))
-                                            else subcls)
+                class_index = subcls[0] if isinstance(subcls, (list, tuple)) else subcls
+                prediction = scoring.update(output, target, class_index)
                 evaluated = EvaluatedBatch(done, image, label, support_images, support_labels,
-                                           prediction, tuple(batch[6:]))
+                                           prediction, tuple(batch[6:]), class_index)
                 for observer in observers:
                     observer.observe(evaluated)
                 done += image.shape[0]

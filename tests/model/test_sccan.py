@@ -49,6 +49,23 @@ def test_eval_forward_shapes(small_model):
     assert logits.shape == (2, 2, 65, 81)
 
 
+def test_support_features_computed_once_give_the_same_logits(small_model):
+    """Several queries of one support set (util/predictor.py) reuse the supports' backbone
+    features; the logits must be those of the plain forward."""
+    small_model.eval()
+    torch.manual_seed(1)
+    s_x = torch.randn(1, 2, 3, 65, 65)
+    s_y = (torch.rand(1, 2, 65, 65) > 0.5).float()
+    with torch.no_grad():
+        features = small_model.support_features(s_x)
+        assert [level.shape[0] for level in features] == [2] * 4
+        for _ in range(2):
+            x = torch.randn(1, 3, 65, 65)
+            assert torch.equal(small_model(x, s_x, s_y, support_features=features), small_model(x, s_x, s_y))
+        other = small_model.support_features(torch.randn(1, 2, 3, 65, 65))
+        assert not torch.equal(small_model(x, s_x, s_y, support_features=other), small_model(x, s_x, s_y))
+
+
 def _dead_support_branch(name):
     # The support output of the last block is never used by the original, so its support
     # attention/MLP receive no gradient there (they are still learnable parameters).

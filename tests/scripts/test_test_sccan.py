@@ -2,10 +2,13 @@
 configs' ignore/padding labels, the baselines."""
 import json
 import os
+import re
 
+import cv2
 import pytest
 
 import test_sccan
+from tests.support.files import page_references
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.baselines import PREDICTOR_CHOICES
 from util.evaluation import EvaluationProtocol
@@ -41,7 +44,17 @@ def test_seeds_visualisation_and_hsnet_resize(toy_data_root, tmp_path):
                    "--all-foreground", "--output", str(tmp_path / "c.json"))
     assert [run["seed"] for run in summary["runs"]] == [321, 322]
     assert set(summary["mean"]) == {"mIoU", "FB_IoU", "pIoU"} and "std" in summary
-    assert len(os.listdir(tmp_path / "vis")) == 8
+    pictures = sorted(name for name in os.listdir(tmp_path / "vis") if name.endswith(".png"))
+    assert len(pictures) == 8 and os.path.isfile(tmp_path / "vis" / "index.html")
+    names = [re.fullmatch(r"episode_(\d{5})_class(\d+)_iou(\d\.\d{3})\.png", name) for name in pictures]
+    assert all(names) and [int(name.group(1)) for name in names] == list(range(8))
+    assert {int(name.group(2)) for name in names} <= set(summary["class_ids"])
+    references = page_references(str(tmp_path / "vis" / "index.html"))
+    assert {reference for reference in references if reference.endswith(".png")} == set(pictures)
+    assert all(os.path.isfile(tmp_path / "vis" / reference) for reference in references)
+    # the per-class chart beside the JSON, with the seeds' spread
+    chart = cv2.imread(str(tmp_path / "c.png"))
+    assert chart is not None and chart.shape[1] >= 5 * 56
     hsnet = _run(toy_data_root, tmp_path, "--hsnet-resize", "--all-foreground",
                  "--output", str(tmp_path / "d.json"))
     assert hsnet["hsnet_resize"] and 0 < hsnet["runs"][0]["FB_IoU"] < 1

@@ -1,0 +1,163 @@
+"""python -m tools.predict: the files it writes, its summary lines, and every input mistake as
+one line ``error: ...`` with exit status 2."""
+import os
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from model.builder import build_model
+from tests.support import REPOSITORY_ROOT
+from tests.support.toy_experiment import CONFIG
+from tools import predict
+from util.cli import run_entry_point
+from util.config import load_config
+
+# The tests' tiny input size; the checkpoints below are built with it.
+TINY = ["val_size", "65", "feature_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def files(toy_data_root, tmp_path_factory):
+    """A random-weight ResNet-50 checkpoint that records its config (as train_sccan.py's do),
+    a ResNet-101 one, a support with its mask, and query images of several sizes."""
+    folder = tmp_path_factory.mktemp("predict")
+    cfg = load_config(CONFIG, TINY)
+    paths = {}
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, backbone_from_checkpoint=True)
+    paths["weight"] = str(folder / "sccan.pth")
+    torch.save({"epoch": 1, "state_dict": model.state_dict(), "config": cfg.to_dict()}, paths["weight"])
+    deep = build_model(load_config(CONFIG, TINY + ["layers", "101"]), backbone_from_checkpoint=True)
+    paths["weight101"] = str(folder / "sccan101.pth")
+    torch.save({"epoch": 1, "state_dict": deep.state_dict()}, paths["weight101"])
+    paths["support"] = os.path.join(toy_data_root, "JPEGImages", "toy_000245.jpg")
+    paths["mask"] = os.path.join(toy_data_root, "SegmentationClassAug", "toy_000245.png")  # {0, 2, 255}
+    queries = folder / "queries"
+    queries.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in [("odd", (37, 53)), ("portrait", (90, 41)), ("tiny", (4, 3))]:
+        cv2.imwrite(str(queries / f"{name}.png"), rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+    (queries / "notes.txt").write_text("not an image: skipped")
+    paths["queries"] = str(queries)
+    paths["folder"] = folder
+    return paths
+
+
+def _arguments(files, out, *extra, support=None, weight=None):
+    support = support or f"{files['support']}:{files['mask']}"
+    return ["--config", CONFIG, "--weight", weight or files["weight"], "--support", support,
+            "--out", str(out), "--device", "cpu", *extra, "--opts", *TINY]
+
+
+def test_the_cli_writes_masks_overlays_and_probabilities(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    single = os.path.join(files["queries"], "odd.png")
+    results = predict.main(_arguments(files, out, "--query", files["queries"], single, "--save-prob",
+                                      "--threshold", "0.4"))
+    assert [os.path.basename(r["query"]) for r in results] == ["odd.png", "portrait.png", "tiny.png", "odd.png"]
+    printed = capsys.readouterr().out.splitlines()
+    assert len([line for line in printed if "foreground" in line]) == 4
+    names = sorted(os.listdir(out))
+    assert "odd_2_mask.png" in names  # the same file twice: numbered, not overwritten
+    for result in results:
+        query = cv2.imread(result["query"])
+        mask = cv2.imread(result["files"]["mask"], cv2.IMREAD_UNCHANGED)
+        probability = cv2.imread(result["files"]["prob"], cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(result["files"]["overlay"])
+        assert mask.shape == probability.shape == query.shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
+        assert np.isclose((mask == 255).mean(), result["foreground"])
+        assert f"foreground {result['foreground']:.1%}" in "\n".join(printed)
+        # probability x 255 against the 0.4 threshold, up to the rounding of the 8-bit file
+        assert ((probability >= 0.4 * 255 - 1) | (mask == 0)).all()
+        assert overlay is not None and overlay.shape[0] >= 320
+    assert not any(name.endswith(".partial") for name in names)
+
+
+def _error(capsys, argv):
+    status = run_entry_point(predict.main, argv)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2, error
+    assert error and error[-1].startswith("error: "), error
+    return error[-1]
+
+
+def test_a_support_mask_without_foreground(files, tmp_path, capsys):
+    empty = str(tmp_path / "empty.png")
+    cv2.imwrite(empty, np.zeros((289, 206), np.uint8))
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        support=f"{files['support']}:{empty}"))
+    assert "support 1 mask has no foreground pixel" in message and "empty.png" in message
+
+
+def test_image_and_mask_sizes_differ(files, tmp_path, capsys):
+    small = str(tmp_path / "small.png")
+    cv2.imwrite(small, np.ones((20, 30), np.uint8))
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        support=f"{files['support']}:{small}"))
+    assert "sizes differ" in message and "289x206" in message and "20x30" in message
+
+
+def test_a_colour_mask(files, tmp_path, capsys):
+    colour = str(tmp_path / "colour.png")
+    mask = np.zeros((289, 206, 3), np.uint8)
+    mask[50:100, 50:100] = (0, 0, 128)  # a VOC palette colour, not a label value
+    cv2.imwrite(colour, mask)
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        support=f"{files['support']}:{colour}"))
+    assert "single-channel" in message and "colour.png" in message
+
+
+def test_unreadable_files(files, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", str(broken)))
+    assert "broken.jpg" in message and "not an image file" in message
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        support=f"{tmp_path / 'nope.jpg'}:{files['mask']}"))
+    assert "support 1 image" in message and "nope.jpg" in message and "no such file" in message
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", str(tmp_path / "absent")))
+    assert "--query" in message and "absent" in message
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        weight=str(tmp_path / "none.pth")))
+    assert "checkpoint not found" in message
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        support=files["support"]))
+    assert "IMAGE:MASK" in message
+
+
+def test_a_checkpoint_of_another_backbone_depth(files, tmp_path, capsys):
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
+                                        weight=files["weight101"]))
+    assert "ResNet-101" in message and "ResNet-50" in message and "layers 101" in message
+
+
+def test_more_supports_than_the_training_shot_is_allowed_with_a_note(files, tmp_path, capsys):
+    pair = f"{files['support']}:{files['mask']}"
+    status = run_entry_point(predict.main, _arguments(files, tmp_path / "o", "--support", pair,
+                                                      "--query", files["queries"]))
+    captured = capsys.readouterr()
+    assert status == 0
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "2 supports" in notes[0] and "averaged, as in the paper" in notes[0]
+    assert len(os.listdir(tmp_path / "o")) == 6
+
+
+def test_the_module_as_a_user_runs_it():
+    """A subprocess from the repository root, as in the README: the error is one line."""
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    environment.pop("SCCAN_DEBUG", None)
+    result = subprocess.run([sys.executable, "-m", "tools.predict", "--config", CONFIG, "--weight", "x.pth",
+                             "--support", "missing.jpg:missing.png", "--query", "q.jpg", "--out", "o"],
+                            cwd=REPOSITORY_ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "error: support 1 image 'missing.jpg': no such file"
