@@ -309,11 +309,15 @@ class Trainer:
             self.state.best.epoch, self.state.best.miou = float(best[0]), float(best[1])
 
     # ---------------------------------------------------------------------------- training
+    def set_training_mode(self) -> None:
+        """The model in training mode, its trainable BatchNorm layers fixed with ``fix_bn``."""
+        self.model.train()
+        if self.cfg.fix_bn:
+            self.model.apply(fix_batch_norm)
+
     def train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
-        self.model.train()
-        if cfg.fix_bn:
-            self.model.apply(fix_batch_norm)
+        self.set_training_mode()
         iterations = len(self.train_loader)
         half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
         progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
@@ -322,25 +326,9 @@ class Trainer:
         # every print_freq iterations, non-finite ones caught by the watch (see its doc).
         watch = NonFiniteLossWatch(self.device)
         for index, batch in enumerate(self.train_loader):
-            image, label, support_images, support_labels, subcls = batch[:5]
-            # With a base learner the dataset adds the base label (BAM's y_b) as a sixth item.
-            base_label = {"y_b": self._to_device(batch[5])} if len(batch) > 5 else {}
             current = epoch * iterations + index + 1
-            poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
-                               index_split=cfg.index_split, warmup=cfg.warmup,
-                               warmup_step=iterations // 2)
-            with autocast(self.device, cfg.amp):
-                _, main_loss, aux_loss1, aux_loss2 = self._training_forward(
-                    x=self._to_device(image), s_x=self._to_device(support_images),
-                    s_y=self._to_device(support_labels), y_m=self._to_device(label), cat_idx=subcls,
-                    **base_label)
-                loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
+            loss, main_loss, aux_loss1, aux_loss2 = self.train_step(batch, current, iterations)
             watch.observe(loss, current)
-            self.sgd.zero_grad(set_to_none=True)
-            self.adamw.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sgd.step()
-            self.adamw.step()
             self.state.iteration = current
             progress.update(1)
             half_epoch = half_epoch_validation and index == half_epoch_index(iterations)
@@ -351,11 +339,35 @@ class Trainer:
                 if self.context.is_main:
                     # With a base learner the terms differ (BAM's losses): log each of them too.
                     terms = dict(main_loss=main_loss.item(), aux_loss1=aux_loss1.item(),
-                                 aux_loss2=aux_loss2.item()) if base_label else {}
+                                 aux_loss2=aux_loss2.item()) if len(batch) > 5 else {}
                     self._log_iteration(epoch, index, iterations, loss.item(), start, terms)
             if half_epoch:
                 self.validate(epoch_label(epoch, half=True))
         progress.close()
+
+    def train_step(self, batch, current: int, iterations: int):
+        """One update on a training ``batch`` at global iteration ``current`` (1-based) of
+        ``iterations`` per epoch: the poly learning rate, the forward (under ``amp``'s
+        autocast), the backward and both optimizer steps. Returns ``(loss, main_loss,
+        aux_loss1, aux_loss2)`` as device tensors, without synchronising."""
+        cfg = self.cfg
+        image, label, support_images, support_labels, subcls = batch[:5]
+        # With a base learner the dataset adds the base label (BAM's y_b) as a sixth item.
+        base_label = {"y_b": self._to_device(batch[5])} if len(batch) > 5 else {}
+        poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
+                           index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
+        with autocast(self.device, cfg.amp):
+            _, main_loss, aux_loss1, aux_loss2 = self._training_forward(
+                x=self._to_device(image), s_x=self._to_device(support_images),
+                s_y=self._to_device(support_labels), y_m=self._to_device(label), cat_idx=subcls,
+                **base_label)
+            loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
+        self.sgd.zero_grad(set_to_none=True)
+        self.adamw.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sgd.step()
+        self.adamw.step()
+        return loss, main_loss, aux_loss1, aux_loss2
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         # Pinned batches (CUDA) copy asynchronously; on the CPU this is the tensor itself.

@@ -89,3 +89,25 @@ def test_unknown_amp_value_is_one_clear_error(toy_data_root, tmp_path, small_lis
     assert status == 2
     assert capsys.readouterr().err.strip() == \
         "error: config key amp: expected one of 'fp32', 'bf16', got 'fp16'"
+
+
+def test_non_finite_watch_reduces_over_the_process_group():
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from tests.support.distributed import free_port
+    from util.trainer import NonFiniteLossWatch
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        watch = NonFiniteLossWatch(torch.device("cpu"))
+        context = SimpleNamespace(distributed=True)
+        watch.observe(torch.tensor(0.5), 7)
+        watch.check(context, iterations=5, folder="exp")  # all finite: nothing raised
+        watch.observe(torch.tensor(float("-inf")), 8)
+        watch.observe(torch.tensor(float("nan")), 9)  # the first one is reported
+        with pytest.raises(NonFiniteLossError, match=r"\(-inf\) at epoch 2, iteration 3 \(global iteration 8\)"):
+            watch.check(context, iterations=5, folder="exp")
+    finally:
+        dist.destroy_process_group()
