@@ -12,6 +12,7 @@ def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     summed over samples and channels, divided by B.
     """
     batch = logits.shape[0]
+    logits = logits.float()  # float32 sums under bf16 autocast too
     onehot = torch.stack([target == 0, target == 1], dim=1).to(logits.dtype)  # (B, 2, H, W)
     probability = logits.sigmoid().flatten(2)  # (B, 2, H*W)
     onehot = onehot.flatten(2)  # (B, 2, H*W)

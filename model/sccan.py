@@ -49,6 +49,10 @@ def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, support_mas
     query_high: (B, C, hq, wq) at its native size; support_high: (B, C, hs, ws);
     support_mask: (B, 1, hs, ws) -> (B, 1, *output_size), min-max normalised per sample.
     """
+    if torch.is_autocast_enabled(query_high.device.type):  # bf16 cosines would swamp the prior
+        with torch.autocast(query_high.device.type, enabled=False):
+            return prior_mask(query_high.float(), support_high.float(), support_mask.float(),
+                              output_size)
     batch, channels, query_height, query_width = query_high.shape
     support = support_high.flatten(2).transpose(1, 2)  # (B, hs*ws, C)
     query = query_high.flatten(2)  # (B, C, hq*wq)
@@ -63,6 +67,34 @@ def prior_mask(query_high: torch.Tensor, support_high: torch.Tensor, support_mas
     prior = min_max_normalise(torch.bmm(mask, weights).squeeze(1))  # (B, hq*wq)
     prior = prior.to(query_high.dtype).view(batch, 1, query_height, query_width)  # (B, 1, hq, wq)
     return resize(prior, output_size)
+
+
+def prior_masks(query_high: torch.Tensor, support_high: torch.Tensor, support_masks: torch.Tensor,
+                output_size: Tuple[int, int]) -> torch.Tensor:
+    """The fast path's :func:`prior_mask` of all K shots: the same maps (to ~1e-6).
+
+    query_high: (B, C, hq, wq); support_high: (B, K, C, hs, ws); support_masks: (B, K, 1, hs, ws)
+    -> (B, K, 1, *output_size), each map min-max normalised.
+
+    The features are normalised once (the query once for all shots), so the similarity is one
+    matrix product per shot with no (hs*ws, hq*wq) norm tensor to build and divide by. The softmax
+    over support pixels needs no max shift (a cosine is at most 1): its numerators are exp(cos)
+    in float32, and only the two sums it needs, the mask-weighted one and the plain one, are
+    accumulated in float64 (the min-max step amplifies their rounding; see :func:`prior_mask`).
+    """
+    batch, shots = support_high.shape[:2]
+    query_height, query_width = query_high.shape[-2:]
+    with torch.autocast(query_high.device.type, enabled=False):  # cosines need float32 at least
+        query = F.normalize(query_high.float().flatten(2), dim=1, eps=COSINE_EPS)  # (B, C, hq*wq)
+        priors = []
+        for shot in range(shots):
+            support = F.normalize(support_high[:, shot].float().flatten(2), dim=1, eps=COSINE_EPS)  # (B, C, hs*ws)
+            numerators = torch.bmm(support.transpose(1, 2), query).exp_()  # (B, hs*ws, hq*wq)
+            mask = support_masks[:, shot].flatten(2).double()  # (B, 1, hs*ws)
+            sums = torch.bmm(torch.cat([mask, torch.ones_like(mask)], dim=1), numerators.double())  # (B, 2, hq*wq)
+            priors.append(min_max_normalise(sums[:, 0] / sums[:, 1]).float())  # (B, hq*wq)
+        prior = torch.stack(priors, dim=1).view(batch * shots, 1, query_height, query_width)  # (B*K, 1, hq, wq)
+        return resize(prior, output_size).view(batch, shots, 1, *output_size)
 
 
 def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -110,12 +142,17 @@ class SCCAN(nn.Module):
             ``cls_merge`` and, for ``shot`` > 1, ``kshot_rw`` join the state dict.
         low_fea: backbone level of the scene difference ('layer2' in BAM's configs); ensemble only.
         kshot_trans_dim: width of ``kshot_rw`` (0: one K -> K conv); ensemble with shot > 1 only.
+        fast_path: True (default) computes the same logits (the parity fixture within 1e-4) with
+            fewer operations: fused attention (model/transformer.py), the priors of all shots from
+            pre-normalised features (:func:`prior_masks`). False runs the straightforward path
+            written like the original (what the parity tests also run). Switch it later with
+            :meth:`set_fast_path`; it changes no parameter.
     """
 
     def __init__(self, backbone: Backbone, shot: int = 1, zoom_factor: int = 8,
                  feature_size: int = 64, window_size: int = 8, reduce_dim: int = 256,
                  feature_dropout: float = 0.5, learner_base: Optional[nn.Module] = None,
-                 low_fea: str = "layer2", kshot_trans_dim: int = 2):
+                 low_fea: str = "layer2", kshot_trans_dim: int = 2, fast_path: bool = True):
         super().__init__()
         if feature_size % window_size:
             raise ValueError(f"feature_size {feature_size} must be a multiple of window_size "
@@ -153,6 +190,15 @@ class SCCAN(nn.Module):
             self.cls_merge = build_merge_conv()
             if shot > 1:
                 self.kshot_rw = build_kshot_reweighting(shot, kshot_trans_dim)
+        self.set_fast_path(fast_path)
+        # Evaluation only: a model.feature_cache.FeatureCache (see attached_feature_cache).
+        self.feature_cache = None
+
+    def set_fast_path(self, enabled: bool) -> "SCCAN":
+        """Choose the fast path (True) or the straightforward one (False); see the class doc."""
+        self.fast_path = bool(enabled)
+        self.transformer.set_fast_path(enabled)
+        return self
 
     def train(self, mode: bool = True) -> "SCCAN":
         """The base learner's BatchNorm layers stay in eval mode: their statistics are the base
@@ -165,13 +211,34 @@ class SCCAN(nn.Module):
                     module.eval()
         return self
 
+    def feature_levels(self) -> Tuple[int, ...]:
+        """Indices of the backbone levels the model reads: layer2 and layer3 (mid-level), layer4
+        (prior, base learner) and, with a base learner, the scene-difference level."""
+        levels = {1, 2, 3}
+        if self.learner_base is not None:
+            levels.add(self.low_feature_level)
+        return tuple(sorted(levels))
+
     def _backbone(self, images: torch.Tensor):
-        """Backbone features of (N, 3, H, W) images. Large images on the CPU go one at a time:
-        the dilated feature maps of a batch of them fall out of cache, and per-image calls
-        measure ~25% faster at 473x473 on 2 cores (see BENCHMARKS.md); small images and
-        accelerators get the whole batch at once."""
-        if (images.device.type != "cpu" or images.shape[0] == 1
-                or images.shape[-2] * images.shape[-1] < PER_IMAGE_BACKBONE_PIXELS):
+        """Backbone features of (N, 3, H, W) images, from the attached :class:`FeatureCache
+        <model.feature_cache.FeatureCache>` where it has them (evaluation only)."""
+        if self.feature_cache is not None and not self.training:
+            return self.feature_cache.features(self._run_backbone, images)
+        return self._run_backbone(images)
+
+    def _run_backbone(self, images: torch.Tensor):
+        """On the CPU, large images go one at a time: the dilated feature maps of a batch of them
+        fall out of cache, and per-image calls measure ~25% faster at 473x473 on 2 cores (see
+        BENCHMARKS.md). So do all images in evaluation, where batches are one episode: an
+        image's features then never depend on the batch it came in (channels-last convolutions
+        round differently for another batch size), which keeps the feature cache's results
+        exactly those of the plain loop. Small training images and accelerators get the whole
+        batch at once. The fast path feeds the backbone channels-last images (~9% faster
+        convolutions on the CPU, the same features to ~1e-6)."""
+        if self.fast_path:
+            images = images.contiguous(memory_format=torch.channels_last)
+        small = images.shape[-2] * images.shape[-1] < PER_IMAGE_BACKBONE_PIXELS
+        if images.device.type != "cpu" or images.shape[0] == 1 or (small and self.training):
             return self.backbone(images)
         parts = [self.backbone(images[index:index + 1]) for index in range(images.shape[0])]
         return [torch.cat(level) for level in zip(*parts)]
@@ -218,11 +285,15 @@ class SCCAN(nn.Module):
             masks.append(mask)
             masked_features.append(support_mid[:, k] * mask)
             prototypes.append(masked_average_pooling(support_mid[:, k], mask))
-            priors.append(prior_mask(query_high, support_high[:, k], mask, grid))
+            if not self.fast_path:
+                priors.append(prior_mask(query_high, support_high[:, k], mask, grid))
         support_mask = torch.stack(masks).mean(0)  # (B, 1, g, g)
         support_feature = torch.stack(masked_features).mean(0)  # (B, 256, g, g)
         prototype = torch.stack(prototypes).mean(0).expand(-1, -1, *grid)  # (B, 256, g, g)
-        prior = torch.stack(priors).mean(0)  # (B, 1, g, g)
+        if self.fast_path:
+            prior = prior_masks(query_high, support_high, torch.stack(masks, dim=1), grid).mean(1)  # (B, 1, g, g)
+        else:
+            prior = torch.stack(priors).mean(0)  # (B, 1, g, g)
 
         query_merged = self.init_merge_query(torch.cat([query_mid, prototype, prior], dim=1))
         support_merged = self.init_merge_supp(
@@ -231,7 +302,8 @@ class SCCAN(nn.Module):
 
         meta = self.res1_meta(self.ASPP_meta(query_refined))  # (B, 256, g, g)
         meta = self.res2_meta(meta) + meta
-        return self.cls_meta(meta), query_features, support_features  # logits (B, 2, g, g)
+        # float32 logits under bf16 autocast too: the resizing, losses and scores stay float32.
+        return self.cls_meta(meta).float(), query_features, support_features  # logits (B, 2, g, g)
 
     def _ensemble(self, meta_grid: torch.Tensor, query_features, support_features, shot: int,
                   output_size: Tuple[int, int], episode_base_class=None) -> EnsembleOutputs:
@@ -244,13 +316,14 @@ class SCCAN(nn.Module):
         query_low = query_features[self.low_feature_level]  # (B, C, h, w)
         support_low = support_features[self.low_feature_level]  # (B*K, C, h, w)
         support_low = support_low.view(batch, shot, *support_low.shape[1:])  # (B, K, C, h, w)
-        differences = scene_differences(query_low, support_low)  # (B, K, 1, 1)
+        with torch.autocast(query_low.device.type, enabled=False):  # float32 Gram matrices
+            differences = scene_differences(query_low.float(), support_low.float())  # (B, K, 1, 1)
         psi = (kshot_weights(differences, self.kshot_rw) * differences).sum(1, keepdim=True)  # (B, 1, 1, 1)
         with torch.no_grad():  # frozen head on frozen features
-            base_native = self.learner_base(query_features[3])  # (B, N+1, hq, wq)
+            base_native = self.learner_base(query_features[3]).float()  # (B, N+1, hq, wq)
         base_grid = resize(base_native, meta_grid.shape[-2:])  # (B, N+1, g, g)
         final_grid = ensemble_merge(meta_grid, base_grid, psi, self.gram_merge, self.cls_merge,
-                                    episode_base_class)  # (B, 2, g, g)
+                                    episode_base_class).float()  # (B, 2, g, g)
         if self.zoom_factor == 1:
             return EnsembleOutputs(final_grid, meta_grid, base_grid)
         return EnsembleOutputs(resize(final_grid, output_size), resize(meta_grid, output_size),

@@ -1,12 +1,20 @@
 """Self-calibrated cross attention (SCCA) transformer: the ``transformer`` of the original's
 ``OneModel`` (model/SCCAN.py) and the SCCA block of the paper (Xu et al., ICCV 2023).
 
-Pure tensor helpers (window partition/reverse, patch alignment, window gathering) are
-module-level functions so that they can be tested on hand-built examples.
+Pure tensor helpers (window partition/reverse, patch alignment, window gathering, the fused
+attention) are module-level functions so that they can be tested on hand-built examples.
+
+Two paths compute the same function (within float32 rounding, ~1e-6): the straightforward one,
+written like the original (explicit logits, ``torch.cat`` of the scaled and the cosine logits,
+softmax, windows reversed then projected), and the fast one (``fast_path=True``, the default of
+SCCAN): one ``F.scaled_dot_product_attention`` call per attention (the cosine logits are folded
+into the dot product, see :func:`scca_attention`), the query/key/value projections of a token
+set in one matrix product, and the output projection applied after the padding of the shifted
+blocks is cropped away, on the tokens that are kept only.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,6 +22,7 @@ import torch.nn.functional as F
 
 ALIGNMENT_EPS = 5e-4   # added to the support patch foreground count (original constant)
 COSINE_EPS = 1e-7
+UNIT_EPS = 1e-12       # F.normalize's floor: a zero vector stays zero (its cosine logits are 0)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -69,6 +78,30 @@ def gather_windows(windows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(windows, 1, index)
 
 
+def scca_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                   k_context: Optional[torch.Tensor] = None,
+                   v_context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Self-calibrated cross attention as ONE ``F.scaled_dot_product_attention`` call.
+
+    q, k, v: (B_, h, N, d); k_context, v_context: (B_, h, M, d) or None -> (B_, h, N, d).
+    Without a context: softmax(q.k * scale) v. With one, the logits against the token keys are
+    ``scale * q.k`` and against the context keys the cosine ``q.k_c / (|q||k_c|)``, one softmax
+    over both. Both kinds are one dot product of 2d-dim vectors: the query is
+    ``[scale * q, q/|q|]``, a token key ``[k, 0]`` and a context key ``[0, k_c/|k_c|]``. The
+    original's cosine divides by ``|q||k_c| + 1e-7``: the same value to ~1e-7 relative for the
+    norms of these projections (a zero vector gives 0 logits either way).
+    """
+    if k_context is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    head_dim, tokens = q.shape[-1], k.shape[-2]
+    query = torch.cat([q * scale, F.normalize(q, dim=-1, eps=UNIT_EPS)], dim=-1)  # (B_, h, N, 2d)
+    key = q.new_zeros(*k.shape[:-2], tokens + k_context.shape[-2], 2 * head_dim)  # (B_, h, N+M, 2d)
+    key[..., :tokens, :head_dim] = k
+    key[..., tokens:, head_dim:] = F.normalize(k_context, dim=-1, eps=UNIT_EPS)
+    value = torch.cat([v, v_context], dim=-2)  # (B_, h, N+M, d)
+    return F.scaled_dot_product_attention(query, key, value, scale=1.0)
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
@@ -98,6 +131,7 @@ class WindowAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.fast_path = False  # set by SCCATransformer.set_fast_path
 
     def _heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
         batch, tokens, _ = x.shape
@@ -107,6 +141,9 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
         """x: (B_, N, C) window tokens; context: (B_, M, C) or None -> (B_, N, C)."""
         batch, tokens, channels = x.shape
+        if self.fast_path:
+            out = self.attend(x, context).transpose(1, 2).reshape(batch, tokens, channels)  # (B_, N, C)
+            return self.proj(out)
         q = self._heads(self.q(x), 1)[0]  # (B_, h, N, d)
         k, v = self._heads(self.kv(x), 2)  # (B_, h, N, d) each
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B_, h, N, N)
@@ -120,6 +157,18 @@ class WindowAttention(nn.Module):
         out = attention @ v  # (B_, h, N, d)
         out = out.transpose(1, 2).reshape(batch, tokens, channels)  # (B_, N, C)
         return self.proj(out)
+
+    def attend(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The fast path's attention, before the output projection: x (B_, N, C), context
+        (B_, M, C) or None -> per-head outputs (B_, h, N, d). q and kv of the tokens come from one
+        matrix product (their weights stacked, 3C outputs)."""
+        weight = torch.cat([self.q.weight, self.kv.weight])  # (3C, C)
+        bias = None if self.q.bias is None else torch.cat([self.q.bias, self.kv.bias])  # (3C,)
+        q, k, v = self._heads(F.linear(x, weight, bias), 3)  # (B_, h, N, d) each
+        k_context = v_context = None
+        if context is not None:
+            k_context, v_context = self._heads(self.kv(context), 2)  # (B_, h, M, d) each
+        return scca_attention(q, k, v, self.scale, k_context, v_context)
 
 
 class SCCABlock(nn.Module):
@@ -163,13 +212,22 @@ class SCCABlock(nn.Module):
         index = patch_alignment(query_windows, support_windows, mask_windows)  # (B, nW)
         aligned = gather_windows(support_windows, index)  # (B, nW, ws*ws, C)
 
-        query_out = self.attn_q(query_windows.flatten(0, 1), aligned.flatten(0, 1))  # (B*nW, ws*ws, C)
-        query = shortcut_query + self._tokens(query_out, batch, height, width)  # (B, H*W, C)
+        if self.attn_q.fast_path:
+            query_heads = self.attn_q.attend(query_windows.flatten(0, 1), aligned.flatten(0, 1))  # (B*nW, h, ws*ws, d)
+            query_out = self.attn_q.proj(self._kept_tokens(query_heads, batch, height, width))  # (B, H*W, C)
+        else:
+            query_out = self._tokens(self.attn_q(query_windows.flatten(0, 1), aligned.flatten(0, 1)),
+                                     batch, height, width)  # (B, H*W, C)
+        query = shortcut_query + query_out
         query = query + self.mlp_q(self.norm2(query))
         if not update_support:
             return query, shortcut_support
-        support_out = self.attn_s(support_windows.flatten(0, 1))  # (B*nW, ws*ws, C)
-        support = shortcut_support + self._tokens(support_out, batch, height, width)  # (B, H*W, C)
+        if self.attn_s.fast_path:
+            support_heads = self.attn_s.attend(support_windows.flatten(0, 1))  # (B*nW, h, ws*ws, d)
+            support_out = self.attn_s.proj(self._kept_tokens(support_heads, batch, height, width))
+        else:
+            support_out = self._tokens(self.attn_s(support_windows.flatten(0, 1)), batch, height, width)
+        support = shortcut_support + support_out  # (B, H*W, C)
         support = support + self.mlp_s(self.norm2(support))
         return query, support
 
@@ -181,6 +239,20 @@ class SCCABlock(nn.Module):
         if pad:
             merged = merged[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
         return merged.reshape(batch, height * width, channels)  # (B, H*W, C)
+
+    def _kept_tokens(self, heads: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+        """Per-head window outputs (B*nW, h, ws*ws, d) of the (padded) map -> (B, H*W, h*d) tokens
+        of the H x W map, heads merged and windows reversed in one copy; the padding is cropped
+        before the output projection, which then runs on the kept tokens only."""
+        ws, pad = self.window_size, self.shift_size
+        _, num_heads, _, head_dim = heads.shape
+        rows, columns = (height + 2 * pad) // ws, (width + 2 * pad) // ws
+        merged = heads.view(batch, rows, columns, num_heads, ws, ws, head_dim)  # (B, nH, nW_w, h, ws, ws, d)
+        merged = merged.permute(0, 1, 4, 2, 5, 3, 6)  # (B, nH, ws, nW_w, ws, h, d)
+        merged = merged.reshape(batch, rows * ws, columns * ws, num_heads * head_dim)  # (B, H+2p, W+2p, C)
+        if pad:
+            merged = merged[:, pad:pad + height, pad:pad + width]  # (B, H, W, C)
+        return merged.reshape(batch, height * width, num_heads * head_dim)  # (B, H*W, C)
 
 
 class SCCALayer(nn.Module):
@@ -210,6 +282,14 @@ class SCCATransformer(nn.Module):
         self.window_size = window_size
         self.layers = nn.ModuleList([SCCALayer(dim, depth, num_heads, window_size, mlp_ratio)])
         self.norm0 = nn.LayerNorm(dim)
+
+    def set_fast_path(self, enabled: bool) -> "SCCATransformer":
+        """Switch every attention between the fast path and the straightforward one (same
+        function, same parameters; see the module docstring)."""
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.fast_path = bool(enabled)
+        return self
 
     def forward(self, query: torch.Tensor, support: torch.Tensor,
                 support_mask: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,20 @@
-"""Eval-forward speed of SCCAN per episode (batch 1) and parameter counts.
+"""Eval-forward speed of SCCAN per episode and parameter counts, for each forward variant.
 
-    python -m tools.bench_model                       # CPU, and CUDA when present
-    python -m tools.bench_model --devices cpu --size 473 --runs 3 --warmup 1
+    python -m tools.bench_model                       # CPU, and CUDA when present; batch 1
+    python -m tools.bench_model --devices cpu --layers 50 --shots 1 --runs 5
+    python -m tools.bench_model --devices cuda --layers 50 --shots 1 --batch 8 \\
+        --variants reference fast fast-bf16           # the CUDA rows of BENCHMARKS.md
 
-Prints a markdown table (median seconds per episode over --runs after --warmup runs) and the
-command line that produced it. Weights are random: speed does not depend on them.
+Prints a markdown table: median seconds per forward over --runs (after --warmup), episodes per
+second (batch / seconds), peak GPU memory, parameter counts. The variants of one configuration
+are timed in alternation (first run of each, second run of each, ...) so that a machine whose
+speed drifts favours none of them. Weights are random: speed does not depend on them.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
-import time
-import warnings
 
 if not __package__:  # run as a file: the project's packages are not importable that way
     raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
@@ -24,26 +24,37 @@ import torch
 from model.backbone import Backbone
 from model.builder import count_parameters
 from model.sccan import SCCAN
+from tools.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
+                                peak_memory, reset_peak_memory, set_strict_fp32, timed)
 from util.cli import add_debug_argument, positive_int, run_entry_point
+from util.runtime import autocast
 
 
-def time_forward(model, shot, size, device, runs, warmup):
+def episode_inputs(batch: int, shot: int, size: int, device: torch.device):
+    """Random (x, s_x, s_y) of ``batch`` episodes on ``device``."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, size, size, generator=generator).to(device)
-    s_x = torch.randn(1, shot, 3, size, size, generator=generator).to(device)
-    s_y = (torch.rand(1, shot, size, size, generator=generator) > 0.5).float().to(device)
-    timings = []
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    s_x = torch.randn(batch, shot, 3, size, size, generator=generator)
+    s_y = (torch.rand(batch, shot, size, size, generator=generator) > 0.5).float()
+    return x.to(device), s_x.to(device), s_y.to(device)
+
+
+def time_variants(model: SCCAN, variants, inputs, device: torch.device, runs: int, warmup: int):
+    """{variant: (median seconds per forward, peak bytes)}, the variants in alternation."""
+    seconds = {name: [] for name in variants}
+    peaks = {name: 0 for name in variants}
     with torch.inference_mode():
         for index in range(warmup + runs):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(x, s_x, s_y)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if index >= warmup:
-                timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+            for name in variants:
+                variant = VARIANTS[name]
+                model.set_fast_path(variant.fast_path)
+                reset_peak_memory(device)
+                with autocast(device, variant.amp):
+                    elapsed = timed(lambda: model(*inputs), device)
+                peaks[name] = max(peaks[name], peak_memory(device))
+                if index >= warmup:
+                    seconds[name].append(elapsed)
+    return {name: (median(seconds[name]), peaks[name]) for name in variants}
 
 
 def main(argv=None):
@@ -56,6 +67,8 @@ def main(argv=None):
                         help="shots to time (default: 1 5)")
     parser.add_argument("--size", type=positive_int, default=473,
                         help="square input side; (size - 1) must be a multiple of 8 (default 473)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="episodes per forward (default 1)")
+    add_variant_argument(parser)
     parser.add_argument("--runs", type=positive_int, default=3, help="timed runs; the median is printed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -67,13 +80,11 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    print(f"command: python -m tools.bench_model {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
-    print(f"input {args.size}x{args.size}, batch 1, fp32, median of {args.runs} after {args.warmup} warm-up\n")
-    print("| device | backbone | shot | s/episode | total params | learnable params |")
-    print("|---|---|---|---|---|---|")
+    print(header("bench_model", argv, f"input {args.size}x{args.size}, batch {args.batch}, median of "
+                                      f"{args.runs} after {args.warmup} warm-up, variants alternated"))
+    print("| device | backbone | shot | batch | variant | s/forward | episodes/s | peak memory | "
+          "total params | learnable params |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for layers in args.layers:
         torch.manual_seed(0)
         for shot in args.shots:
@@ -81,10 +92,14 @@ def main(argv=None):
             total, learnable = count_parameters(model)
             for name in devices:
                 device = torch.device(name)
+                set_strict_fp32(device)
                 model.to(device)
-                seconds = time_forward(model, shot, args.size, device, args.runs, args.warmup)
-                print(f"| {name} | ResNet-{layers} | {shot} | {seconds:.3f} | {total:,} | {learnable:,} |",
-                      flush=True)
+                inputs = episode_inputs(args.batch, shot, args.size, device)
+                results = time_variants(model, args.variants, inputs, device, args.runs, args.warmup)
+                for variant, (seconds, peak) in results.items():
+                    print(f"| {name} | ResNet-{layers} | {shot} | {args.batch} | {variant} | {seconds:.3f} | "
+                          f"{args.batch / seconds:.2f} | {format_memory(peak)} | {total:,} | {learnable:,} |",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from util.experiment import base_experiment_dir
 from util.io import atomic_torch_save
 from util.metrics import EPSILON, intersection_and_union
 from util.runtime import progress_bar, set_seed
-from util.trainer import (TrainingState, build_train_loader, check_finite_loss, distributed_network,
+from util.trainer import (NonFiniteLossWatch, TrainingState, build_train_loader, distributed_network,
                           load_resume_checkpoint, refuse_to_overwrite,
                           restore_training_state, training_checkpoint)
 
@@ -186,21 +186,25 @@ class BaseTrainer:
         self.model.train()
         iterations = len(self.train_loader)
         progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
-        start, total = time.time(), 0.0
+        start, total = time.time(), torch.zeros((), dtype=torch.float64, device=self.device)
+        watch = NonFiniteLossWatch(self.device)  # no host synchronisation per iteration
         for index, (image, label) in enumerate(self.train_loader):
             current = epoch * iterations + index + 1
             poly_learning_rate(self.optimizer, cfg.base_lr, current, cfg.epochs * iterations,
                                power=cfg.power, index_split=cfg.index_split, warmup=cfg.warmup,
                                warmup_step=iterations // 2)
             _, loss = self._training_forward(image.to(self.device), label.to(self.device))
-            check_finite_loss(loss, self.context, epoch, index, current, self.snapshot_dir)
+            watch.observe(loss, current)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.state.iteration = current
-            total += loss.item()
+            total += loss.detach()
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            if (index + 1) % cfg.print_freq == 0 or index + 1 == iterations:
+                watch.check(self.context, iterations, self.snapshot_dir)
+            if (index + 1) % cfg.print_freq == 0:
+                progress.set_postfix(loss=f"{loss.item():.4f}")
             if self.context.is_main and (index + 1) % cfg.print_freq == 0:
                 learning_rate = self.optimizer.param_groups[0]["lr"]
                 self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss "
@@ -210,7 +214,7 @@ class BaseTrainer:
                     self.writer.add_scalar("loss_train_batch", loss.item(), current)
                     self.writer.add_scalar("learning_rate", learning_rate, current)
         progress.close()
-        return total / iterations
+        return total.item() / iterations
 
     def fit(self) -> TrainingState:
         """Train from the current state to ``epochs``; returns the state."""

@@ -51,6 +51,9 @@ SCHEMA: dict[str, Key] = {
         ("ignore_label", int, 255, "label value that is not scored"),
         ("padding_label", int, 255, "label value of padded pixels"),
         ("workers", int, 8, "data loader workers (episodes depend on the count)"),
+        ("persistent_workers", bool, False, "CUDA with workers > 0: keep the training loader's "
+         "workers between epochs (saves their start-up; the episode draws then differ from the "
+         "original's per-epoch reseeding and resume is no longer exact)"),
         ("list_root", str, "", "folder of the few-shot lists; '' = ./lists/<data_set>/fss_list"),
     ),
     **_keys(
@@ -80,6 +83,8 @@ SCHEMA: dict[str, Key] = {
         ("ori_resize", bool, True, "score against the raw label padded to a square"),
         ("manual_seed", int, 321, "random seed"),
         ("seed_deterministic", bool, False, "deterministic cuDNN / torch algorithms"),
+        ("amp", str, "fp32", "'fp32' (the original's arithmetic) or 'bf16': bfloat16 autocast for "
+         "training and evaluation, on CUDA and on CPUs (the prior stays float32)"),
     ),
     **_keys(
         "Method",
@@ -94,6 +99,9 @@ SCHEMA: dict[str, Key] = {
         ("feature_size", int, 64, "transformer grid side"),
         ("window_size", int, 8, "transformer window side"),
         ("feature_dropout", float, 0.5, "Dropout2d after down_query/down_supp"),
+        ("fast_path", bool, True, "the fast fp32 forward (fused attention, channels-last backbone "
+         "input, one-product priors; the same logits within 1e-4); False: the straightforward "
+         "path written like the original"),
         ("aux_weight1", float, 1.0, "weight of the first auxiliary loss (SCCAN's is zero; "
          "ensemble: the meta learner's dice loss)"),
         ("aux_weight2", float, 1.0, "weight of the second auxiliary loss (SCCAN's is zero; "
@@ -113,6 +121,9 @@ SCHEMA: dict[str, Key] = {
         "Test_Finetune",
         ("weight", str, "", "checkpoint file name in <save folder>/snapshot/ that test_sccan.py loads"),
         ("test_num", int, 1000, "episodes per evaluation"),
+        ("eval_feature_cache_mb", float, 4096.0, "evaluation: MiB of frozen-backbone features kept "
+         "for reuse by later episodes of the same run (on the model's device; ~52 MiB per 473x473 "
+         "image; 0 = off); the results are the same"),
         ("ann_type", str, "mask", "support annotation: 'mask' or 'bbox'"),
         ("viz", bool, False, "write TensorBoard images"),
     ),

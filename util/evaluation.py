@@ -18,11 +18,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from model.feature_cache import attached_feature_cache
 from util.metrics import FewShotMeter, pad_to_square
-from util.runtime import progress_bar, set_seed
+from util.runtime import autocast, check_amp, progress_bar, set_seed
 
 __all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
-           "format_result_table", "run_seeds", "summarise_runs", "write_run_scalars"]
+           "format_cache_statistics", "format_result_table", "run_seeds", "summarise_runs", "write_run_scalars"]
 
 # What the logits are scored against (docs/PROTOCOL.md section 1):
 #   'original': the untransformed label padded with the ignore label to a square (ori_resize);
@@ -95,19 +96,27 @@ class FewShotScoring:
 @dataclass(frozen=True)
 class EvaluationProtocol:
     """How a fold is evaluated. ``seeds``: one run per seed (None: no reseeding, for in-training
-    validation with ``fix_random_seed_val: False``)."""
+    validation with ``fix_random_seed_val: False``). ``amp``: 'fp32' or 'bf16' (autocast of the
+    forward passes). ``feature_cache_mb``: budget of the backbone-feature cache of a run
+    (model/feature_cache.py; 0 = off), which changes no result."""
     test_num: int
     num_test_classes: int
     seeds: Tuple[Optional[int], ...] = (321,)
     seed_deterministic: bool = False
     target: str = "original"
     ignore_label: int = 255
+    amp: str = "fp32"
+    feature_cache_mb: float = 0.0
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.test_num < 1:
             raise ValueError(f"test_num must be positive, got {self.test_num}")
+        check_amp(self.amp)
+        if self.feature_cache_mb < 0:
+            raise ValueError(f"config key eval_feature_cache_mb: expected a size in MiB >= 0, "
+                             f"got {self.feature_cache_mb}")
 
     @classmethod
     def from_config(cls, cfg, num_test_classes: int, test_num: Optional[int] = None,
@@ -122,7 +131,8 @@ class EvaluationProtocol:
         target = "raw" if hsnet_resize else ("original" if cfg.ori_resize else "input")
         return cls(test_num=test_num or cfg.test_num, num_test_classes=num_test_classes, seeds=seeds,
                    seed_deterministic=cfg.seed_deterministic, target=target,
-                   ignore_label=cfg.ignore_label)
+                   ignore_label=cfg.ignore_label, amp=cfg.amp,
+                   feature_cache_mb=float(cfg.eval_feature_cache_mb))
 
     def scoring_target(self, label: torch.Tensor, raw_label: torch.Tensor) -> torch.Tensor:
         if self.target == "original":
@@ -134,7 +144,9 @@ class EvaluationProtocol:
             observers: Sequence[Any] = (), progress: bool = False, scoring=None) -> Dict:
         """Evaluate ``predictor(x=..., s_x=..., s_y=...) -> logits (B, 2, h, w)`` on ``test_num``
         episodes of ``loader`` (validation tuples ``(image, label, s_x, s_y, subcls, raw_label,
-        *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds).
+        *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds),
+        with ``feature_cache`` (its :meth:`FeatureCache.statistics
+        <model.feature_cache.FeatureCache.statistics>`, hit rate included) when one was used.
 
         ``scoring``: what turns outputs and targets into metrics, with ``update(output, target,
         class_index) -> input-frame prediction`` and ``summary()``; default a fresh
@@ -149,25 +161,34 @@ class EvaluationProtocol:
             scoring = FewShotScoring(self.num_test_classes, self.ignore_label)
         bar = progress_bar(self.test_num, "eval", progress)
         done, start = 0, time.time()
-        for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
-            for batch in loader:  # a fresh iterator each pass, as the original
-                if done >= self.test_num:
-                    break
-                image, label, support_images, support_labels, subcls, raw_label = batch[:6]
-                image = image.to(device, non_blocking=True)
-                output = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
-                                   s_y=support_labels.to(device, non_blocking=True))
-                target = self.scoring_target(label, raw_label).to(device)
-                class_index = subcls[0] if isinstance(subcls, (list, tuple)) else subcls
-                prediction = scoring.update(output, target, class_index)
-                evaluated = EvaluatedBatch(done, image, label, support_images, support_labels,
-                                           prediction, tuple(batch[6:]), class_index)
-                for observer in observers:
-                    observer.observe(evaluated)
-                done += image.shape[0]
-                bar.update(image.shape[0])
+        with attached_feature_cache(predictor, self.feature_cache_mb) as cache:
+            for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
+                for batch in loader:  # a fresh iterator each pass, as the original
+                    if done >= self.test_num:
+                        break
+                    self._evaluate_batch(predictor, batch, device, scoring, observers, done)
+                    done += batch[0].shape[0]
+                    bar.update(batch[0].shape[0])
         bar.close()
-        return dict(scoring.summary(), seconds=time.time() - start)
+        result = dict(scoring.summary(), seconds=time.time() - start)
+        if cache is not None:
+            result["feature_cache"] = cache.statistics()
+        return result
+
+    def _evaluate_batch(self, predictor: Callable, batch, device: torch.device, scoring,
+                        observers: Sequence[Any], first_episode: int) -> None:
+        image, label, support_images, support_labels, subcls, raw_label = batch[:6]
+        image = image.to(device, non_blocking=True)
+        with autocast(device, self.amp):
+            output = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
+                               s_y=support_labels.to(device, non_blocking=True))
+        target = self.scoring_target(label, raw_label).to(device)
+        class_index = subcls[0] if isinstance(subcls, (list, tuple)) else subcls
+        prediction = scoring.update(output, target, class_index)
+        evaluated = EvaluatedBatch(first_episode, image, label, support_images, support_labels,
+                                   prediction, tuple(batch[6:]), class_index)
+        for observer in observers:
+            observer.observe(evaluated)
 
 
 def format_result_table(result: Dict, class_ids: Sequence[int], title: str = "") -> str:
@@ -177,6 +198,14 @@ def format_result_table(result: Dict, class_ids: Sequence[int], title: str = "")
     lines += [f"| **mIoU** | {result['mIoU']:.4f} |", f"| FB-IoU | {result['FB_IoU']:.4f} |",
               f"| pIoU | {result['pIoU']:.4f} |", f"| episodes | {result['episodes']} |"]
     return "\n".join(line for line in lines if line != "" or title)
+
+
+def format_cache_statistics(statistics: Dict) -> str:
+    """One line on the backbone-feature cache of a run (its hit rate first)."""
+    lookups = statistics["hits"] + statistics["misses"]
+    return (f"feature cache: {statistics['hit_rate']:.1%} of {lookups} image lookups reused "
+            f"({statistics['entries']} images kept, {statistics['stored_mb']} MiB, "
+            f"{statistics['evictions']} evicted)")
 
 
 def write_run_scalars(writer, run: Dict, class_ids: Sequence[int], step: int) -> None:
@@ -200,6 +229,8 @@ def run_seeds(protocol: EvaluationProtocol, predictor: Callable, loader, device:
         for name, output in result.get("outputs", {None: runs[-1]}).items():
             label = f"{title} ({name})" if name else title
             print(format_result_table(output, class_ids, title=f"{label}, seed {seed}"), flush=True)
+        if "feature_cache" in result:
+            print(format_cache_statistics(result["feature_cache"]), flush=True)
         if writer is not None:
             write_run_scalars(writer, runs[-1], class_ids, seed)
     if writer is not None:

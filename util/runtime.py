@@ -1,6 +1,7 @@
 """Seeding, RNG state capture, process-group setup and logging shared by the scripts."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -126,3 +127,23 @@ def progress_bar(total: int, description: str, show: bool = True):
         return _NoProgress()
     from tqdm import tqdm
     return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+AMP_MODES = ("fp32", "bf16")
+
+
+def check_amp(amp: str) -> str:
+    """``amp`` if it is one of :data:`AMP_MODES`, else a ValueError naming the config key."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"config key amp: expected one of {', '.join(map(repr, AMP_MODES))}, "
+                         f"got {amp!r}")
+    return amp
+
+
+def autocast(device: torch.device, amp: str):
+    """The context of forward passes: nothing for 'fp32'; for 'bf16', ``torch.autocast`` to
+    bfloat16 on ``device``'s type (matrix products and convolutions in bfloat16, reductions and
+    normalisations in float32; SCCAN keeps its prior in float32 and returns float32 logits)."""
+    if check_amp(amp) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -33,14 +33,13 @@ from util.evaluation import EvaluationProtocol
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import atomic_torch_save
-from util.runtime import (get_logger, get_rng_states, init_distributed, progress_bar, set_rng_states,
-                          set_seed)
+from util.runtime import (autocast, check_amp, get_logger, get_rng_states, init_distributed,
+                          progress_bar, set_rng_states, set_seed)
 
-__all__ = ["NonFiniteLossError", "TrainingState", "Trainer", "check_fresh_output", "fix_batch_norm",
-           "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
-           "check_finite_loss", "training_checkpoint", "parse_training_arguments",
-           "start_training_run", "fit_and_close", "build_train_loader",
-           "distributed_network"]
+__all__ = ["NonFiniteLossError", "NonFiniteLossWatch", "TrainingState", "Trainer", "check_fresh_output",
+           "fix_batch_norm", "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
+           "training_checkpoint", "parse_training_arguments", "start_training_run", "fit_and_close",
+           "build_train_loader", "distributed_network", "fast_optimizer_steps"]
 
 # A checkpoint trained for another of these cannot be resumed under this config.
 RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
@@ -153,28 +152,70 @@ def distributed_network(model, context, find_unused_parameters: bool = False):
 
 def build_train_loader(dataset, cfg, context, items: str):
     """``(loader, sampler)``: shuffled batches of ``batch_size`` (a DistributedSampler under
-    torchrun), the last incomplete batch dropped; fewer ``items`` than one batch is an error."""
+    torchrun), the last incomplete batch dropped; fewer ``items`` than one batch is an error.
+    On CUDA the batches come in pinned memory (asynchronous copies), and ``persistent_workers``
+    keeps the workers between epochs."""
     sampler = DistributedSampler(dataset) if context.distributed else None
+    on_cuda = context.device.type == "cuda"
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.workers, pin_memory=context.device.type == "cuda",
-                        drop_last=True)
+                        num_workers=cfg.workers, pin_memory=on_cuda, drop_last=True,
+                        persistent_workers=bool(cfg.persistent_workers and on_cuda and cfg.workers > 0))
     if len(loader) == 0:
         raise ValueError(f"{cfg.train_list}: {len(dataset)} training {items} are fewer than one "
                          f"batch of {cfg.batch_size}")
     return loader, sampler
 
 
-def check_finite_loss(loss: torch.Tensor, context, epoch: int, index: int, current: int,
-                      folder: str) -> None:
-    """Stop every rank together on a non-finite loss, naming where it happened."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=context.device)
-    if context.distributed:
-        dist.all_reduce(bad)  # every rank must stop together
-    if bad.item():
+class NonFiniteLossWatch:
+    """Watches the training loss for NaN/inf without a host synchronisation per iteration.
+
+    :meth:`observe` folds each loss into two device tensors (the first global iteration whose
+    loss was not finite, and that loss), which costs no synchronisation; :meth:`check` reads
+    them (one synchronisation) and stops every rank together with a
+    :class:`NonFiniteLossError` naming the first bad iteration. The training loops check every
+    ``print_freq`` iterations and at the end of each epoch, before any validation or checkpoint,
+    so a non-finite loss is reported at most ``print_freq - 1`` iterations after it happened and
+    no weights updated from it are ever validated or saved.
+    """
+
+    NONE = -1
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), self.NONE, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, current: int) -> None:
+        """Record ``loss`` of global iteration ``current`` (1-based) on its device."""
+        loss = loss.detach().float()
+        new = ~torch.isfinite(loss) & (self.first == self.NONE)
+        self.first = torch.where(new, torch.full_like(self.first, current), self.first)
+        self.value = torch.where(new, loss, self.value)
+
+    def check(self, context, iterations: int, folder: str) -> None:
+        """Raise on every rank if any rank saw a non-finite loss; ``iterations`` per epoch turn
+        the global iteration into the epoch and iteration of the message."""
+        first = torch.where(self.first == self.NONE, torch.full_like(self.first, 2 ** 62), self.first)
+        if context.distributed:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)  # every rank must stop together
+        first = int(first.item())
+        if first == 2 ** 62:
+            return
+        epoch, index = divmod(first - 1, iterations)
+        value = f"{self.value.item()}" if int(self.first.item()) == first else "on another rank"
         raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, iteration {index + 1} "
-            f"(global iteration {current}); training stopped, the last good checkpoints in "
+            f"non-finite loss ({value}) at epoch {epoch + 1}, iteration {index + 1} "
+            f"(global iteration {first}); training stopped, the last good checkpoints in "
             f"{folder} are kept")
+
+
+def fast_optimizer_steps(*optimizers: torch.optim.Optimizer) -> None:
+    """Multi-tensor optimizer steps: ``fused`` kernels for CUDA parameters, ``foreach`` (one
+    call per group instead of one per tensor) elsewhere; the same update formulas. Applied
+    after construction and again after ``load_state_dict``, which restores the saved flags."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            on_cuda = all(parameter.is_cuda for parameter in group["params"])
+            group["fused"], group["foreach"] = (True, False) if on_cuda else (False, True)
 
 
 def training_checkpoint(model, optimizers: dict, label: float, cfg, state: "TrainingState") -> dict:
@@ -201,6 +242,7 @@ class Trainer:
         self.state = TrainingState()
         if cfg.resume:
             self.resume(cfg.resume)
+        fast_optimizer_steps(self.sgd, self.adamw)
         # `self.model` is the one model (checkpoints, validation); training steps go through its
         # DDP wrapper when distributed, which all-reduces the gradients. The last block's support
         # branch gets no gradient (its output is unused), hence find_unused_parameters.
@@ -267,45 +309,69 @@ class Trainer:
             self.state.best.epoch, self.state.best.miou = float(best[0]), float(best[1])
 
     # ---------------------------------------------------------------------------- training
+    def set_training_mode(self) -> None:
+        """The model in training mode, its trainable BatchNorm layers fixed with ``fix_bn``."""
+        self.model.train()
+        if self.cfg.fix_bn:
+            self.model.apply(fix_batch_norm)
+
     def train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
-        self.model.train()
-        if cfg.fix_bn:
-            self.model.apply(fix_batch_norm)
+        self.set_training_mode()
         iterations = len(self.train_loader)
         half_epoch_validation = cfg.evaluate and cfg.SubEpoch_val and cfg.epochs <= 100 and epoch > 0
         progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
         start = time.time()
+        # No host synchronisation per iteration (it would stall a GPU's queue): losses are read
+        # every print_freq iterations, non-finite ones caught by the watch (see its doc).
+        watch = NonFiniteLossWatch(self.device)
         for index, batch in enumerate(self.train_loader):
-            image, label, support_images, support_labels, subcls = batch[:5]
-            # With a base learner the dataset adds the base label (BAM's y_b) as a sixth item.
-            base_label = {"y_b": batch[5].to(self.device)} if len(batch) > 5 else {}
             current = epoch * iterations + index + 1
-            poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
-                               index_split=cfg.index_split, warmup=cfg.warmup,
-                               warmup_step=iterations // 2)
-            _, main_loss, aux_loss1, aux_loss2 = self._training_forward(
-                x=image.to(self.device), s_x=support_images.to(self.device),
-                s_y=support_labels.to(self.device), y_m=label.to(self.device), cat_idx=subcls,
-                **base_label)
-            loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
-            check_finite_loss(loss, self.context, epoch, index, current, self.snapshot_dir)
-            self.sgd.zero_grad(set_to_none=True)
-            self.adamw.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sgd.step()
-            self.adamw.step()
+            loss, main_loss, aux_loss1, aux_loss2 = self.train_step(batch, current, iterations)
+            watch.observe(loss, current)
             self.state.iteration = current
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-            if self.context.is_main and (index + 1) % cfg.print_freq == 0:
-                # With a base learner the terms differ (BAM's losses): log each of them too.
-                terms = dict(main_loss=main_loss.item(), aux_loss1=aux_loss1.item(),
-                             aux_loss2=aux_loss2.item()) if base_label else {}
-                self._log_iteration(epoch, index, iterations, loss.item(), start, terms)
-            if half_epoch_validation and index == half_epoch_index(iterations):
+            half_epoch = half_epoch_validation and index == half_epoch_index(iterations)
+            if (index + 1) % cfg.print_freq == 0 or half_epoch or index + 1 == iterations:
+                watch.check(self.context, iterations, self.snapshot_dir)
+            if (index + 1) % cfg.print_freq == 0:
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+                if self.context.is_main:
+                    # With a base learner the terms differ (BAM's losses): log each of them too.
+                    terms = dict(main_loss=main_loss.item(), aux_loss1=aux_loss1.item(),
+                                 aux_loss2=aux_loss2.item()) if len(batch) > 5 else {}
+                    self._log_iteration(epoch, index, iterations, loss.item(), start, terms)
+            if half_epoch:
                 self.validate(epoch_label(epoch, half=True))
         progress.close()
+
+    def train_step(self, batch, current: int, iterations: int):
+        """One update on a training ``batch`` at global iteration ``current`` (1-based) of
+        ``iterations`` per epoch: the poly learning rate, the forward (under ``amp``'s
+        autocast), the backward and both optimizer steps. Returns ``(loss, main_loss,
+        aux_loss1, aux_loss2)`` as device tensors, without synchronising."""
+        cfg = self.cfg
+        image, label, support_images, support_labels, subcls = batch[:5]
+        # With a base learner the dataset adds the base label (BAM's y_b) as a sixth item.
+        base_label = {"y_b": self._to_device(batch[5])} if len(batch) > 5 else {}
+        poly_learning_rate(self.sgd, cfg.base_lr, current, cfg.epochs * iterations, power=cfg.power,
+                           index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
+        with autocast(self.device, cfg.amp):
+            _, main_loss, aux_loss1, aux_loss2 = self._training_forward(
+                x=self._to_device(image), s_x=self._to_device(support_images),
+                s_y=self._to_device(support_labels), y_m=self._to_device(label), cat_idx=subcls,
+                **base_label)
+            loss = main_loss + cfg.aux_weight1 * aux_loss1 + cfg.aux_weight2 * aux_loss2
+        self.sgd.zero_grad(set_to_none=True)
+        self.adamw.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sgd.step()
+        self.adamw.step()
+        return loss, main_loss, aux_loss1, aux_loss2
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        # Pinned batches (CUDA) copy asynchronously; on the CPU this is the tensor itself.
+        return tensor.to(self.device, non_blocking=True)
 
     def _log_iteration(self, epoch: int, index: int, iterations: int, loss: float, start: float,
                        terms: Optional[dict] = None) -> None:
@@ -373,6 +439,7 @@ def parse_training_arguments(argv, description: str, overwrite_help: str, viz_he
     parser.add_argument("--viz", action="store_true", help=viz_help)
     arguments = parser.parse_args(argv)
     cfg = config_from_arguments(arguments)
+    check_amp(cfg.amp)  # before anything is written
     if arguments.viz:
         cfg.viz = True
     return arguments, cfg

@@ -1,4 +1,5 @@
-"""Equivalence with the original implementation (tests/fixtures/sccan_parity_fixture.pt)."""
+"""Equivalence with the original implementation (tests/fixtures/sccan_parity_fixture.pt), for the
+straightforward path written like the original and for the fast path (the default)."""
 import os
 
 import pytest
@@ -7,7 +8,7 @@ from torch.testing import assert_close
 
 from model.backbone import Backbone
 from model.loss import weighted_dice_loss
-from model.sccan import SCCAN, prior_mask
+from model.sccan import SCCAN, prior_mask, prior_masks
 from tests.support import FIXTURES
 from tests.support.reference_weights import generate_reference_weights
 
@@ -24,16 +25,20 @@ def fixture():
 def models():
     built = {}
     for layers in (50, 101):
-        model = SCCAN(Backbone(layers), shot=1).eval()
+        model = SCCAN(Backbone(layers), shot=1, fast_path=False).eval()
         generate_reference_weights(model)
         built[layers] = model
     return built
 
 
+PATHS = pytest.mark.parametrize("fast_path", [False, True], ids=["straightforward", "fast"])
+
+
+@PATHS
 @pytest.mark.parametrize("case_index", [0, 1, 2, 3])
-def test_logits_and_dice_loss_match_original(fixture, models, case_index):
+def test_logits_and_dice_loss_match_original(fixture, models, case_index, fast_path):
     case = fixture["cases"][case_index]
-    model = models[case["layers"]]
+    model = models[case["layers"]].set_fast_path(fast_path)
     state = model.state_dict()
     for key, expected in case["weight_sums"].items():
         assert abs(float(state[key].double().sum()) - expected) < 1e-6 * max(1.0, abs(expected)), key
@@ -44,14 +49,15 @@ def test_logits_and_dice_loss_match_original(fixture, models, case_index):
     assert_close(weighted_dice_loss(logits, case["y"]), case["dice_loss"], **TOLERANCE)
 
 
-def test_transformer_matches_original(fixture, models):
+@PATHS
+def test_transformer_matches_original(fixture, models, fast_path):
     reference = fixture["transformer"]
     assert "manual_seed(7)" in reference["inputs"]
     generator = torch.Generator().manual_seed(7)
     query = torch.randn(1, 256, 64, 64, generator=generator)
     support = torch.randn(1, 256, 64, 64, generator=generator)
     with torch.no_grad():
-        out = models[50].transformer(query, support, reference["support_mask"])
+        out = models[50].set_fast_path(fast_path).transformer(query, support, reference["support_mask"])
     assert out.shape == (1, 256, 64, 64)
     assert_close(out[:, :, ::4, ::4], reference["out_every_4th_pixel"], **TOLERANCE)
 
@@ -61,3 +67,10 @@ def test_prior_matches_original(fixture):
     out = prior_mask(reference["query_high"], reference["support_high"],
                      reference["support_mask"], (64, 64))
     assert_close(out, reference["out"], **TOLERANCE)
+
+
+def test_fast_prior_matches_original(fixture):
+    reference = fixture["prior"]
+    out = prior_masks(reference["query_high"], reference["support_high"].unsqueeze(1),
+                      reference["support_mask"].unsqueeze(1), (64, 64))  # (B, K=1, 1, 64, 64)
+    assert_close(out[:, 0], reference["out"], **TOLERANCE)

@@ -1,0 +1,116 @@
+"""train_sccan.py on a CUDA device (``pytest -m cuda``; skipped without one): a few iterations,
+a resume, a single-process NCCL DistributedDataParallel run and the non-finite loss check over
+NCCL."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import train_sccan
+from model.backbone import Backbone, initialise_random_backbone
+from model.builder import build_optimizers
+from model.sccan import SCCAN
+from tests.support.cuda import CUDA, strict_fp32
+from tests.support.distributed import free_port
+from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from util.trainer import NonFiniteLossError, NonFiniteLossWatch, fast_optimizer_steps
+
+pytestmark = CUDA
+DEVICE = torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def small_list(toy_data_root, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lists") / "train_small.txt")
+    return path, reduced_train_list(toy_data_root, path)
+
+
+def _argv(toy_data_root, tmp_path, small_list, **overrides):
+    values = dict(train_list=small_list[0], list_root=str(tmp_path / "fss_list"), workers=2)
+    values.update(overrides)
+    return ["--config", CONFIG, "--opts", *toy_opts(toy_data_root, str(tmp_path / "exp"), **values)]
+
+
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+def test_training_iterations_on_the_gpu(toy_data_root, tmp_path, small_list, amp):
+    strict_fp32()
+    trainer = train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, amp=amp))
+    assert trainer.device.type == "cuda" and trainer.state.iteration == small_list[1] // 4
+    assert all(group["fused"] for group in trainer.sgd.param_groups + trainer.adamw.param_groups)
+    for name, parameter in trainer.model.named_parameters():
+        assert parameter.is_cuda and torch.isfinite(parameter).all(), name
+    checkpoint = torch.load(tmp_path / "exp" / "snapshot" / "final_1shot.pth", weights_only=True,
+                            map_location="cpu")
+    assert torch.equal(checkpoint["state_dict"]["cls_meta.3.bias"],
+                       trainer.model.state_dict()["cls_meta.3.bias"].cpu())
+
+
+def test_resume_on_the_gpu_continues_the_run(toy_data_root, tmp_path, small_list):
+    strict_fp32()
+    batch = small_list[1] // 2  # two iterations per epoch
+    common = dict(epochs=2, batch_size=batch, seed_deterministic=True)
+    straight = train_sccan.main(_argv(toy_data_root, tmp_path / "a", small_list, **common))
+    first = train_sccan.build_trainer(_argv(toy_data_root, tmp_path / "b", small_list, **common))
+    first.epoch_end_callbacks.append(lambda trainer: trainer.state.epoch >= 1)
+    first.fit()
+    latest = str(tmp_path / "b" / "exp" / "snapshot" / "latest_1shot.pth")
+    resumed = train_sccan.main(_argv(toy_data_root, tmp_path / "b", small_list, resume=latest, **common))
+    assert resumed.state.iteration == straight.state.iteration == 4
+    assert all(group["fused"] for group in resumed.sgd.param_groups)  # re-applied after loading
+    # GPU backward passes accumulate with atomics (bilinear resizing, gathers): equal up to
+    # their rounding, not bit for bit as on the CPU.
+    reference = straight.model.state_dict()
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, reference[key], atol=1e-4, rtol=1e-4, msg=key)
+
+
+@pytest.fixture
+def nccl_group():
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _small_model():
+    torch.manual_seed(0)
+    backbone = Backbone(50)
+    initialise_random_backbone(backbone, residual_gain=0.1)
+    return SCCAN(backbone, shot=1, feature_size=8, window_size=4, feature_dropout=0.0).to(DEVICE)
+
+
+def test_single_process_nccl_ddp_steps_match_the_plain_model(nccl_group):
+    strict_fp32()
+    plain = _small_model()
+    wrapped_model = copy.deepcopy(plain)
+    wrapped = DistributedDataParallel(wrapped_model, device_ids=[0], find_unused_parameters=True)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 3, 33, 33, generator=generator), torch.randn(2, 1, 3, 33, 33, generator=generator),
+                (torch.rand(2, 1, 33, 33, generator=generator) > 0.5).float(),
+                (torch.rand(2, 33, 33, generator=generator) > 0.5).long()) for _ in range(3)]
+    for model, forward in ((plain, plain), (wrapped_model, wrapped)):
+        sgd, adamw = build_optimizers(model, 0.005)
+        fast_optimizer_steps(sgd, adamw)
+        model.train()
+        for x, s_x, s_y, y in batches:
+            _, loss, _, _ = forward(x.to(DEVICE), s_x.to(DEVICE), s_y.to(DEVICE), y.to(DEVICE))
+            sgd.zero_grad()
+            adamw.zero_grad()
+            loss.backward()
+            sgd.step()
+            adamw.step()
+    for (name, expected), actual in zip(plain.state_dict().items(), wrapped_model.state_dict().values()):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_non_finite_loss_check_over_nccl(nccl_group):
+    watch = NonFiniteLossWatch(DEVICE)
+    context = SimpleNamespace(distributed=True)
+    watch.observe(torch.tensor(1.0, device=DEVICE), 1)
+    watch.check(context, iterations=4, folder="exp")  # finite so far
+    watch.observe(torch.tensor(float("inf"), device=DEVICE), 2)
+    watch.observe(torch.tensor(float("nan"), device=DEVICE), 3)
+    with pytest.raises(NonFiniteLossError, match=r"\(inf\) at epoch 1, iteration 2"):
+        watch.check(context, iterations=4, folder="exp")

@@ -1,0 +1,113 @@
+"""train_sccan.py's speed changes on the toy dataset: the same losses as the straightforward step,
+multi-tensor optimizer steps, the deferred non-finite check, bf16 training."""
+import pytest
+import torch
+
+import model.sccan as sccan_module
+import train_sccan
+import util.trainer
+from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from util.trainer import NonFiniteLossError
+
+ITERATIONS = 20
+
+
+@pytest.fixture(scope="module")
+def small_list(toy_data_root, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("lists") / "train_small.txt")
+    return path, reduced_train_list(toy_data_root, path)
+
+
+def _argv(toy_data_root, tmp_path, small_list, **overrides):
+    values = dict(train_list=small_list[0], list_root=str(tmp_path / "fss_list"))
+    values.update(overrides)
+    return ["--config", CONFIG, "--opts", *toy_opts(toy_data_root, str(tmp_path / "exp"), **values)]
+
+
+def _recorded_losses(monkeypatch):
+    losses = []
+    original = sccan_module.weighted_dice_loss
+
+    def recording(logits, target):
+        loss = original(logits, target)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(sccan_module, "weighted_dice_loss", recording)
+    return losses
+
+
+def test_speed_changes_keep_the_first_losses(toy_data_root, tmp_path, small_list, monkeypatch):
+    epochs = -(-ITERATIONS // (small_list[1] // 4))  # enough epochs of batch 4 for 20 iterations
+    losses = _recorded_losses(monkeypatch)
+    with monkeypatch.context() as straightforward:
+        # the step as it was: the original's forward, one-tensor-at-a-time optimizer steps
+        straightforward.setattr(util.trainer, "fast_optimizer_steps", lambda *optimizers: None)
+        reference = train_sccan.main(_argv(toy_data_root, tmp_path / "reference", small_list,
+                                           epochs=epochs, fast_path=False))
+    reference_losses, losses[:] = list(losses), []
+    fast = train_sccan.main(_argv(toy_data_root, tmp_path / "fast", small_list, epochs=epochs))
+    assert not reference.model.fast_path and fast.model.fast_path
+    assert all(group["foreach"] for group in fast.sgd.param_groups + fast.adamw.param_groups)
+    assert not any(group["foreach"] for group in reference.sgd.param_groups)
+    assert len(losses) == len(reference_losses) >= ITERATIONS
+    assert len(set(reference_losses[:ITERATIONS])) > ITERATIONS // 2  # the loss moves
+    for step, (expected, actual) in enumerate(zip(reference_losses[:ITERATIONS], losses)):
+        assert abs(actual - expected) <= 1e-5, f"iteration {step + 1}: {actual} != {expected}"
+
+
+def test_non_finite_loss_is_reported_at_the_next_check(toy_data_root, tmp_path, small_list,
+                                                       monkeypatch):
+    losses = _recorded_losses(monkeypatch)
+    original = sccan_module.weighted_dice_loss
+
+    def poisoned(logits, target):
+        loss = original(logits, target)
+        return loss * float("nan") if len(losses) == 2 else loss
+
+    monkeypatch.setattr(sccan_module, "weighted_dice_loss", poisoned)
+    # checked every 3 iterations: found at the third, named as the second
+    with pytest.raises(NonFiniteLossError, match=r"\(nan\) at epoch 1, iteration 2 \(global iteration 2\)"):
+        train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=2,
+                               print_freq=3))
+    assert len(losses) == 3
+    assert not (tmp_path / "exp" / "snapshot" / "latest_1shot.pth").exists()
+
+
+def test_bf16_training_runs(toy_data_root, tmp_path, small_list, monkeypatch):
+    losses = _recorded_losses(monkeypatch)
+    trainer = train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, amp="bf16"))
+    assert losses and all(loss == loss for loss in losses)  # finite (no NaN)
+    for name, parameter in trainer.model.named_parameters():
+        assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all(), name
+    assert (tmp_path / "exp" / "snapshot" / "final_1shot.pth").exists()
+
+
+def test_unknown_amp_value_is_one_clear_error(toy_data_root, tmp_path, small_list, capsys):
+    status = train_sccan.run_entry_point(train_sccan.main, _argv(toy_data_root, tmp_path, small_list,
+                                                                  amp="fp16"))
+    assert status == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: config key amp: expected one of 'fp32', 'bf16', got 'fp16'"
+
+
+def test_non_finite_watch_reduces_over_the_process_group():
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from tests.support.distributed import free_port
+    from util.trainer import NonFiniteLossWatch
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        watch = NonFiniteLossWatch(torch.device("cpu"))
+        context = SimpleNamespace(distributed=True)
+        watch.observe(torch.tensor(0.5), 7)
+        watch.check(context, iterations=5, folder="exp")  # all finite: nothing raised
+        watch.observe(torch.tensor(float("-inf")), 8)
+        watch.observe(torch.tensor(float("nan")), 9)  # the first one is reported
+        with pytest.raises(NonFiniteLossError, match=r"\(-inf\) at epoch 2, iteration 3 \(global iteration 8\)"):
+            watch.check(context, iterations=5, folder="exp")
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,112 @@
+"""Training speed of SCCAN: seconds per iteration of train_sccan.py's step, for each variant.
+
+    python -m tools.bench_train --config config/toy/toy_split0_resnet50.yaml      # the toy run (CPU)
+    python -m tools.bench_train --config config/toy/toy_split0_resnet50.yaml --variants reference \\
+        fast fast-bf16 --opts train_h 473 train_w 473 feature_size 64 window_size 8 batch_size 8 \\
+        workers 8                                 # CUDA: batch 8, 473x473, ResNet-50 1-shot
+
+One trainer (util/trainer.py) is built from the config, in a temporary output folder, and its
+``train_step`` runs on the config's training loader, loading included (as in training). Rounds
+alternate the variants, --iterations timed steps of each per round after --warmup untimed ones:
+reference = the straightforward forward, one-tensor optimizer steps and the loss read every
+iteration (the step before the speed work); fast = the defaults; fast-bf16 = fast with
+``amp: bf16``. The weights move (these are real steps), which does not change the cost. Prints
+the median seconds per iteration, iterations per second, the speed-up over the first variant and
+the peak GPU memory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+if not __package__:  # run as a file: the project's packages are not importable that way
+    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+
+import torch
+
+from tools.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
+                                peak_memory, reset_peak_memory, set_strict_fp32, timed)
+from util.cli import add_debug_argument, positive_int, run_entry_point
+from util.trainer import fast_optimizer_steps
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def apply_variant(trainer, name: str) -> None:
+    variant = VARIANTS[name]
+    trainer.model.set_fast_path(variant.fast_path)
+    trainer.cfg.amp = variant.amp
+    if variant.fast_steps:
+        fast_optimizer_steps(trainer.sgd, trainer.adamw)
+    else:
+        for group in trainer.sgd.param_groups + trainer.adamw.param_groups:
+            group["foreach"] = group["fused"] = False
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="training config (its data must exist)")
+    add_variant_argument(parser)
+    parser.add_argument("--iterations", type=positive_int, default=4, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of all variants (default 2)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: key value ...")
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import train_sccan  # the training script's own trainer construction
+
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = train_sccan.build_trainer(
+            ["--config", args.config, "--overwrite", "--opts", *args.opts, "save_path", folder,
+             "evaluate", "False", "resume", "''"])
+        device = trainer.device
+        set_strict_fp32(device)
+        cfg = trainer.cfg
+        iterations = len(trainer.train_loader)
+        total = cfg.epochs * iterations
+        batches = endless(trainer.train_loader)
+        step = [0]
+
+        def one_step(read_loss: bool):
+            step[0] += 1
+            loss = trainer.train_step(next(batches), 1 + step[0] % (total - 1), iterations)[0]
+            if read_loss:  # the old loop synchronised on every iteration
+                loss.item()
+
+        trainer.set_training_mode()
+        seconds = {name: [] for name in args.variants}
+        peaks = {name: 0 for name in args.variants}
+        for round_index in range(args.rounds):
+            for name in args.variants:
+                apply_variant(trainer, name)
+                read_loss = not VARIANTS[name].fast_steps
+                for _ in range(args.warmup if round_index == 0 else 0):
+                    one_step(read_loss)
+                reset_peak_memory(device)
+                seconds[name] += [timed(lambda: one_step(read_loss), device) for _ in range(args.iterations)]
+                peaks[name] = max(peaks[name], peak_memory(device))
+        trainer.close()
+
+    print(header("bench_train", argv, f"config {args.config}: batch {cfg.batch_size}, {cfg.shot}-shot, "
+                 f"ResNet-{cfg.layers}, crop {cfg.train_h}x{cfg.train_w}, grid {cfg.feature_size} / "
+                 f"window {cfg.window_size}, workers {cfg.workers}, device {device}; median of "
+                 f"{args.rounds * args.iterations} steps per variant ({args.rounds} alternating rounds)"))
+    print("| device | variant | s/iteration | iterations/s | speed-up | peak memory |")
+    print("|---|---|---|---|---|---|")
+    first = median(seconds[args.variants[0]])
+    for name in args.variants:
+        value = median(seconds[name])
+        print(f"| {device.type} | {name} | {value:.3f} | {1 / value:.2f} | {first / value:.2f}x | "
+              f"{format_memory(peaks[name])} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(main))
