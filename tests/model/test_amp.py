@@ -32,7 +32,7 @@ def square_episodes(count: int, generator: torch.Generator):
     return x, s_x, s_y, y
 
 
-def train_small_model(iterations: int = 40) -> SCCAN:
+def train_small_model(iterations: int = 80) -> SCCAN:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     backbone = Backbone(50)
