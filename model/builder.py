@@ -79,7 +79,7 @@ def _frozen_head(pspnet: nn.Module) -> nn.Module:
 def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
     pretrained_backbone, random_backbone_residual_gain, feature_size, window_size,
-    feature_dropout, fast_path``) to an :class:`SCCAN`. A key the namespace (a Config, dict or object)
+    feature_dropout, fast_path, fast_path_training``) to an :class:`SCCAN`. A key the namespace (a Config, dict or object)
     lacks takes its default from util/config_schema.py.
 
     ``backbone_from_checkpoint``: the caller loads a full SCCAN checkpoint next (it holds the
@@ -110,7 +110,8 @@ def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
                  feature_size=int(value("feature_size")), window_size=int(value("window_size")),
                  feature_dropout=float(value("feature_dropout")), learner_base=learner_base,
                  low_fea=str(value("low_fea")), kshot_trans_dim=int(value("kshot_trans_dim")),
-                 fast_path=bool(value("fast_path")))
+                 fast_path=bool(value("fast_path")),
+                 fast_path_training=bool(value("fast_path_training")))
 
 
 def build_optimizers(model: SCCAN, base_lr: float, momentum: float = 0.9,

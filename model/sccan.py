@@ -142,17 +142,24 @@ class SCCAN(nn.Module):
             ``cls_merge`` and, for ``shot`` > 1, ``kshot_rw`` join the state dict.
         low_fea: backbone level of the scene difference ('layer2' in BAM's configs); ensemble only.
         kshot_trans_dim: width of ``kshot_rw`` (0: one K -> K conv); ensemble with shot > 1 only.
-        fast_path: True (default) computes the same logits (the parity fixture within 1e-4) with
-            fewer operations: fused attention (model/transformer.py), the priors of all shots from
-            pre-normalised features (:func:`prior_masks`). False runs the straightforward path
-            written like the original (what the parity tests also run). Switch it later with
-            :meth:`set_fast_path`; it changes no parameter.
+        fast_path: True (default) computes the same logits in evaluation mode (the parity
+            fixture within 1e-4) with fewer operations: fused attention (model/transformer.py),
+            channels-last backbone input, the priors of all shots from pre-normalised features
+            (:func:`prior_masks`). False runs the straightforward path written like the original
+            (what the parity tests also run).
+        fast_path_training: the same choice in training mode, False by default: the fast path
+            rounds differently (~1e-7) and training amplifies that, so the losses of a run would
+            drift from the straightforward path's (by ~1e-4 after 20 toy iterations, as much as
+            running the original on 1 thread instead of 2 does; BENCHMARKS.md), for ~4% less
+            time per CPU iteration. Both can be switched later with :meth:`set_fast_path`;
+            neither changes a parameter.
     """
 
     def __init__(self, backbone: Backbone, shot: int = 1, zoom_factor: int = 8,
                  feature_size: int = 64, window_size: int = 8, reduce_dim: int = 256,
                  feature_dropout: float = 0.5, learner_base: Optional[nn.Module] = None,
-                 low_fea: str = "layer2", kshot_trans_dim: int = 2, fast_path: bool = True):
+                 low_fea: str = "layer2", kshot_trans_dim: int = 2, fast_path: bool = True,
+                 fast_path_training: bool = False):
         super().__init__()
         if feature_size % window_size:
             raise ValueError(f"feature_size {feature_size} must be a multiple of window_size "
@@ -190,21 +197,31 @@ class SCCAN(nn.Module):
             self.cls_merge = build_merge_conv()
             if shot > 1:
                 self.kshot_rw = build_kshot_reweighting(shot, kshot_trans_dim)
+        self.fast_path_training = bool(fast_path_training)
         self.set_fast_path(fast_path)
         # Evaluation only: a model.feature_cache.FeatureCache (see attached_feature_cache).
         self.feature_cache = None
 
-    def set_fast_path(self, enabled: bool) -> "SCCAN":
-        """Choose the fast path (True) or the straightforward one (False); see the class doc."""
-        self.fast_path = bool(enabled)
-        self.transformer.set_fast_path(enabled)
+    def set_fast_path(self, evaluation: bool, training: Optional[bool] = None) -> "SCCAN":
+        """Choose the fast path (True) or the straightforward one (False) for evaluation mode
+        and, when given, for training mode; see the class doc."""
+        self.fast_path = bool(evaluation)
+        if training is not None:
+            self.fast_path_training = bool(training)
+        self.transformer.set_fast_path(self.uses_fast_path)
         return self
+
+    @property
+    def uses_fast_path(self) -> bool:
+        """Whether the current mode (training or evaluation) runs the fast path."""
+        return self.fast_path_training if self.training else self.fast_path
 
     def train(self, mode: bool = True) -> "SCCAN":
         """The base learner's BatchNorm layers stay in eval mode: their statistics are the base
         training's (BAM's fix_bn does the same with its shipped ``fix_bn: True``). Its dropout
-        follows the mode, as in BAM's training."""
+        follows the mode, as in BAM's training. The transformer takes the mode's path."""
         super().train(mode)
+        self.transformer.set_fast_path(self.uses_fast_path)
         if self.learner_base is not None:
             for module in self.learner_base.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -235,7 +252,7 @@ class SCCAN(nn.Module):
         exactly those of the plain loop. Small training images and accelerators get the whole
         batch at once. The fast path feeds the backbone channels-last images (~9% faster
         convolutions on the CPU, the same features to ~1e-6)."""
-        if self.fast_path:
+        if self.uses_fast_path:
             images = images.contiguous(memory_format=torch.channels_last)
         small = images.shape[-2] * images.shape[-1] < PER_IMAGE_BACKBONE_PIXELS
         if images.device.type != "cpu" or images.shape[0] == 1 or (small and self.training):
@@ -285,12 +302,12 @@ class SCCAN(nn.Module):
             masks.append(mask)
             masked_features.append(support_mid[:, k] * mask)
             prototypes.append(masked_average_pooling(support_mid[:, k], mask))
-            if not self.fast_path:
+            if not self.uses_fast_path:
                 priors.append(prior_mask(query_high, support_high[:, k], mask, grid))
         support_mask = torch.stack(masks).mean(0)  # (B, 1, g, g)
         support_feature = torch.stack(masked_features).mean(0)  # (B, 256, g, g)
         prototype = torch.stack(prototypes).mean(0).expand(-1, -1, *grid)  # (B, 256, g, g)
-        if self.fast_path:
+        if self.uses_fast_path:
             prior = prior_masks(query_high, support_high, torch.stack(masks, dim=1), grid).mean(1)  # (B, 1, g, g)
         else:
             prior = torch.stack(priors).mean(0)  # (B, 1, g, g)

@@ -7,10 +7,13 @@
 * ``prepare_pascal``: VOC2012 + SBD -> SegmentationClassAug labels and the PASCAL base lists.
 * ``prepare_coco``: COCO 2014 instance annotations -> label PNGs and the COCO base lists.
 * ``make_configs``: (re)writes or checks the 32 paper configs from one template.
-* ``bench_model``: seconds per episode (eval forward) and parameter counts.
+* ``bench_model``: seconds per episode (eval forward) of each forward variant, parameter counts.
+* ``bench_train``: seconds per training iteration of each variant.
+* ``bench_eval``: a toy evaluation with and without the backbone-feature cache.
+* ``bench_amp``: bf16 against fp32 on a trained checkpoint.
 * ``bench_data``: episodes per second of the data pipeline.
 
-Helpers of the two prepare tools: ``preparation`` (their error type, input lists, base-list
+``benchmarking`` holds what the speed benchmarks share. Helpers of the two prepare tools: ``preparation`` (their error type, input lists, base-list
 writing, reference counts), ``label_files`` (label PNG writing and validation) and ``parallel``
 (one conversion over many files, with a progress bar and worker processes).
 """

@@ -3,8 +3,8 @@
     python -m tools.bench_eval --shots 1 --episodes 40            # measured: 40 episodes each way
     python -m tools.bench_eval --shots 5 --episodes 16 --test-num 1000 --with-reference
 
-The evaluation of test_sccan.py (util/evaluation.py, fold 0, batch 1, the paper's model: 64x64
-grid, window 8) runs the first --episodes episodes of the protocol twice, without the cache and
+The evaluation of test_sccan.py (util/evaluation.py, fold 0, batch 1, by default the paper's
+model: 64x64 grid, window 8) runs the first --episodes episodes of the protocol twice, without the cache and
 with it (``eval_feature_cache_mb``), and prints both times, the speed-up and the hit rate; both
 runs must give the same numbers. ``--with-reference`` adds a plain run of the straightforward
 path (the loop before the speed work).
@@ -76,6 +76,8 @@ def main(argv=None):
     parser.add_argument("--shots", nargs="+", type=positive_int, default=[1, 5])
     parser.add_argument("--size", type=positive_int, default=473, help="val_size (default 473)")
     parser.add_argument("--layers", type=int, choices=[50, 101], default=50)
+    parser.add_argument("--feature-size", type=positive_int, default=64, help="transformer grid (default 64)")
+    parser.add_argument("--window-size", type=positive_int, default=8, help="transformer window (default 8)")
     parser.add_argument("--episodes", type=positive_int, default=40, help="measured episodes per run")
     parser.add_argument("--test-num", type=positive_int, default=1000, help="projected evaluation length")
     parser.add_argument("--cache-mb", type=float, default=4096.0, help="eval_feature_cache_mb of the cached run")
@@ -93,7 +95,8 @@ def main(argv=None):
         cfg = load_config(CONFIG, ["data_root", args.data_root, "train_list", f"{args.data_root}/train.txt",
                                    "val_list", f"{args.data_root}/val.txt", "list_root",
                                    f"{args.data_root}/fss_list", "val_size", str(args.size), "shot", str(shot),
-                                   "layers", str(args.layers), "feature_size", "64", "window_size", "8"])
+                                   "layers", str(args.layers), "feature_size", str(args.feature_size),
+                                   "window_size", str(args.window_size)])
         dataset = build_dataset(cfg, "val", show_progress=False)
         loader = build_val_loader(cfg, dataset)
         model = build_experiment_model(cfg, device)
@@ -113,6 +116,9 @@ def main(argv=None):
                          statistics["hit_rate"]))
 
         lookups = args.episodes * (1 + shot)
+        if statistics["hits"] == 0:
+            raise ValueError(f"--episodes {args.episodes}: no image came back in the measured {shot}-shot "
+                             f"run, so nothing can be projected; measure more episodes")
         image_cost = (plain - cached) / (lookups - statistics["misses"])
         rest = (cached - statistics["misses"] * image_cost) / args.episodes
         per_image_mb = statistics["stored_mb"] / max(statistics["entries"], 1)
@@ -124,8 +130,9 @@ def main(argv=None):
                           args.test_num * rest + misses * image_cost, 1 - misses / len(uses),
                           image_cost, rest))
 
-    print(header("bench_eval", argv, f"toy data fold 0, val_size {args.size}, ResNet-{args.layers}, 64x64 "
-                                     f"grid / window 8, random calibrated backbone, batch 1, cache "
+    print(header("bench_eval", argv, f"toy data fold 0, val_size {args.size}, ResNet-{args.layers}, "
+                                     f"{args.feature_size}x{args.feature_size} grid / window "
+                                     f"{args.window_size}, random calibrated backbone, batch 1, cache "
                                      f"{args.cache_mb:g} MiB, fast path unless stated"))
     print("Measured (the first episodes of the protocol, the same for every run):\n")
     print("| shot | episodes | straightforward path, plain (s) | plain (s) | cached (s) | speed-up | hit rate |")

@@ -1,16 +1,17 @@
 """Training speed of SCCAN: seconds per iteration of train_sccan.py's step, for each variant.
 
     python -m tools.bench_train --config config/toy/toy_split0_resnet50.yaml      # the toy run (CPU)
-    python -m tools.bench_train --config config/toy/toy_split0_resnet50.yaml --variants reference \\
-        fast fast-bf16 --opts train_h 473 train_w 473 feature_size 64 window_size 8 batch_size 8 \\
-        workers 8                                 # CUDA: batch 8, 473x473, ResNet-50 1-shot
+    python -m tools.bench_train --config config/toy/toy_split0_resnet50.yaml \\
+        --variants reference fast-steps fast fast-bf16 --opts train_h 473 train_w 473 \\
+        feature_size 64 window_size 8 batch_size 8 workers 8   # CUDA: batch 8, 473x473, R50 1-shot
 
 One trainer (util/trainer.py) is built from the config, in a temporary output folder, and its
 ``train_step`` runs on the config's training loader, loading included (as in training). Rounds
 alternate the variants, --iterations timed steps of each per round after --warmup untimed ones:
 reference = the straightforward forward, one-tensor optimizer steps and the loss read every
-iteration (the step before the speed work); fast = the defaults; fast-bf16 = fast with
-``amp: bf16``. The weights move (these are real steps), which does not change the cost. Prints
+iteration (the step before the speed work); fast-steps = training's default (the same forward,
+multi-tensor steps, no per-step read); fast = also the fast forward (``fast_path_training``);
+fast-bf16 = fast with ``amp: bf16``. The weights move (these are real steps), which does not change the cost. Prints
 the median seconds per iteration, iterations per second, the speed-up over the first variant and
 the peak GPU memory.
 """
@@ -39,7 +40,7 @@ def endless(loader):
 
 def apply_variant(trainer, name: str) -> None:
     variant = VARIANTS[name]
-    trainer.model.set_fast_path(variant.fast_path)
+    trainer.model.set_fast_path(variant.fast_path, training=variant.fast_path)
     trainer.cfg.amp = variant.amp
     if variant.fast_steps:
         fast_optimizer_steps(trainer.sgd, trainer.adamw)
@@ -51,7 +52,7 @@ def apply_variant(trainer, name: str) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.bench_train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="training config (its data must exist)")
-    add_variant_argument(parser)
+    add_variant_argument(parser, default=("reference", "fast-steps", "fast"))
     parser.add_argument("--iterations", type=positive_int, default=4, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of all variants (default 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")

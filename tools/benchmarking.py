@@ -24,6 +24,8 @@ VARIANTS: Dict[str, Variant] = {
     # the straightforward path written like the original, fp32, one-tensor optimizer steps and
     # the loss read every iteration: the code before the speed work
     "reference": Variant(fast_path=False, amp="fp32", fast_steps=False),
+    # training's default: the straightforward forward, multi-tensor steps, no per-step read
+    "fast-steps": Variant(fast_path=False, amp="fp32", fast_steps=True),
     "fast": Variant(fast_path=True, amp="fp32", fast_steps=True),
     "fast-bf16": Variant(fast_path=True, amp="bf16", fast_steps=True),
 }
@@ -32,8 +34,12 @@ VARIANTS: Dict[str, Variant] = {
 def add_variant_argument(parser, default: Sequence[str] = ("reference", "fast")) -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(default),
                         help=f"what to compare (default: {' '.join(default)}): reference = the "
-                             f"straightforward fp32 path; fast = the fast fp32 path (the default "
-                             f"of the configs); fast-bf16 = the fast path under bf16 autocast")
+                             f"straightforward fp32 path (and, training, one-tensor optimizer steps "
+                             f"and a loss read per step: the code before the speed work); "
+                             f"fast-steps = training's default (the straightforward forward with "
+                             f"multi-tensor steps, no per-step read); fast = the fast fp32 path "
+                             f"(evaluation's default; fast_path_training for training); fast-bf16 = "
+                             f"the fast path under bf16 autocast")
 
 
 def set_strict_fp32(device: torch.device) -> None:

@@ -29,7 +29,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, load_model_weight
 from util.best_checkpoint import BestCheckpoint, epoch_label, format_epoch_label, half_epoch_index
 from util.cli import UserError
 from util.config import config_argparser, config_from_arguments, save_config
-from util.evaluation import EvaluationProtocol
+from util.evaluation import EvaluationProtocol, format_cache_statistics
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import atomic_torch_save
@@ -289,6 +289,8 @@ class Trainer:
             self.logger.info(f"val epoch {format_epoch_label(label)}: mIoU {result['mIoU']:.4f} "
                              f"FB-IoU {result['FB_IoU']:.4f} pIoU {result['pIoU']:.4f} "
                              f"({result['episodes']} episodes, {result['seconds']:.0f}s)")
+            if "feature_cache" in result:
+                self.logger.info(format_cache_statistics(result["feature_cache"]))
             if self.writer is not None:
                 self.writer.add_scalar("mIoU_val", result["mIoU"], label)
                 self.writer.add_scalar("FBIoU_val", result["FB_IoU"], label)

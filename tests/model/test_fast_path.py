@@ -117,7 +117,7 @@ def test_model_fast_equals_straightforward_in_evaluation(layers, shot, window_si
 
 
 def _training_step(model, fast_path, batch):
-    model.set_fast_path(fast_path).train()
+    model.set_fast_path(fast_path, training=fast_path).train()
     model.zero_grad(set_to_none=True)
     torch.manual_seed(5)  # the same dropout masks on both paths
     x, s_x, s_y, y = batch
@@ -148,5 +148,20 @@ def test_fast_path_feeds_the_backbone_channels_last():
     x, s_x, s_y, _ = _episode(1, size=33)
     with torch.no_grad():
         model.set_fast_path(False)(x, s_x, s_y)
+        calls = len(seen)
         model.set_fast_path(True)(x, s_x, s_y)
-    assert seen == [False, False, True, True]
+    # evaluation on the CPU: one backbone call per image (2 queries, 2 supports)
+    assert calls == 4 and seen == [False] * 4 + [True] * 4
+
+
+def test_training_and_evaluation_modes_take_their_own_path():
+    model = _model(50, 1, 8)  # fast_path False for both
+    model.set_fast_path(True)  # evaluation only; training keeps the straightforward path
+    attentions = [module for name, module in model.named_modules() if name.endswith(("attn_q", "attn_s"))]
+    model.train()
+    assert not model.uses_fast_path and not any(attention.fast_path for attention in attentions)
+    model.eval()
+    assert model.uses_fast_path and all(attention.fast_path for attention in attentions)
+    model.set_fast_path(False, training=True).train()
+    assert model.uses_fast_path and all(attention.fast_path for attention in attentions)
+    assert SCCAN(Backbone(50)).fast_path and not SCCAN(Backbone(50)).fast_path_training  # defaults

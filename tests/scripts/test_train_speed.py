@@ -37,23 +37,38 @@ def _recorded_losses(monkeypatch):
     return losses
 
 
-def test_speed_changes_keep_the_first_losses(toy_data_root, tmp_path, small_list, monkeypatch):
+def _first_losses(toy_data_root, tmp_path, small_list, monkeypatch, name, **overrides):
     epochs = -(-ITERATIONS // (small_list[1] // 4))  # enough epochs of batch 4 for 20 iterations
     losses = _recorded_losses(monkeypatch)
-    with monkeypatch.context() as straightforward:
-        # the step as it was: the original's forward, one-tensor-at-a-time optimizer steps
-        straightforward.setattr(util.trainer, "fast_optimizer_steps", lambda *optimizers: None)
-        reference = train_sccan.main(_argv(toy_data_root, tmp_path / "reference", small_list,
-                                           epochs=epochs, fast_path=False))
-    reference_losses, losses[:] = list(losses), []
-    fast = train_sccan.main(_argv(toy_data_root, tmp_path / "fast", small_list, epochs=epochs))
-    assert not reference.model.fast_path and fast.model.fast_path
-    assert all(group["foreach"] for group in fast.sgd.param_groups + fast.adamw.param_groups)
+    trainer = train_sccan.main(_argv(toy_data_root, tmp_path / name, small_list, epochs=epochs,
+                                     **overrides))
+    assert len(losses) >= ITERATIONS
+    return trainer, losses[:ITERATIONS]
+
+
+def test_default_training_step_keeps_the_losses_exactly(toy_data_root, tmp_path, small_list, monkeypatch):
+    with monkeypatch.context() as before:
+        # the step as it was: the straightforward forward everywhere, one-tensor optimizer steps
+        before.setattr(util.trainer, "fast_optimizer_steps", lambda *optimizers: None)
+        reference, reference_losses = _first_losses(toy_data_root, tmp_path, small_list, before,
+                                                    "reference", fast_path=False)
+    trainer, losses = _first_losses(toy_data_root, tmp_path, small_list, monkeypatch, "default")
     assert not any(group["foreach"] for group in reference.sgd.param_groups)
-    assert len(losses) == len(reference_losses) >= ITERATIONS
-    assert len(set(reference_losses[:ITERATIONS])) > ITERATIONS // 2  # the loss moves
-    for step, (expected, actual) in enumerate(zip(reference_losses[:ITERATIONS], losses)):
+    assert all(group["foreach"] for group in trainer.sgd.param_groups + trainer.adamw.param_groups)
+    assert trainer.model.fast_path and not trainer.model.fast_path_training
+    assert len(set(reference_losses)) > ITERATIONS // 2  # the loss moves
+    assert losses == reference_losses  # bit for bit
+
+
+def test_fast_training_path_keeps_the_first_losses_close(toy_data_root, tmp_path, small_list, monkeypatch):
+    _, reference_losses = _first_losses(toy_data_root, tmp_path, small_list, monkeypatch, "reference")
+    trainer, losses = _first_losses(toy_data_root, tmp_path, small_list, monkeypatch, "fast",
+                                    fast_path_training=True)
+    assert trainer.model.fast_path_training
+    # rounding differences grow over the iterations (BENCHMARKS.md): the first ones agree closely
+    for step, (expected, actual) in enumerate(zip(reference_losses[:5], losses[:5])):
         assert abs(actual - expected) <= 1e-5, f"iteration {step + 1}: {actual} != {expected}"
+    assert losses != reference_losses  # really another path
 
 
 def test_non_finite_loss_is_reported_at_the_next_check(toy_data_root, tmp_path, small_list,

@@ -1,0 +1,89 @@
+"""The speed benchmarks run end to end at tiny sizes and print their tables (timings themselves
+are figures for BENCHMARKS.md, not tested)."""
+import os
+
+import pytest
+import torch
+
+from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from tools import bench_amp, bench_eval, bench_model, bench_train
+from util.config import load_config
+from util.experiment import build_experiment_model
+
+
+def _rows(output: str, first_cell: str):
+    return [line for line in output.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+def test_bench_model_rows_per_variant(capsys):
+    bench_model.main(["--devices", "cpu", "--layers", "50", "--shots", "1", "--size", "33", "--runs", "1",
+                      "--warmup", "0", "--batch", "2", "--variants", "reference", "fast", "fast-bf16"])
+    rows = _rows(capsys.readouterr().out, "cpu")
+    assert [row.split(" | ")[4] for row in rows] == ["reference", "fast", "fast-bf16"]
+    assert all(row.split(" | ")[3] == "2" for row in rows)  # batch
+
+
+def test_bench_train_rows_per_variant(toy_data_root, tmp_path, capsys):
+    train_list = str(tmp_path / "train_small.txt")
+    reduced_train_list(toy_data_root, train_list)
+    opts = toy_opts(toy_data_root, str(tmp_path / "unused"), train_list=train_list,
+                    list_root=str(tmp_path / "fss"))
+    bench_train.main(["--config", CONFIG, "--iterations", "1", "--rounds", "1", "--warmup", "0",
+                      "--variants", "reference", "fast", "--opts", *opts])
+    rows = _rows(capsys.readouterr().out, "cpu")
+    assert [row.split(" | ")[1] for row in rows] == ["reference", "fast"]
+    assert rows[0].split(" | ")[4] == "1.00x"
+    assert not os.path.exists(tmp_path / "unused")  # the trainer wrote into a temporary folder
+
+
+def test_bench_eval_measures_and_projects(toy_data_root, capsys):
+    bench_eval.main(["--data-root", toy_data_root, "--shots", "1", "--size", "33", "--feature-size", "8",
+                     "--window-size", "4", "--episodes", "30", "--test-num", "100"])
+    output = capsys.readouterr().out
+    measured, projected = _rows(output, "1")
+    assert measured.split(" | ")[1] == "30" and projected.split(" | ")[1] == "100"
+
+
+def test_image_uses_replays_the_protocol_draws(toy_data_root, tmp_path):
+    from util.episodes import EpisodeRecorder, RecordingDataset
+    from util.evaluation import EvaluationProtocol
+    from util.experiment import build_dataset, build_val_loader
+
+    cfg = load_config(CONFIG, toy_opts(toy_data_root, str(tmp_path), list_root=str(tmp_path / "fss"), shot=2))
+    dataset = build_dataset(cfg, "val", show_progress=False)
+    recorder = EpisodeRecorder()
+    loader = build_val_loader(cfg, RecordingDataset(dataset))
+    count = len(dataset) + 5  # two loader passes
+    EvaluationProtocol(test_num=count, num_test_classes=5).run(
+        lambda x, s_x, s_y: torch.zeros(x.shape[0], 2, *x.shape[-2:]), loader, torch.device("cpu"),
+        seed=bench_eval.SEED, observers=[recorder])
+    expected = [path for episode in recorder.episodes
+                for path in [episode["query"][0]] + [pair[0] for pair in episode["supports"]]]
+    assert bench_eval.image_uses(dataset, count) == expected
+
+
+def test_lru_misses():
+    assert bench_eval.lru_misses("abcabc", 3) == 3
+    assert bench_eval.lru_misses("abcabc", 2) == 6
+    assert bench_eval.lru_misses("abacab", 2) == 4  # a stays recent: misses a b c b
+
+
+def test_bench_amp_compares_precisions(toy_data_root, tmp_path, capsys):
+    opts = toy_opts(toy_data_root, str(tmp_path), list_root=str(tmp_path / "fss"))
+    model = build_experiment_model(load_config(CONFIG, opts), torch.device("cpu"))
+    weight = str(tmp_path / "model.pth")
+    torch.save({"state_dict": model.state_dict()}, weight)
+    bench_amp.main(["--config", CONFIG, "--weight", weight, "--episodes", "3", "--opts", *opts])
+    output = capsys.readouterr().out
+    fp32, bf16 = _rows(output, "fp32"), _rows(output, "bf16")
+    assert len(fp32) == len(bf16) == 1 and bf16[0].split(" | ")[-1].rstrip(" |").endswith("%")
+    assert "mIoU difference (bf16 - fp32):" in output
+
+
+@pytest.mark.parametrize("tool", ["bench_model", "bench_train", "bench_eval", "bench_amp"])
+def test_tools_have_help(tool, capsys):
+    module = {"bench_model": bench_model, "bench_train": bench_train, "bench_eval": bench_eval,
+              "bench_amp": bench_amp}[tool]
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert f"python -m tools.{tool}" in capsys.readouterr().out
