@@ -296,7 +296,9 @@ class Predictor:
         image = read_rgb(query, "query")
         frame = self._frame(image, "query")
         x, _ = self.transform(image, np.zeros(image.shape[:2], np.uint8))
-        return x.unsqueeze(0).to(self.device), frame
+        # contiguous like the loader's collated batch: a permuted layout picks other convolution
+        # kernels, whose rounding differs from the evaluation's (~1e-7)
+        return x.unsqueeze(0).contiguous().to(self.device), frame
 
     def set_support(self, images: Sequence[ImageSource], masks: Sequence[ImageSource]) -> None:
         """Set the K supports (paths or RGB arrays) and their masks (paths or (H, W) arrays; any

@@ -27,16 +27,20 @@ def flat_yaml(path: str) -> dict:
 
 
 SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(REPOSITORY_ROOT, "config", "*", "*.yaml")))
-ENSEMBLE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_bam.yaml")]
+TOY_CONFIGS = [path for path in SHIPPED_CONFIGS if os.sep + "toy" + os.sep in path]
+ENSEMBLE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_bam.yaml") and path not in TOY_CONFIGS]
 # The base-learner configs (train_base.py) set only the keys BAM's base training reads.
 BASE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_base.yaml")]
-PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if os.sep + "toy" + os.sep not in path
+PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if path not in TOY_CONFIGS
                  and path not in ENSEMBLE_CONFIGS and path not in BASE_CONFIGS]
 
 
-def test_the_shipped_configs_are_32_paper_32_ensemble_16_base_and_3_toy():
+def test_the_shipped_configs_are_32_paper_32_ensemble_16_base_and_4_toy():
     assert len(PAPER_CONFIGS) == 32 and len(ENSEMBLE_CONFIGS) == 32 and len(BASE_CONFIGS) == 17
-    assert len(SHIPPED_CONFIGS) == 32 + 32 + 16 + 3  # the toy base config is one of BASE_CONFIGS
+    assert [os.path.basename(path) for path in TOY_CONFIGS] == [
+        "toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml",
+        "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"]
+    assert len(SHIPPED_CONFIGS) == 32 + 32 + 16 + 4  # the toy base config is one of BASE_CONFIGS
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)

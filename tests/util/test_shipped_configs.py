@@ -175,8 +175,8 @@ def test_toy_configs_load_and_mark_their_cost_cuts():
     folder = os.path.dirname(CONFIG)
     names = sorted(os.listdir(folder))
     assert names == ["toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml",
-                     "toy_split0_resnet50_base.yaml"]
-    for name in names[:2]:
+                     "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"]
+    for name in names[:3]:
         cfg = load_config(os.path.join(folder, name))
         assert cfg.pretrained_backbone is False and cfg.data_root == "data/toy"
         assert cfg.list_root.startswith("data/toy") and cfg.save_path.startswith("exp/toy/")
