@@ -1,22 +1,17 @@
 """train_sccan.py on a CUDA device (``pytest -m cuda``; skipped without one): a few iterations,
 a resume, a single-process NCCL DistributedDataParallel run and the non-finite loss check over
 NCCL."""
-import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 import train_sccan
-from model.backbone import Backbone, initialise_random_backbone
-from model.builder import build_optimizers
-from model.sccan import SCCAN
 from tests.support.cuda import CUDA, strict_fp32
-from tests.support.distributed import free_port
+from tests.support.distributed import ddp_and_plain_training_steps, free_port
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from util.trainer import NonFiniteLossError, NonFiniteLossWatch, fast_optimizer_steps
+from util.trainer import NonFiniteLossError, NonFiniteLossWatch
 
 pytestmark = CUDA
 DEVICE = torch.device("cuda")
@@ -74,35 +69,11 @@ def nccl_group():
     dist.destroy_process_group()
 
 
-def _small_model():
-    torch.manual_seed(0)
-    backbone = Backbone(50)
-    initialise_random_backbone(backbone, residual_gain=0.1)
-    return SCCAN(backbone, shot=1, feature_size=8, window_size=4, feature_dropout=0.0).to(DEVICE)
-
-
 def test_single_process_nccl_ddp_steps_match_the_plain_model(nccl_group):
     strict_fp32()
-    plain = _small_model()
-    wrapped_model = copy.deepcopy(plain)
-    wrapped = DistributedDataParallel(wrapped_model, device_ids=[0], find_unused_parameters=True)
-    generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(2, 3, 33, 33, generator=generator), torch.randn(2, 1, 3, 33, 33, generator=generator),
-                (torch.rand(2, 1, 33, 33, generator=generator) > 0.5).float(),
-                (torch.rand(2, 33, 33, generator=generator) > 0.5).long()) for _ in range(3)]
-    for model, forward in ((plain, plain), (wrapped_model, wrapped)):
-        sgd, adamw = build_optimizers(model, 0.005)
-        fast_optimizer_steps(sgd, adamw)
-        model.train()
-        for x, s_x, s_y, y in batches:
-            _, loss, _, _ = forward(x.to(DEVICE), s_x.to(DEVICE), s_y.to(DEVICE), y.to(DEVICE))
-            sgd.zero_grad()
-            adamw.zero_grad()
-            loss.backward()
-            sgd.step()
-            adamw.step()
-    for (name, expected), actual in zip(plain.state_dict().items(), wrapped_model.state_dict().values()):
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=name)
+    _, plain, wrapped = ddp_and_plain_training_steps(DEVICE)
+    for key, expected in plain.items():
+        torch.testing.assert_close(wrapped[key], expected, atol=1e-5, rtol=1e-5, msg=key)
 
 
 def test_non_finite_loss_check_over_nccl(nccl_group):

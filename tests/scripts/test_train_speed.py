@@ -1,13 +1,17 @@
 """train_sccan.py's speed changes on the toy dataset: the same losses as the straightforward step,
 multi-tensor optimizer steps, the deferred non-finite check, bf16 training."""
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.distributed as dist
 
 import model.sccan as sccan_module
 import train_sccan
 import util.trainer
+from tests.support.distributed import ddp_and_plain_training_steps, free_port
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from util.trainer import NonFiniteLossError
+from util.trainer import NonFiniteLossError, NonFiniteLossWatch
 
 ITERATIONS = 20
 
@@ -107,13 +111,6 @@ def test_unknown_amp_value_is_one_clear_error(toy_data_root, tmp_path, small_lis
 
 
 def test_non_finite_watch_reduces_over_the_process_group():
-    from types import SimpleNamespace
-
-    import torch.distributed as dist
-
-    from tests.support.distributed import free_port
-    from util.trainer import NonFiniteLossWatch
-
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         watch = NonFiniteLossWatch(torch.device("cpu"))
@@ -126,3 +123,15 @@ def test_non_finite_watch_reduces_over_the_process_group():
             watch.check(context, iterations=5, folder="exp")
     finally:
         dist.destroy_process_group()
+
+
+def test_single_process_gloo_ddp_steps_match_the_plain_model():
+    """The CPU twin of the CUDA suite's NCCL run (tests/scripts/test_cuda_training.py)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        initial, plain, wrapped = ddp_and_plain_training_steps(torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    for key, expected in plain.items():
+        assert torch.equal(wrapped[key], expected), key
+    assert any(not torch.equal(plain[key], value) for key, value in initial.items())  # it trained

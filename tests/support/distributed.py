@@ -1,5 +1,7 @@
 """Run a training script's ``main`` on two CPU processes (torch.distributed with gloo), as
-torchrun would, and collect each rank's final weights."""
+torchrun would, and collect each rank's final weights; compare DistributedDataParallel steps
+with plain ones in an initialised single-process group."""
+import copy
 import importlib
 import os
 import socket
@@ -29,3 +31,43 @@ def train_on_two_processes(script: str, argv: list, out_dir: str) -> list:
     mp.spawn(_worker, args=(2, free_port(), script, argv, str(out_dir)), nprocs=2, join=True)
     return [torch.load(os.path.join(str(out_dir), f"rank{rank}.pt"), weights_only=True)
             for rank in range(2)]
+
+
+def ddp_and_plain_training_steps(device: torch.device, steps: int = 3):
+    """A small SCCAN trained for ``steps`` seeded steps twice on ``device``, plainly and wrapped
+    in DistributedDataParallel (the process group must be initialised); returns the initial,
+    the plain and the wrapped state dicts. With one process the all-reduce changes nothing, so
+    the last two must agree."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from model.backbone import Backbone, initialise_random_backbone
+    from model.builder import build_optimizers
+    from model.sccan import SCCAN
+    from util.trainer import fast_optimizer_steps
+
+    torch.manual_seed(0)
+    backbone = Backbone(50)
+    initialise_random_backbone(backbone, residual_gain=0.1)
+    plain = SCCAN(backbone, shot=1, feature_size=8, window_size=4, feature_dropout=0.0).to(device)
+    initial = copy.deepcopy(plain.state_dict())
+    wrapped_model = copy.deepcopy(plain)
+    wrapped = DistributedDataParallel(wrapped_model, device_ids=[device.index or 0] if device.type == "cuda"
+                                      else None, find_unused_parameters=True)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 3, 33, 33, generator=generator),
+                torch.randn(2, 1, 3, 33, 33, generator=generator),
+                (torch.rand(2, 1, 33, 33, generator=generator) > 0.5).float(),
+                (torch.rand(2, 33, 33, generator=generator) > 0.5).long()) for _ in range(steps)]
+    for model, forward in ((plain, plain), (wrapped_model, wrapped)):
+        sgd, adamw = build_optimizers(model, 0.005)
+        fast_optimizer_steps(sgd, adamw)
+        model.train()
+        torch.manual_seed(1)  # the same dropout masks (cls_meta's Dropout2d) for both models
+        for x, s_x, s_y, y in batches:
+            _, loss, _, _ = forward(x.to(device), s_x.to(device), s_y.to(device), y.to(device))
+            sgd.zero_grad()
+            adamw.zero_grad()
+            loss.backward()
+            sgd.step()
+            adamw.step()
+    return initial, plain.state_dict(), wrapped_model.state_dict()
