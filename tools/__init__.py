@@ -2,6 +2,7 @@
 (``python -m tools.<name> --help``):
 
 * ``toy_demo``: the README's default run (toy data, training, testing, baselines).
+* ``predict``: a trained checkpoint on your own images: masks, probabilities, overlays.
 * ``make_toy_dataset``: the seeded toy dataset in the PASCAL layout.
 * ``probe_features``: training-free support matching on each backbone level and SCCAN's prior.
 * ``prepare_pascal``: VOC2012 + SBD -> SegmentationClassAug labels and the PASCAL base lists.

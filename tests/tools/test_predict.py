@@ -161,3 +161,11 @@ def test_the_module_as_a_user_runs_it():
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
         "error: support 1 image 'missing.jpg': no such file"
+
+
+def test_support_pairs_split_where_both_files_exist(tmp_path):
+    image, mask = tmp_path / "shot:1.jpg", tmp_path / "mask.png"
+    image.write_bytes(b"")
+    mask.write_bytes(b"")
+    assert predict.split_support(f"{image}:{mask}") == (str(image), str(mask))
+    assert predict.split_support("a.jpg:b.png") == ("a.jpg", "b.png")  # neither exists: the first colon
