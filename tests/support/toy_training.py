@@ -2,12 +2,12 @@
 
 The frozen backbone is most of an iteration's cost, so the training draws a fixed set of
 augmented episodes once and trains on batches from it: every image then goes through the
-backbone once, its features kept by :class:`FeatureCache` (exactly what the backbone returns,
-only not recomputed). Everything else is the real model, loss and optimizers of util/trainer.py.
+backbone once, its features kept by :class:`FrozenFeatures` (exactly what the backbone returns,
+only not recomputed, through the evaluation's feature cache). Everything else is the real model,
+loss and optimizers of util/trainer.py.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import warnings
@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from model.builder import build_optimizers, poly_learning_rate
+from model.feature_cache import FeatureCache
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import Config, load_config
 from util.dataset import SemData
@@ -25,27 +26,22 @@ from util.experiment import build_experiment_model
 from util.transform import build_train_transform
 
 
-class FeatureCache(nn.Module):
+class FrozenFeatures(nn.Module):
     """Stands in for the frozen backbone: the features of an image seen before (same tensor
-    content) come from memory, new images go through the backbone (eval mode, no gradient)."""
+    content) come from the evaluation's :class:`~model.feature_cache.FeatureCache`, new images
+    go through the backbone (eval mode, no gradient)."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, budget_mb: float = 4096.0):
         super().__init__()
         self.backbone = backbone
-        self.features = {}
+        self.cache = FeatureCache(budget_mb)
 
-    def train(self, mode: bool = True) -> "FeatureCache":
+    def train(self, mode: bool = True) -> "FrozenFeatures":
         return self  # frozen: SCCAN.train() must not switch the backbone's BN to training
 
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
-        keys = [hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images]
-        new = [index for index, key in enumerate(keys) if key not in self.features]
-        if new:
-            with torch.no_grad():
-                levels = self.backbone(images[new])
-            for position, index in enumerate(new):
-                self.features[keys[index]] = [level[position] for level in levels]
-        return [torch.stack([self.features[key][level] for key in keys]) for level in range(4)]
+        with torch.no_grad():
+            return self.cache.features(self.backbone, images)
 
 
 def train_briefly(data_root: str, folder: str, size: int, grid: int, window: int, episodes: int,
@@ -70,7 +66,7 @@ def train_briefly(data_root: str, folder: str, size: int, grid: int, window: int
                                                    cfg.rotate_max))
     fixed = [data[index % len(data)][:4] for index in range(episodes)]
     backbone = model.backbone
-    model.backbone = FeatureCache(backbone)
+    model.backbone = FrozenFeatures(backbone)
     sgd, adamw = build_optimizers(model, cfg.base_lr, cfg.momentum, cfg.weight_decay, cfg.transformer_lr)
     model.train()
     order = np.random.default_rng(seed)
