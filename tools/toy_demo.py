@@ -49,6 +49,12 @@ DEFAULT_BASE_CONFIG = "config/toy/toy_split0_resnet50_base.yaml"
 
 # (row, test_sccan.py flags, result file name, output scored: 'ensemble', 'meta' or None for a
 # single-output predictor), in the order they are printed. Rows with the same flags share a run.
+# BASELINE_ROWS need no trained model; both tables end with them.
+BASELINE_ROWS = [
+    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"],
+     "toy_prior_baseline", None),
+    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground", None),
+]
 ROWS = [
     ("SCCAN + base-learner ensemble (BAM), trained", [], "toy_trained", "ensemble"),
     ("SCCAN meta learner alone (same trained model)", [], "toy_trained", "meta"),
@@ -58,10 +64,7 @@ ROWS = [
      "toy_previous_support", "meta"),
     ("untrained meta learner + the same base learner (ensemble)", ["--untrained"], "toy_untrained",
      "ensemble"),
-    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"],
-     "toy_prior_baseline", None),
-    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground", None),
-]
+] + BASELINE_ROWS
 # The one-stage run (a config without base_learner, e.g. config/toy/toy_split0_resnet50.yaml):
 # SCCAN on a random frozen backbone, no base learner, no generalised test.
 ONE_STAGE_ROWS = [
@@ -69,11 +72,7 @@ ONE_STAGE_ROWS = [
     ("SCCAN, trained, given the previous episode's support", ["--previous-support"],
      "toy_previous_support", None),
     ("untrained model (same random backbone)", ["--untrained"], "toy_untrained", None),
-    ("training-free prior mask, threshold 0.7 (same backbone)", ["--prior-baseline"],
-     "toy_prior_baseline", None),
-    ("predict everything foreground", ["--all-foreground"], "toy_all_foreground", None),
-]
-
+] + BASELINE_ROWS
 
 def scored_run(summary: dict, output) -> dict:
     """The first seed's result of one output ('ensemble', 'meta') or of a single-output predictor."""
