@@ -25,7 +25,7 @@ from util.episodes import EpisodeRecorder, build_episode_loader, save_episodes
 from util.evaluation import EvaluationProtocol, run_seeds, summarise_runs
 from util.experiment import build_dataset, default_result_path, tensorboard_writer, test_class_ids
 from util.gfss import check_gfss_request, run_generalised_test
-from util.io import atomic_write_json
+from util.io import atomic_write_json, check_output_path
 from util.runtime import get_logger, init_distributed, set_seed
 from util.visualisation import VisualisationWriter, class_iou_chart, write_png
 
@@ -56,6 +56,9 @@ def parse_arguments(argv=None):
 
 def run(argv=None) -> dict:
     arguments, cfg = parse_arguments(argv)
+    for option, path, folder in (("--output", arguments.output, False), ("--save-vis", arguments.save_vis, True),
+                                 ("--dump-episodes", arguments.dump_episodes, False)):
+        check_output_path(path, option, folder)  # before any work, not after the evaluation
     context = init_distributed(arguments.local_rank)
     if context.world_size > 1:
         raise SystemExit("test_sccan.py runs in one process (the protocol is sequential)")
@@ -78,7 +81,8 @@ def run(argv=None) -> dict:
                      [o for o in (recorder, pictures) if o is not None], writer)
     if recorder is not None:
         save_episodes(arguments.dump_episodes, recorder.episodes, meta=dict(
-            config=arguments.config, seed=protocol.seeds[0], workers=cfg.workers, test_num=protocol.test_num))
+            config=arguments.config, data_set=cfg.data_set, split=cfg.split, shot=cfg.shot,
+            seed=protocol.seeds[0], workers=cfg.workers, test_num=protocol.test_num))
     if pictures is not None:
         index = pictures.finish(f"{source}: {len(pictures.entries)} episodes, seed {protocol.seeds[0]}")
         logger.info(f"wrote {len(pictures.entries)} episode pictures and {index}")

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import sys
 
-from util.base_trainer import BaseTrainer, check_fresh_base_output
-from util.cli import run_entry_point
+from util.base_trainer import BASE_RUN_IDENTITY_KEYS, BaseTrainer, check_fresh_base_output
+from util.cli import UserError, run_entry_point
 from util.experiment import base_experiment_dir, check_data_root
-from util.trainer import fit_and_close, parse_training_arguments, start_training_run
+from util.trainer import (claim_output_folder, fit_and_close, parse_training_arguments,
+                          precheck_resume, start_training_run, start_under_lock)
 
 
 def parse_arguments(argv=None):
@@ -32,12 +33,21 @@ def parse_arguments(argv=None):
 def build_trainer(argv=None) -> BaseTrainer:
     """Parse the command line, check the inputs, prepare the output folder, build the trainer."""
     arguments, cfg = parse_arguments(argv)
+    if cfg.batch_size < 2:
+        # The pyramid pooling's 1x1 bin gives BatchNorm one value per channel and image.
+        raise UserError(f"config key batch_size: train_base.py needs at least 2 images per process "
+                        f"(PSPNet's 1x1 pyramid-pooling BatchNorm), got {cfg.batch_size}")
     check_data_root(cfg)  # before anything is written into the output folder
-    check_fresh_base_output(cfg, arguments.overwrite)
     out_dir = base_experiment_dir(cfg)
-    context, logger = start_training_run(cfg, "sccan.train_base", out_dir,
-                                         os.path.join(out_dir, "snapshot"), "train.log", "config.yaml")
-    return BaseTrainer(cfg, context, logger)
+    lock = claim_output_folder(out_dir, "train.lock", f"{out_dir} (base learner run)")
+
+    def start() -> BaseTrainer:
+        check_fresh_base_output(cfg, arguments.overwrite)
+        precheck_resume(cfg, BASE_RUN_IDENTITY_KEYS, arguments.allow_config_change)
+        context, logger = start_training_run(cfg, "sccan.train_base", out_dir,
+                                             os.path.join(out_dir, "snapshot"), "train.log", "config.yaml")
+        return BaseTrainer(cfg, context, logger, arguments.allow_config_change)
+    return start_under_lock(lock, start)
 
 
 def main(argv=None) -> BaseTrainer:

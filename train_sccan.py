@@ -13,8 +13,9 @@ import sys
 
 from util.cli import run_entry_point
 from util.experiment import check_data_root, experiment_dir, per_shot_name, snapshot_dir
-from util.trainer import (Trainer, check_fresh_output, fit_and_close, parse_training_arguments,
-                          start_training_run)
+from util.trainer import (RUN_IDENTITY_KEYS, Trainer, check_fresh_output, claim_output_folder,
+                          fit_and_close, parse_training_arguments, precheck_resume, start_training_run,
+                          start_under_lock)
 
 
 def parse_arguments(argv=None):
@@ -29,11 +30,17 @@ def build_trainer(argv=None) -> Trainer:
     """Parse the command line, check the inputs, prepare the output folder, build the trainer."""
     arguments, cfg = parse_arguments(argv)
     check_data_root(cfg)  # before anything is written into the output folder
-    check_fresh_output(cfg, arguments.overwrite)
-    context, logger = start_training_run(cfg, "sccan.train", experiment_dir(cfg), snapshot_dir(cfg),
-                                         per_shot_name(cfg, "train", ".log"),
-                                         per_shot_name(cfg, "config", ".yaml"))
-    return Trainer(cfg, context, logger)
+    lock = claim_output_folder(experiment_dir(cfg), per_shot_name(cfg, "train", ".lock"),
+                               f"{experiment_dir(cfg)} ({cfg.shot}-shot run)")
+
+    def start() -> Trainer:
+        check_fresh_output(cfg, arguments.overwrite)
+        precheck_resume(cfg, RUN_IDENTITY_KEYS, arguments.allow_config_change)
+        context, logger = start_training_run(cfg, "sccan.train", experiment_dir(cfg), snapshot_dir(cfg),
+                                             per_shot_name(cfg, "train", ".log"),
+                                             per_shot_name(cfg, "config", ".yaml"))
+        return Trainer(cfg, context, logger, arguments.allow_config_change)
+    return start_under_lock(lock, start)
 
 
 def main(argv=None) -> Trainer:

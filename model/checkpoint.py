@@ -52,11 +52,53 @@ def _list(keys, limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+# What each kind of checkpoint is, and where it belongs (the messages of a checkpoint given in
+# the wrong place).
+CHECKPOINT_KINDS = {
+    "sccan": "a SCCAN checkpoint (for test_sccan.py --weight, tools.predict, or train_sccan.py's "
+             "resume)",
+    "pspnet": "a base learner (BAM's PSPNet) checkpoint (for the config key base_learner_weights, "
+              "or train_base.py's resume)",
+    "resnet": "ImageNet ResNet backbone weights (for initmodel/resnet<layers>_v2.pth, config key "
+              "backbone_weights)",
+}
+
+
+def checkpoint_kind(keys) -> Optional[str]:
+    """'sccan', 'pspnet' or 'resnet' from a state_dict's key names; None when unrecognised."""
+    prefixes = {key.split(".", 1)[0] for key in keys}
+    if prefixes & {"transformer", "down_query", "down_supp", "cls_meta"}:
+        return "sccan"
+    if {"ppm", "cls"} <= prefixes:
+        return "pspnet"
+    if {"conv1", "layer1", "layer4"} <= prefixes:
+        return "resnet"
+    return None
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first floating tensor that holds NaN or inf
+    (weights of a diverged run, a damaged file): every number computed from it is meaningless."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source} holds non-finite weights: {key} has {bad} NaN/inf value(s) of "
+                f"{value.numel()} (a diverged run or a damaged file); use an earlier checkpoint")
+
+
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                      source: str = "checkpoint") -> None:
     """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped keys (or, for
-    a checkpoint of the other ResNet depth, the depth found and the config to use)."""
+    a checkpoint of the other ResNet depth, the depth found and the config to use; for a
+    checkpoint of another kind, what it is and where it belongs), or the first non-finite
+    tensor."""
     expected = model.state_dict()
+    found_kind, expected_kind = checkpoint_kind(state_dict), checkpoint_kind(expected)
+    if found_kind and expected_kind and found_kind != expected_kind:
+        raise CheckpointError(f"{source} is {CHECKPOINT_KINDS[found_kind]}, not "
+                              f"{CHECKPOINT_KINDS[expected_kind].split(' (')[0]} as needed here")
     found_depth, model_depth = backbone_depth(state_dict), backbone_depth(expected)
     if found_depth and model_depth and found_depth != model_depth:
         raise CheckpointError(
@@ -87,6 +129,7 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " +
                               " | ".join(problems))
+    check_finite(state_dict, source)
 
 
 def load_checkpoint(path: str, map_location="cpu"):

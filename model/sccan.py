@@ -101,6 +101,23 @@ def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
 
+def lay_out_like_gradient(weight: torch.Tensor, channels_last: bool) -> None:
+    """Give a 1x1 convolution's weight (C_out, C_in, 1, 1) the strides its gradient comes
+    with: channels-last (C_in, 1, C_in, C_in) when the convolution runs channels-last (its input
+    is), contiguous (C_in, 1, 1, 1) otherwise. Both describe the same memory (the kernel dims
+    have size 1), so no value moves and the convolution computes the same bits; but autograd
+    keeps a gradient whose strides differ only on size-1 dims as it comes, while
+    DistributedDataParallel compares all strides with the parameter's and, when they differ,
+    warns "Grad strides do not match bucket view strides" and copies every step."""
+    in_channels = weight.shape[1]
+    strides = (in_channels, 1, in_channels, in_channels) if channels_last else (in_channels, 1, 1, 1)
+    if weight.shape[2:] != (1, 1) or not weight.is_contiguous():
+        raise ValueError(f"expected a contiguous 1x1 convolution weight, got shape {tuple(weight.shape)} "
+                         f"strides {weight.stride()}")
+    if weight.stride() != strides:
+        weight.data = weight.data.as_strided(weight.shape, strides)
+
+
 class EnsembleOutputs(NamedTuple):
     """The three outputs of SCCAN with a base learner, as BAM's eval forward returns them
     (``final_out, meta_out, base_out``), each at the output size: final (B, 2, h, w) (merged
@@ -152,7 +169,8 @@ class SCCAN(nn.Module):
             drift from the straightforward path's (by ~1e-4 after 20 toy iterations, as much as
             running the original on 1 thread instead of 2 does; BENCHMARKS.md), for ~4% less
             time per CPU iteration. Both can be switched later with :meth:`set_fast_path`;
-            neither changes a parameter.
+            neither changes a parameter's values (only the strides of four 1x1 weights, see
+            :meth:`_lay_out_weights_like_gradients`).
     """
 
     def __init__(self, backbone: Backbone, shot: int = 1, zoom_factor: int = 8,
@@ -198,7 +216,7 @@ class SCCAN(nn.Module):
             if shot > 1:
                 self.kshot_rw = build_kshot_reweighting(shot, kshot_trans_dim)
         self.fast_path_training = bool(fast_path_training)
-        self.set_fast_path(fast_path)
+        self.set_fast_path(fast_path)  # also lays out the weights (_lay_out_weights_like_gradients)
         # Evaluation only: a model.feature_cache.FeatureCache (see attached_feature_cache).
         self.feature_cache = None
 
@@ -209,7 +227,22 @@ class SCCAN(nn.Module):
         if training is not None:
             self.fast_path_training = bool(training)
         self.transformer.set_fast_path(self.uses_fast_path)
+        self._lay_out_weights_like_gradients()
         return self
+
+    def _lay_out_weights_like_gradients(self) -> None:
+        """The 1x1 weights whose convolutions run channels-last get channels-last strides
+        (:func:`lay_out_like_gradient`), so that every gradient has its parameter's strides:
+        the ASPP's image-pooling and 1x1 branches always (the transformer returns a transposed
+        (B, C, H, W) view, whose strides are channels-last), ``down_query``/``down_supp`` when
+        the current mode takes the fast path (its backbone features are channels-last). Called
+        whenever the mode or the path changes; DistributedDataParallel, built in training mode,
+        sees the training path's layout after every validation."""
+        fast = self.uses_fast_path
+        for convolution, channels_last in ((self.ASPP_meta.layer6_0[0], True),
+                                           (self.ASPP_meta.layer6_1[0], True),
+                                           (self.down_query[0], fast), (self.down_supp[0], fast)):
+            lay_out_like_gradient(convolution.weight, channels_last)
 
     @property
     def uses_fast_path(self) -> bool:
@@ -222,6 +255,7 @@ class SCCAN(nn.Module):
         follows the mode, as in BAM's training. The transformer takes the mode's path."""
         super().train(mode)
         self.transformer.set_fast_path(self.uses_fast_path)
+        self._lay_out_weights_like_gradients()
         if self.learner_base is not None:
             for module in self.learner_base.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -8,10 +8,16 @@ belongs to the real PASCAL lists). Treat it as read-only except for ``fss_list``
 
 `val_config`: the toy config loaded with the tiny-run overrides of tests/support/toy_experiment.py
 (one per test module), for the evaluation tests of util/ and of test_sccan.py.
+
+Tests not marked ``cuda`` run on the CPU whatever the machine has: ``SCCAN_FORCE_CPU=1`` is set
+around each of them (and around the module-scoped fixtures of modules without the marker), so
+the scripts, the predictor and the tools that would pick a GPU (util.runtime.default_device)
+stay on the CPU, where the bit-exact tests hold. Tests marked ``cuda`` see the variable unset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -22,6 +28,35 @@ from util.config import load_config
 
 TOY_NUM_IMAGES = 300
 TOY_SEED = 0
+
+
+@contextlib.contextmanager
+def _force_cpu(on: bool):
+    with pytest.MonkeyPatch.context() as patch:
+        if on:
+            patch.setenv("SCCAN_FORCE_CPU", "1")
+        else:
+            patch.delenv("SCCAN_FORCE_CPU", raising=False)
+        yield
+
+
+def _module_is_cuda(module) -> bool:
+    marks = getattr(module, "pytestmark", [])
+    marks = marks if isinstance(marks, list) else [marks]
+    return any(getattr(mark, "name", None) == "cuda" for mark in marks)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_device(request):
+    """The module-scoped fixtures of a module of CPU tests build their models on the CPU."""
+    with _force_cpu(not _module_is_cuda(request.module)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_device(request):
+    with _force_cpu(request.node.get_closest_marker("cuda") is None):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from model.sccan import SCCAN
 from tools.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
                                 peak_memory, reset_peak_memory, set_strict_fp32, timed)
 from util.cli import add_debug_argument, positive_int, run_entry_point
-from util.runtime import autocast
+from util.runtime import autocast, cuda_usable
 
 
 def episode_inputs(batch: int, shot: int, size: int, device: torch.device):
@@ -79,7 +79,7 @@ def main(argv=None):
         raise ValueError(f"--size {args.size}: (size - 1) must be a multiple of 8, e.g. 473 or 225")
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    devices = args.devices or (["cpu"] + (["cuda"] if cuda_usable() else []))
     print(header("bench_model", argv, f"input {args.size}x{args.size}, batch {args.batch}, median of "
                                       f"{args.runs} after {args.warmup} warm-up, variants alternated"))
     print("| device | backbone | shot | batch | variant | s/forward | episodes/s | peak memory | "

@@ -9,7 +9,8 @@ One trainer (util/trainer.py) is built from the config, in a temporary output fo
 ``train_step`` runs on the config's training loader, loading included (as in training). Rounds
 alternate the variants, --iterations timed steps of each per round after --warmup untimed ones:
 reference = the straightforward forward, one-tensor optimizer steps and the loss read every
-iteration (the step before the speed work); fast-steps = training's default (the same forward,
+iteration (the step before the speed work; its optimizer state placed as a one-tensor step
+keeps it, also in a round after multi-tensor or fused steps); fast-steps = training's default (the same forward,
 multi-tensor steps, no per-step read); fast = also the fast forward (``fast_path_training``);
 fast-bf16 = fast with ``amp: bf16``. The weights move (these are real steps), which does not change the cost. Prints
 the median seconds per iteration, iterations per second, the speed-up over the first variant and
@@ -30,7 +31,8 @@ import torch
 from tools.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
                                 peak_memory, reset_peak_memory, set_strict_fp32, timed)
 from util.cli import add_debug_argument, positive_int, run_entry_point
-from util.trainer import fast_optimizer_steps
+from util.config import merge_opts
+from util.trainer import fast_optimizer_steps, place_optimizer_state
 
 
 def endless(loader):
@@ -39,14 +41,20 @@ def endless(loader):
 
 
 def apply_variant(trainer, name: str) -> None:
+    """Switch the trainer's model, arithmetic and optimizers to the variant ``name``."""
     variant = VARIANTS[name]
     trainer.model.set_fast_path(variant.fast_path, training=variant.fast_path)
     trainer.cfg.amp = variant.amp
     if variant.fast_steps:
         fast_optimizer_steps(trainer.sgd, trainer.adamw)
-    else:
-        for group in trainer.sgd.param_groups + trainer.adamw.param_groups:
+        return
+    for optimizer in (trainer.sgd, trainer.adamw):
+        for group in optimizer.param_groups:
             group["foreach"] = group["fused"] = False
+        # A fused CUDA step leaves AdamW's step counters on the GPU, where the one-tensor step
+        # would read each back with .item() (a synchronisation per parameter): the reference
+        # must be timed as it ran, with its counters on the CPU.
+        place_optimizer_state(optimizer)
 
 
 def main(argv=None):
@@ -66,8 +74,8 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as folder:
         trainer = train_sccan.build_trainer(
-            ["--config", args.config, "--overwrite", "--opts", *args.opts, "save_path", folder,
-             "evaluate", "False", "resume", "''"])
+            ["--config", args.config, "--overwrite", "--opts",
+             *merge_opts(args.opts, ["save_path", folder, "evaluate", "False", "resume", "''"])])
         device = trainer.device
         set_strict_fp32(device)
         cfg = trainer.cfg

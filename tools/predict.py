@@ -22,7 +22,7 @@ if not __package__:  # run as a file: the project's packages are not importable 
 
 import numpy as np
 
-from util.cli import UserError, run_entry_point
+from util.cli import USER_ERROR_TYPES, UserError, error_message, run_entry_point
 from util.config import config_argparser, load_config
 from util.predictor import Predictor, read_rgb, read_supports
 from util.runtime import progress_bar
@@ -103,28 +103,47 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    results = []
+    results, failures = [], []
     bar = progress_bar(len(files), "queries", show=len(files) > 1)
     for path, name in zip(files, output_names(files)):
-        image = read_rgb(path, "query")
-        mask, probability = predictor.predict(image, return_probability=True)
-        written = {"mask": os.path.join(arguments.out, f"{name}_mask.png"),
-                   "overlay": os.path.join(arguments.out, f"{name}_overlay.png")}
-        write_png(written["mask"], mask.astype(np.uint8) * 255)
-        if arguments.save_prob:
-            written["prob"] = os.path.join(arguments.out, f"{name}_prob.png")
-            write_png(written["prob"], np.rint(probability * 255).astype(np.uint8))
-        fraction = float(mask.mean())
-        supports = predictor.support_pictures
-        write_png(written["overlay"], prediction_overlay(
-            np.clip(image, 0, 255).astype(np.uint8), mask, [picture for picture, _ in supports],
-            [label for _, label in supports],
-            f"{os.path.basename(path)}: {fraction:.1%} foreground (threshold {arguments.threshold:g})"))
-        tqdm.write(f"{path}: {mask.shape[0]}x{mask.shape[1]}, foreground {fraction:.1%} -> {written['mask']}")
-        results.append(dict(query=path, foreground=fraction, files=written))
+        try:
+            results.append(predict_one(predictor, arguments, path, name))
+        except USER_ERROR_TYPES + (RuntimeError,) as error:
+            # One unreadable or unusable query must not cost the others: named, skipped, counted
+            # (a decoder's or the network's error too); --debug shows the traceback instead.
+            if arguments.debug:
+                raise
+            message = error_message(error)
+            failures.append(message if path in message else f"{path}: {message}")
+            tqdm.write(f"error: {failures[-1]} (query skipped)", file=sys.stderr)
         bar.update(1)
     bar.close()
+    if failures:
+        raise UserError(f"{len(failures)} of {len(files)} queries failed and were skipped; the "
+                        f"first: {failures[0]}")
     return results
+
+
+def predict_one(predictor: Predictor, arguments, path: str, name: str) -> dict:
+    """Predict one query file and write its mask, overlay (and probability) pictures."""
+    from tqdm import tqdm
+
+    image = read_rgb(path, "query")
+    mask, probability = predictor.predict(image, return_probability=True)
+    written = {"mask": os.path.join(arguments.out, f"{name}_mask.png"),
+               "overlay": os.path.join(arguments.out, f"{name}_overlay.png")}
+    write_png(written["mask"], mask.astype(np.uint8) * 255)
+    if arguments.save_prob:
+        written["prob"] = os.path.join(arguments.out, f"{name}_prob.png")
+        write_png(written["prob"], np.rint(probability * 255).astype(np.uint8))
+    fraction = float(mask.mean())
+    supports = predictor.support_pictures
+    write_png(written["overlay"], prediction_overlay(
+        np.clip(image, 0, 255).astype(np.uint8), mask, [picture for picture, _ in supports],
+        [label for _, label in supports],
+        f"{os.path.basename(path)}: {fraction:.1%} foreground (threshold {arguments.threshold:g})"))
+    tqdm.write(f"{path}: {mask.shape[0]}x{mask.shape[1]}, foreground {fraction:.1%} -> {written['mask']}")
+    return dict(query=path, foreground=fraction, files=written)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ train_base.py.
 :class:`BaseTrainer` trains model/pspnet.PSPNet on the base classes of a fold
 (util/base_dataset.py): SGD with three parameter groups (encoder, ppm, cls; ``index_split: 0``
 gives ppm and cls 10x the encoder's learning rate), the poly schedule of model/builder, cross
-entropy ignoring 255. After every epoch rank 0 scores the validation list (mIoU over background
-and the base classes, intersection and union summed over the whole list) and keeps the best
+entropy ignoring 255 (SyncBatchNorm under DDP on CUDA, as BAM). After every epoch the
+validation list is scored (mIoU over background and the base classes, intersection and union
+summed over the whole list; under DDP each rank scores a share) and rank 0 keeps the best
 weights at the base learner's path in BAM's format ``{'epoch', 'state_dict', 'optimizer'}``, so a
 base learner trained here and one released by BAM are interchangeable. ``latest.pth`` and
 ``final.pth`` (and ``epoch_<e>.pth`` every ``save_freq`` epochs) carry the exact-resume state.
@@ -19,7 +20,7 @@ from typing import Callable, List
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from model import poly_learning_rate
 from model.backbone import initialise_random_backbone
@@ -31,13 +32,14 @@ from util.cli import UserError
 from util.experiment import base_experiment_dir
 from util.io import atomic_torch_save
 from util.metrics import EPSILON, intersection_and_union
-from util.runtime import progress_bar, set_seed
+from util.runtime import (autocast, gather_from_ranks, get_rng_states, limit_opencv_threads,
+                          progress_bar, set_seed)
 from util.trainer import (NonFiniteLossWatch, TrainingState, build_train_loader, distributed_network,
                           load_resume_checkpoint, refuse_to_overwrite,
                           restore_training_state, training_checkpoint)
 
 __all__ = ["BaseTrainer", "build_base_model", "build_base_optimizer", "check_fresh_base_output",
-           "BASE_CHECKPOINT_NAMES"]
+           "sync_batch_norm_when_distributed", "BASE_CHECKPOINT_NAMES"]
 
 # A checkpoint of another dataset, fold or depth cannot be resumed under this config.
 BASE_RUN_IDENTITY_KEYS = ("data_set", "split", "layers")
@@ -79,18 +81,40 @@ def check_fresh_base_output(cfg, overwrite: bool) -> None:
                         f"write elsewhere with --opts base_learner_weights OTHER_PATH")
 
 
+def sync_batch_norm_when_distributed(model: torch.nn.Module, context) -> torch.nn.Module:
+    """BAM trains its PSPNet with SyncBatchNorm under DDP: with its 3 images per GPU (COCO)
+    each GPU's own batch statistics would come from 3 images. Converted when distributed on
+    CUDA, where PyTorch's SyncBatchNorm runs (it refuses CPU inputs, so gloo runs on the CPU
+    keep per-process BatchNorm). The parameters and buffers are the same objects under the same
+    state_dict names, so checkpoints are unchanged."""
+    if context.distributed and context.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def sum_over_ranks(values: torch.Tensor, context) -> torch.Tensor:
+    """``values`` (a CPU tensor) summed over every DDP rank (on the process group's device)."""
+    if not context.distributed:
+        return values
+    values = values.to(context.device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
 class BaseTrainer:
     """One base-learner training run. ``epoch_end_callbacks``: functions ``f(trainer) -> bool``
     called after each epoch's checkpoints; True ends :meth:`fit` there without the final
     checkpoint, as if the process had been stopped (tests of exact resume)."""
 
-    def __init__(self, cfg, context, logger):
+    def __init__(self, cfg, context, logger, allow_config_change: bool = False):
         self.cfg, self.context, self.logger = cfg, context, logger
+        self.allow_config_change = allow_config_change  # a resume may change run-shaping keys
         self.device = context.device
         self.snapshot_dir = os.path.join(base_experiment_dir(cfg), "snapshot")
         self.best_path = base_learner_checkpoint_path(cfg)
         self.epoch_end_callbacks: List[Callable[["BaseTrainer"], bool]] = []
-        self.model = build_base_model(cfg).to(self.device)
+        self.last_validation = None  # the latest validation result
+        self.model = sync_batch_norm_when_distributed(build_base_model(cfg).to(self.device), context)
         self.optimizer = build_base_optimizer(self.model, cfg)
         self.state = TrainingState()
         if cfg.resume:
@@ -110,27 +134,35 @@ class BaseTrainer:
         self.train_loader, self.sampler = build_train_loader(build_base_dataset(cfg, "train"), cfg,
                                                              context, "images")
         self.val_loader = None
-        if cfg.evaluate and context.is_main:
-            self.val_loader = DataLoader(build_base_dataset(cfg, "val"), batch_size=cfg.batch_size_val,
-                                         shuffle=False, num_workers=cfg.workers, pin_memory=False)
+        if cfg.evaluate:
+            # Every rank scores every world_size-th image (the validation transform draws nothing,
+            # so the shares need no common seed); intersections and unions are summed over ranks.
+            dataset = build_base_dataset(cfg, "val")
+            share = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+            self.val_loader = DataLoader(share, batch_size=cfg.batch_size_val, shuffle=False,
+                                         num_workers=cfg.workers, pin_memory=False,
+                                         worker_init_fn=limit_opencv_threads)
 
     # ------------------------------------------------------------------------------ resume
     def resume(self, path: str) -> None:
         """Continue a run from a checkpoint written here (exactly) or from BAM's best.pth (at
         the epoch after its label, without the RNG states)."""
         checkpoint = load_resume_checkpoint(
-            path, self.device, BASE_RESUME_KEYS, os.path.join(self.snapshot_dir, "latest.pth"),
-            "train_base.py", self.cfg, BASE_RUN_IDENTITY_KEYS, self.logger)
+            path, BASE_RESUME_KEYS, os.path.join(self.snapshot_dir, "latest.pth"),
+            "train_base.py", self.cfg, BASE_RUN_IDENTITY_KEYS, self.logger, self.allow_config_change)
         load_model_weights(self.model, checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.state = restore_training_state(checkpoint, path, self.logger)
+        self.state = restore_training_state(checkpoint, path, self.logger, self.context)
 
     # ------------------------------------------------------------------------- checkpoints
     def save(self, name: str, epoch: int) -> str:
-        """A training checkpoint with the exact-resume state in the snapshot folder."""
+        """A training checkpoint with the exact-resume state in the snapshot folder. Called on
+        every rank: each rank's RNG states are gathered, rank 0 writes the file."""
+        rng_by_rank = gather_from_ranks(get_rng_states(), self.context)
         path = os.path.join(self.snapshot_dir, name)
-        atomic_torch_save(training_checkpoint(self.model, {"optimizer": self.optimizer}, epoch,
-                                              self.cfg, self.state), path)
+        if self.context.is_main:
+            atomic_torch_save(training_checkpoint(self.model, {"optimizer": self.optimizer}, epoch,
+                                                  self.cfg, self.state, rng_by_rank), path)
         return path
 
     def save_best(self, epoch: int) -> None:
@@ -142,14 +174,16 @@ class BaseTrainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """mIoU over background + base classes on the validation list (BAM's base validation:
-        intersection and union of every class summed over all images, then the mean IoU)."""
+        intersection and union of every class summed over all images, then the mean IoU).
+        Under DDP each rank scores its share of the images and the sums are added up."""
         classes = self.model.classes
         intersection = torch.zeros(classes, dtype=torch.float64)
         union = torch.zeros(classes, dtype=torch.float64)
         self.model.eval()
         progress = progress_bar(len(self.val_loader), "validation", self.context.is_main)
         for image, label in self.val_loader:
-            logits = self.model(image.to(self.device))
+            with autocast(self.device, self.cfg.amp):
+                logits = self.model(image.to(self.device))
             label = label.to(self.device)
             if logits.shape[-2:] != label.shape[-2:]:
                 logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
@@ -160,13 +194,17 @@ class BaseTrainer:
             progress.update(1)
         progress.close()
         self.model.train()
+        intersection = sum_over_ranks(intersection, self.context)
+        union = sum_over_ranks(union, self.context)
         iou = intersection / (union + EPSILON)
         return {"mIoU": float(iou.mean()), "class_IoU": iou.tolist()}
 
     def validate(self, epoch: int) -> None:
-        """Rank 0 scores the validation list and keeps a better model as the base learner."""
+        """Every rank scores its share of the validation list (the same summed result on every
+        rank); rank 0 keeps a better model as the base learner."""
         if self.val_loader is not None:
             result = self.evaluate()
+            self.last_validation = result
             self.logger.info(f"val epoch {epoch + 1}: mIoU {result['mIoU']:.4f} (background + "
                              f"{self.model.classes - 1} base classes)")
             if self.writer is not None:
@@ -174,10 +212,9 @@ class BaseTrainer:
             best = self.state.best
             if best.improves(result["mIoU"]):
                 best.miou, best.epoch, best.path = result["mIoU"], epoch, self.best_path
-                self.save_best(epoch)
+                if self.context.is_main:
+                    self.save_best(epoch)
                 self.logger.info(f"new best mIoU {best.miou:.4f}: {self.best_path}")
-        if self.context.distributed:
-            dist.barrier()
 
     # ---------------------------------------------------------------------------- training
     def train_epoch(self, epoch: int) -> float:
@@ -193,7 +230,8 @@ class BaseTrainer:
             poly_learning_rate(self.optimizer, cfg.base_lr, current, cfg.epochs * iterations,
                                power=cfg.power, index_split=cfg.index_split, warmup=cfg.warmup,
                                warmup_step=iterations // 2)
-            _, loss = self._training_forward(image.to(self.device), label.to(self.device))
+            with autocast(self.device, cfg.amp):
+                _, loss = self._training_forward(image.to(self.device), label.to(self.device))
             watch.observe(loss, current)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,16 +270,15 @@ class BaseTrainer:
             if cfg.evaluate:
                 self.validate(epoch)
             self.state.epoch = epoch + 1
-            if self.context.is_main:
-                self.save("latest.pth", epoch)
-                if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
-                    self.save(f"epoch_{epoch}.pth", epoch)
+            self.save("latest.pth", epoch)
+            if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
+                self.save(f"epoch_{epoch}.pth", epoch)
             if self.context.distributed:
                 dist.barrier()
             if any([callback(self) for callback in self.epoch_end_callbacks]):
                 return self.state
+        path = self.save("final.pth", self.state.epoch - 1)
         if self.context.is_main:
-            path = self.save("final.pth", self.state.epoch - 1)
             outcome = (f"best mIoU {self.state.best.miou:.4f} after epoch "
                        f"{int(self.state.best.epoch) + 1} ({self.best_path})"
                        if self.state.best.path else "no best checkpoint was kept (evaluate: False "

@@ -147,7 +147,10 @@ def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str
             f"--weight PATH (README, 'Quick start')")
     # A full SCCAN checkpoint holds the backbone too: the ImageNet files in initmodel/ are not read.
     model = build_experiment_model(cfg, device, backbone_from_checkpoint=True)
-    checkpoint = load_model_weights(model, weight, map_location=device)
+    # Read on the CPU: only the weights are needed, copied onto the model's device by
+    # load_state_dict; a training checkpoint's optimizer and RNG states would otherwise fill
+    # GPU memory for nothing.
+    checkpoint = load_model_weights(model, weight, map_location="cpu")
     epoch = checkpoint.get("epoch") if checkpoint else None
     log(f"loaded {weight}" + (f" (epoch {epoch})" if epoch is not None else ""))
     if choice == "previous-support":

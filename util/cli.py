@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,12 +46,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+# torch re-raises an error of a DataLoader worker with the worker's whole traceback as its message.
+_WORKER_ERROR = re.compile(r"Caught \w+ (in DataLoader worker process \d+)\.\nOriginal Traceback")
+
+
 def error_message(error: BaseException) -> str:
-    """One line for ``error``; OSError's '[Errno 2] ...' prefix is dropped, newlines joined."""
+    """One line for ``error``; OSError's '[Errno 2] ...' prefix is dropped, newlines joined; an
+    error of a DataLoader worker is its own message, without the worker's traceback."""
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         text = f"{error.strerror}: {error.filename!r}"
     else:
         text = str(error) or type(error).__name__
+    worker = _WORKER_ERROR.match(text)
+    if worker:
+        # The error's own 'Type: message' lines follow the traceback's last indented line.
+        lines = text.splitlines()
+        last_frame = max(number for number, line in enumerate(lines) if line.startswith(" ") or number == 1)
+        own = re.sub(r"^[\w.]+: ", "", "\n".join(lines[last_frame + 1:]).strip())
+        text = f"{own} ({worker.group(1)})" if own else text
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -63,6 +76,14 @@ def wants_debug(argv: Sequence[str]) -> bool:
     return "--debug" in arguments or environment not in ("", "0", "false", "no")
 
 
+def _close_progress_bars() -> None:
+    # An error raised inside an evaluation would otherwise be printed on the line of its open
+    # progress bar; closing the bars clears that line first.
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) or ()):
+        bar.close()
+
+
 def run_entry_point(main: Callable[[list], Any], argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)`` and return its exit status (its int result, else 0); a user error
     becomes ``error: ...`` on stderr and exit status 2."""
@@ -72,6 +93,7 @@ def run_entry_point(main: Callable[[list], Any], argv: Optional[Sequence[str]] =
     except USER_ERROR_TYPES as error:
         if wants_debug(argv):
             raise
+        _close_progress_bars()
         print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -17,7 +17,13 @@ behaviour (the shipped configs and command lines work unchanged) but is stricter
 * a legacy key (the original's, read by no code here) set to a non-default value warns once;
 * a key that appears in two sections is an error, because flattening would otherwise let one
   silently shadow the other;
-* a key repeated inside one YAML mapping is an error (PyYAML would keep the last one silently).
+* a key repeated inside one YAML mapping is an error (PyYAML would keep the last one silently),
+  and so is a key given twice in ``--opts``;
+* every value must lie in the range the network and the pipeline can take (``RANGES`` and
+  ``RELATIONS`` in util/config_schema.py: sizes, counts, learning rates, ...), checked here so
+  that every script refuses a bad value in one line before it writes anything;
+* a file the YAML parser rejects, or that is not UTF-8, is one line naming the file, the line
+  and the column.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import yaml
 
 from util.cli import add_debug_argument
-from util.io import atomic_write_text
-from util.config_schema import SCHEMA, check_type, legacy_message
+from util.io import atomic_write_text, read_text
+from util.config_schema import SCHEMA, check_type, legacy_message, range_problems
 
 __all__ = [
     "Config",
@@ -42,9 +48,11 @@ __all__ = [
     "LegacyKeyWarning",
     "RUNTIME_SECTION",
     "apply_overrides",
+    "check_ranges",
     "config_argparser",
     "config_from_arguments",
     "load_config",
+    "merge_opts",
     "parse_args",
     "save_config",
 ]
@@ -258,15 +266,42 @@ def _unknown_key_message(key: str, known: Iterable[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------- loading
+def _mark(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_error_message(path: str, text: str, error: yaml.YAMLError) -> str:
+    """One line for a file the YAML parser rejects: where, what, and what it was parsing."""
+    if isinstance(error, yaml.MarkedYAMLError) and (error.problem_mark or error.context_mark):
+        mark = error.problem_mark or error.context_mark
+        message = f"{path}, {_mark(mark)}: invalid YAML: {error.problem or error.context}"
+        context_mark = error.context_mark
+        if error.problem and error.context:
+            started = ""
+            if context_mark and (context_mark.line, context_mark.column) != (mark.line, mark.column):
+                started = f" that starts at {_mark(context_mark)}"
+            message += f" ({error.context}{started})"
+        lines = text.splitlines()
+        if mark.line < len(lines) and "\t" in lines[mark.line]:
+            message += "; YAML indents with spaces, not tabs"
+        return message
+    if isinstance(error, yaml.reader.ReaderError):  # a control character
+        line = text.count("\n", 0, error.position) + 1
+        return f"{path}, line {line}: invalid YAML: the control character U+{error.character:04X} is not allowed"
+    return f"{path}: invalid YAML: {error}"
+
+
 def _read_document(path: str) -> dict:
     """The YAML file as a mapping of sections (a repeated key is an error)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"configuration file not found: {path}")
-    with open(path, "r", encoding="utf-8") as handle:
-        try:
-            document = yaml.load(handle, Loader=_UniqueKeyLoader)
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+    text = read_text(path, "a configuration file")
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(_yaml_error_message(path, text, error)) from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -332,7 +367,30 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
 
     config = Config(values, sections, source=path)
     if opts:
-        apply_overrides(config, opts)
+        apply_overrides(config, opts)  # also checks the ranges of the result
+    else:
+        check_ranges(config)
+    return config
+
+
+def _origin(config: Config, overridden: Iterable[str] = ()):
+    """``origin(key)``: where ``key``'s value came from, for the range messages."""
+    overridden = set(overridden)
+
+    def origin(key: str) -> str:
+        if key in overridden:
+            return " (from --opts)"
+        return f" (file {config.source})" if config.source else ""
+    return origin
+
+
+def check_ranges(config: Config) -> Config:
+    """``config`` if every value lies in the range the code can take (util/config_schema.py's
+    ``RANGES`` and ``RELATIONS``), else a ConfigError with one line per value out of range:
+    ``config key val_size: expected ..., got 9 (file X)``."""
+    problems = range_problems(config, _origin(config))
+    if problems:
+        raise ConfigError("\n".join(problems))
     return config
 
 
@@ -369,20 +427,39 @@ def _override_pairs(opts: list, problems: list[str]) -> list[tuple[Any, Any]]:
     return pairs
 
 
+def merge_opts(*override_lists: Sequence[Any]) -> list:
+    """One flat ``--opts`` list from several, e.g. the user's and then a tool's own settings: a
+    key of a later list replaces that key of the earlier lists (``key=value`` items included).
+    A key repeated within one list stays repeated, so that ``apply_overrides`` refuses it as it
+    refuses a repeated key on the command line; lists it cannot split are simply concatenated
+    (it then reports their problems)."""
+    merged: list = []
+    for opts in override_lists:
+        problems: list[str] = []
+        pairs = _override_pairs(list(opts), problems)
+        if problems or any(not isinstance(key, str) or key.startswith("-") for key, _ in pairs):
+            return [item for overrides in override_lists for item in overrides]
+        replaced = {key for key, _ in pairs}
+        merged = [pair for pair in merged if pair[0] not in replaced] + pairs
+    return [item for pair in merged for item in pair]
+
+
 def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
     """Apply a flat ``[key, value, ...]`` override list to ``config`` in place and return it.
 
-    Keys must be schema keys. Values are parsed with ``ast.literal_eval`` (raw string when
-    that fails) and must have the schema type (an int is accepted for a float and stored as a
-    float; None only for an optional key); ``key=value`` items work too. All problems are
-    collected and reported together: unknown keys (with close matches), wrong types, and a
-    trailing key without a value. Nothing is changed when any override is invalid. A legacy
-    key set to a non-default value warns once.
+    Keys must be schema keys, each given once. Values are parsed with ``ast.literal_eval`` (raw
+    string when that fails) and must have the schema type (an int is accepted for a float and
+    stored as a float; None only for an optional key); ``key=value`` items work too. The
+    resulting configuration must lie in the schema's ranges (``check_ranges``). All problems are
+    collected and reported together: unknown keys (with close matches), repeated keys, wrong
+    types, values out of range, and a trailing key without a value. Nothing is changed when any
+    override is invalid. A legacy key set to a non-default value warns once.
     """
     problems: list[str] = []
     pairs = _override_pairs(list(opts), problems)
 
     updates: dict[str, Any] = {}
+    given: dict[Any, Any] = {}
     for key, raw_value in pairs:
         if isinstance(key, str) and key.startswith("-"):
             problems.append(f"--opts: {key!r} looks like a flag; flags go before --opts "
@@ -391,6 +468,12 @@ def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
         if not isinstance(key, str):
             problems.append(f"--opts: keys must be strings, got {key!r}")
             continue
+        if key in given:
+            # The last one would win silently, as PyYAML would let it in a file (an error there).
+            problems.append(f"--opts: duplicate key {key!r} (given {given[key]!r} and then {raw_value!r}); "
+                            f"give each key once")
+            continue
+        given[key] = raw_value
         if key not in SCHEMA:
             problems.append(f"--opts: {_unknown_key_message(key, SCHEMA)}")
             continue
@@ -399,6 +482,8 @@ def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
         except TypeError as error:
             problems.append(f"--opts {key}: {error}")
 
+    if not problems:
+        problems = range_problems({**config, **updates}, _origin(config, updates))
     if problems:
         raise ConfigError("\n".join(problems))
     for key, value in updates.items():

@@ -11,9 +11,11 @@ warns once, saying why it has no effect (editing a key must never silently do no
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+import math
+from typing import Any, Callable, Mapping, NamedTuple
 
-__all__ = ["Key", "SCHEMA", "check_type", "config_value", "default_values", "legacy_message"]
+__all__ = ["Key", "RANGES", "RELATIONS", "SCHEMA", "check_type", "config_value", "default_values",
+           "legacy_message", "range_problems"]
 
 
 class Key(NamedTuple):
@@ -125,8 +127,8 @@ SCHEMA: dict[str, Key] = {
         ("weight", str, "", "checkpoint file name in <save folder>/snapshot/ that test_sccan.py loads"),
         ("test_num", int, 1000, "episodes per evaluation"),
         ("eval_feature_cache_mb", float, 4096.0, "evaluation: MiB of frozen-backbone features kept "
-         "for reuse by later episodes of the same run (on the model's device; ~52 MiB per 473x473 "
-         "image; 0 = off); the results are the same"),
+         "for reuse by later episodes of the same run (on the model's device, on a GPU at most half "
+         "its free memory; ~52 MiB per 473x473 image; 0 = off); the results are the same"),
         ("ann_type", str, "mask", "support annotation: 'mask' or 'bbox'"),
         ("viz", bool, False, "write TensorBoard images"),
     ),
@@ -140,6 +142,9 @@ SCHEMA: dict[str, Key] = {
          "torchrun starts the processes"),
         ("world_size", int, 1, "number of processes", False, "torchrun's environment sets the world size"),
         ("rank", int, 0, "process rank", False, "torchrun's environment sets the rank"),
+        ("distributed_timeout_minutes", float, 60.0, "torchrun: minutes a collective waits for the "
+         "slowest rank before the run fails (NCCL's own default is 10; rank 0 alone builds "
+         "missing few-shot lists and writes checkpoints)"),
     ),
     **_keys(
         "Runtime",
@@ -193,6 +198,134 @@ def legacy_message(key: str, value: Any) -> str:
         return ""
     return (f"configuration key {key!r} = {value!r} has no effect in this implementation: "
             f"{entry.legacy} (kept so that the original's configs load)")
+
+
+# ------------------------------------------------------------------------ ranges of values
+# What the network and the data pipeline can take, checked by the loader (util/config.py) before
+# a script writes anything, so that a bad value is one line naming the key instead of a traceback
+# from deep inside a run (cv2 for val_size 9) or a run that silently does nothing (epochs 0).
+class Range(NamedTuple):
+    accepts: Callable[[Any], bool]
+    expected: str       # completes "expected ..."
+
+
+def _at_least(low: int) -> Range:
+    return Range(lambda value: value >= low, f"an int >= {low}")
+
+
+def _positive() -> Range:
+    return Range(lambda value: math.isfinite(value) and value > 0, "a finite value > 0")
+
+
+def _not_negative() -> Range:
+    return Range(lambda value: math.isfinite(value) and value >= 0, "a finite value >= 0")
+
+
+def _one_of(*choices) -> Range:
+    return Range(lambda value: value in choices,
+                 " or ".join([", ".join(map(str, choices[:-1])), str(choices[-1])]) if len(choices) > 1
+                 else str(choices[0]))
+
+
+def _stride_8_side(value: int) -> bool:
+    return value >= 9 and (value - 1) % 8 == 0
+
+
+# The backbone has stride 8 and the logits are (side - 1) / 8 * zoom_factor + 1 pixels (BAM's
+# PSPNet refuses other sides; the original train script asserts (train_h - 1) % 8 == 0); side 9
+# gives one 8-pixel cell, the smallest input every path runs (the validation resize floors sides
+# to multiples of 8, so a val_size below 8 leaves no pixel).
+_SIDE = Range(_stride_8_side, "an int >= 9 with (value - 1) a multiple of 8, the backbone's stride "
+                              "(e.g. 473, 417, 65, 33)")
+
+RANGES: dict[str, Range] = {
+    "split": _one_of(0, 1, 2, 3),
+    "shot": _at_least(1),
+    "train_h": _SIDE,
+    "train_w": _SIDE,
+    "val_size": _SIDE,
+    "scale_min": _positive(),
+    "scale_max": _positive(),
+    "rotate_min": Range(math.isfinite, "a finite angle"),
+    "rotate_max": Range(math.isfinite, "a finite angle"),
+    "ignore_label": Range(lambda value: 0 <= value <= 255, "a label value 0..255 (labels are 8-bit)"),
+    "padding_label": Range(lambda value: 0 <= value <= 255, "a label value 0..255 (labels are 8-bit)"),
+    "workers": _at_least(0),
+    "batch_size": _at_least(1),
+    "epochs": _at_least(1),
+    "base_lr": _positive(),
+    "transformer_lr": _positive(),
+    "power": _not_negative(),
+    "momentum": Range(lambda value: 0 <= value < 1, "0 <= momentum < 1"),
+    "weight_decay": _not_negative(),
+    "stop_interval": _at_least(1),
+    "print_freq": _at_least(1),
+    "save_freq": Range(lambda value: value >= 0, ">= 0 (0 = no periodic snapshot)"),
+    "batch_size_val": _at_least(1),
+    "manual_seed": Range(lambda value: 0 <= value < 2 ** 31, "0 <= seed < 2**31 (numpy's seed range, "
+                         "with room for the per-epoch reseeding, manual_seed + epoch)"),
+    "layers": _one_of(50, 101),
+    "base_novel_label": _one_of(0, 255),
+    "zoom_factor": _one_of(1, 2, 4, 8),
+    # The transformer's grid side: windows tile it (a relation below); >= 1 cell.
+    "feature_size": _at_least(1),
+    # Shifted blocks pad window_size // 2 on each side of the grid, which then must still be a
+    # whole number of windows: true for an even window (and 1, which has no shift), never for an
+    # odd one above 1.
+    "window_size": Range(lambda value: value == 1 or (value >= 2 and value % 2 == 0),
+                         "1 or an even int >= 2 (shifted windows pad half a window on each side)"),
+    "feature_dropout": Range(lambda value: 0 <= value <= 1, "a probability 0..1"),
+    "kshot_trans_dim": _at_least(0),
+    "merge_tau": Range(lambda value: 0 <= value <= 1, "a probability 0..1"),
+    "test_num": _at_least(1),
+    "eval_feature_cache_mb": Range(lambda value: math.isfinite(value) and value >= 0,
+                                   "a finite value >= 0 (0 = off)"),
+    "distributed_timeout_minutes": _positive(),
+}
+
+
+class Relation(NamedTuple):
+    keys: tuple
+    holds: Callable[..., bool]
+    expected: str
+
+
+RELATIONS: tuple = (
+    # The training transforms draw from [min, max) and refuse an empty interval (as BAM's).
+    Relation(("scale_min", "scale_max"), lambda low, high: low < high, "scale_min < scale_max"),
+    Relation(("rotate_min", "rotate_max"), lambda low, high: low < high, "rotate_min < rotate_max"),
+    Relation(("feature_size", "window_size"), lambda grid, window: grid % window == 0,
+             "feature_size a multiple of window_size (windows tile the transformer grid)"),
+)
+
+
+def range_problems(values: Mapping[str, Any], origin: Callable[[str], str] = lambda key: ""
+                   ) -> list[str]:
+    """One line per value outside what the code can take: ``config key K: expected ..., got V``
+    followed by ``origin(K)`` (e.g. ' (file X)'). Keys absent from ``values`` (a partial
+    namespace) and None values are skipped; a relation is checked when its keys are in range."""
+    problems, bad = [], set()
+    for key, limits in RANGES.items():
+        value = values.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            accepted = limits.accepts(value)
+        except TypeError:  # a value of another type: check_type reports it
+            continue
+        if not accepted:
+            bad.add(key)
+            problems.append(f"config key {key}: expected {limits.expected}, got {value!r}{origin(key)}")
+    for relation in RELATIONS:
+        if any(key not in values or values[key] is None or key in bad for key in relation.keys):
+            continue
+        found = [values[key] for key in relation.keys]
+        if not relation.holds(*found):
+            given = ", ".join(f"{key} {value!r}" for key, value in zip(relation.keys, found))
+            origins = "".join(dict.fromkeys(origin(key) for key in relation.keys))
+            problems.append(f"config keys {' and '.join(relation.keys)}: expected {relation.expected}, "
+                            f"got {given}{origins}")
+    return problems
 
 
 def config_value(cfg: Any, key: str) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -37,7 +38,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from util import transform as transform_module
-from util.io import atomic_write_json, atomic_write_text
+from util.io import atomic_write_json, atomic_write_text, read_text
 
 __all__ = [
     "DATA_SETS",
@@ -153,7 +154,8 @@ def read_pair_list(list_path: str) -> List[Tuple[str, str, int]]:
     file and the line number.
     """
     pairs = []
-    with open(list_path, "r") as handle:
+    # UTF-8 (a stray byte is an error naming the file and the line); universal newlines, as open().
+    with io.StringIO(read_text(list_path, "a list file"), newline=None) as handle:
         for line_number, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields:
@@ -312,8 +314,7 @@ def load_fss_lists(
     between users and must not execute code.
     """
     data_list = [(image, label) for image, label, _ in read_pair_list(data_list_path)]
-    with open(sub_class_file_list_path, "r") as handle:
-        text = handle.read()
+    text = read_text(sub_class_file_list_path, "a list file")
     try:
         parsed = ast.literal_eval(text)
     except (ValueError, SyntaxError) as error:
@@ -441,11 +442,20 @@ def read_support(image_path: str, label_path: str, class_chosen: int, ann_type: 
     return support_image, support_label
 
 
-def transform_supports(transform, support_images, support_labels) -> Tuple[torch.Tensor, torch.Tensor]:
+def transform_supports(transform, support_images, support_labels, names: Optional[Sequence[str]] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Transform the supports in shot order and stack them as the original does: in REVERSE shot
     order (parity quirk: it prepends each next shot, so s_x[0] is the last shot). Returns
-    (s_x (K, 3, H, W), s_y (K, H, W))."""
-    transformed = [transform(image, label) for image, label in zip(support_images, support_labels)]
+    (s_x (K, 3, H, W), s_y (K, H, W)). ``names`` (the image paths) name a support the transform
+    refuses (e.g. too elongated for val_size)."""
+    transformed = []
+    for number, (image, label) in enumerate(zip(support_images, support_labels)):
+        try:
+            transformed.append(transform(image, label))
+        except ValueError as error:
+            if names is None:
+                raise
+            raise ValueError(f"support image {names[number]!r}: {error}") from None
     try:
         s_x = torch.stack([pair[0] for pair in reversed(transformed)], 0)
         s_y = torch.stack([pair[1] for pair in reversed(transformed)], 0)
@@ -703,12 +713,16 @@ class SemData(Dataset):
 
         raw_label = label.copy()
         transform = self.transform if self.transform is not None else transform_module.ToTensor()
-        if self.base_label:
-            image, label, base_label = transform_with_base_label(transform, image, query_label, class_chosen,
-                                                                 self.train_classes)
-        else:
-            image, label = transform(image, label)
-        s_x, s_y = transform_supports(transform, support_images, support_labels)
+        try:
+            if self.base_label:
+                image, label, base_label = transform_with_base_label(transform, image, query_label, class_chosen,
+                                                                     self.train_classes)
+            else:
+                image, label = transform(image, label)
+        except ValueError as error:
+            raise ValueError(f"query image {image_path!r}: {error}") from None
+        s_x, s_y = transform_supports(transform, support_images, support_labels,
+                                      [image for image, _ in supports])
 
         if self.mode == "train":
             subcls_list = [self.train_classes.index(class_chosen)]

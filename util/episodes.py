@@ -14,9 +14,10 @@ from typing import List, Optional, Sequence, Tuple
 from torch.utils.data import DataLoader, Dataset
 
 from util.io import atomic_write_json
+from util.runtime import limit_opencv_threads
 
-__all__ = ["RecordingDataset", "ReplayDataset", "EpisodeRecorder", "load_episodes",
-           "save_episodes", "build_episode_loader"]
+__all__ = ["RecordingDataset", "ReplayDataset", "EpisodeRecorder", "check_episodes_fit",
+           "episode_file_meta", "load_episodes", "save_episodes", "build_episode_loader"]
 
 
 def _jsonable(episode: dict) -> dict:
@@ -72,21 +73,75 @@ class EpisodeRecorder:
         self.episodes.extend(json.loads(item) for item in batch.extras[0])
 
 
+EPISODE_FILE = "episodes written by test_sccan.py --dump-episodes"
+
+
+def _is_path_pair(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(part, str) for part in value)
+
+
+def _check_episode(path: str, number: int, episode) -> None:
+    if not isinstance(episode, dict):
+        raise ValueError(f"{path}: episode {number} is a {type(episode).__name__}, expected an object "
+                         f"with query, class_chosen and supports ({EPISODE_FILE})")
+    missing = {"query", "class_chosen", "supports"} - set(episode)
+    if missing:
+        raise ValueError(f"{path}: episode {number} lacks {sorted(missing)} ({EPISODE_FILE})")
+    if not _is_path_pair(episode["query"]) or not isinstance(episode["supports"], list) or \
+            not episode["supports"] or not all(_is_path_pair(pair) for pair in episode["supports"]) or \
+            isinstance(episode["class_chosen"], bool) or not isinstance(episode["class_chosen"], int):
+        raise ValueError(f"{path}: episode {number} is malformed: expected query [image, label], an "
+                         f"integer class_chosen and supports [[image, label], ...]")
+
+
 def load_episodes(path: str) -> List[dict]:
-    """Read an episode file written by :func:`save_episodes` (JSON)."""
-    with open(path) as handle:
-        try:
+    """Read and check an episode file written by :func:`save_episodes` (JSON): its kind (a
+    result file or any other JSON is named as such) and every episode's fields."""
+    try:
+        with open(path, encoding="utf-8") as handle:
             content = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not an episode file written by --dump-episodes ({error})") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"episode file not found: {path!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not an episode file ({EPISODE_FILE}): {error}") from None
+    if isinstance(content, dict) and "episodes" not in content:
+        what = ("a result file of test_sccan.py (it has 'runs')" if "runs" in content else
+                f"a JSON object with keys {sorted(content)[:6]}")
+        raise ValueError(f"{path} is {what}, not an episode file: pass the file that "
+                         f"--dump-episodes wrote")
     episodes = content["episodes"] if isinstance(content, dict) else content
+    if not isinstance(episodes, list) or not episodes:
+        raise ValueError(f"{path}: expected a non-empty list of episodes ({EPISODE_FILE})")
     for number, episode in enumerate(episodes):
-        missing = {"query", "class_chosen", "supports"} - set(episode)
-        if missing:
-            raise ValueError(f"{path}: episode {number} lacks {sorted(missing)}")
+        _check_episode(path, number, episode)
         episode["query"] = tuple(episode["query"])
         episode["supports"] = [tuple(pair) for pair in episode["supports"]]
     return episodes
+
+
+def episode_file_meta(path: str) -> dict:
+    """The ``meta`` record of an episode file ({} for a bare list or an older file)."""
+    with open(path, encoding="utf-8") as handle:
+        content = json.load(handle)
+    meta = content.get("meta") if isinstance(content, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def check_episodes_fit(path: str, episodes: Sequence[dict], test_classes: Sequence[int], shot: int,
+                       meta: Optional[dict] = None) -> None:
+    """Refuse episodes that the config cannot replay: a class that is not one of the fold's test
+    classes (a file dumped for another split or dataset), or another number of supports."""
+    meta = meta or {}
+    dumped = ", ".join(f"{key} {meta[key]}" for key in ("data_set", "split", "shot") if key in meta)
+    dumped = f" (the file was dumped with {dumped})" if dumped else ""
+    for number, episode in enumerate(episodes):
+        if episode["class_chosen"] not in test_classes:
+            raise ValueError(f"{path}: episode {number} is of class {episode['class_chosen']}, not one "
+                             f"of this config's test classes {list(test_classes)}{dumped}: replay it "
+                             f"with the config it was dumped with")
+        if len(episode["supports"]) != shot:
+            raise ValueError(f"{path}: episode {number} has {len(episode['supports'])} supports but "
+                             f"the config's shot is {shot}{dumped}")
 
 
 def save_episodes(path: str, episodes: Sequence[dict], meta: Optional[dict] = None) -> None:
@@ -101,7 +156,9 @@ def build_episode_loader(cfg, dataset, episodes_from: Optional[str] = None,
 
     if episodes_from:
         episodes = load_episodes(episodes_from)
+        check_episodes_fit(episodes_from, episodes, dataset.val_classes, cfg.shot,
+                           episode_file_meta(episodes_from))
         loader = DataLoader(ReplayDataset(dataset, episodes), batch_size=1, shuffle=False,
-                            num_workers=cfg.workers)
+                            num_workers=cfg.workers, worker_init_fn=limit_opencv_threads)
         return loader, len(episodes)
     return build_val_loader(cfg, RecordingDataset(dataset) if record else dataset), None

@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from model.feature_cache import attached_feature_cache
+from model.feature_cache import attached_feature_cache, keys_from_host
 from util.metrics import FewShotMeter, pad_to_square
-from util.runtime import autocast, check_amp, progress_bar, set_seed
+from util.runtime import autocast, check_amp, gather_from_ranks, progress_bar, set_seed
 
 __all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
            "format_cache_statistics", "format_result_table", "run_seeds", "summarise_runs", "write_run_scalars"]
@@ -82,6 +82,19 @@ class FewShotScoring:
             meter.update(scored.argmax(1), target, class_index)
         return next(iter(outputs.values())).argmax(1)
 
+    def sums(self) -> Dict:
+        """Each output's meter sums (util.metrics.FewShotMeter.sums), headline first."""
+        return {name: meter.sums() for name, meter in self.meters.items()}
+
+    def combine(self, shares: Sequence[Dict]) -> None:
+        """Replace the meters by the sum of ``shares`` (the :meth:`sums` of every process, rank
+        0 first, so the headline stays first)."""
+        self.meters = {}
+        for share in shares:
+            for name, sums in share.items():
+                self.meters.setdefault(name, FewShotMeter(
+                    self.num_test_classes, ignore_index=self.ignore_label)).add_sums(sums)
+
     def summary(self) -> Dict:
         """The headline output's summary; with named outputs also ``outputs``: name -> summary."""
         if not self.meters:
@@ -141,7 +154,8 @@ class EvaluationProtocol:
 
     @torch.no_grad()
     def run(self, predictor: Callable, loader, device: torch.device, seed: Optional[int] = 321,
-            observers: Sequence[Any] = (), progress: bool = False, scoring=None) -> Dict:
+            observers: Sequence[Any] = (), progress: bool = False, scoring=None,
+            context=None) -> Dict:
         """Evaluate ``predictor(x=..., s_x=..., s_y=...) -> logits (B, 2, h, w)`` on ``test_num``
         episodes of ``loader`` (validation tuples ``(image, label, s_x, s_y, subcls, raw_label,
         *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds),
@@ -150,7 +164,16 @@ class EvaluationProtocol:
 
         ``scoring``: what turns outputs and targets into metrics, with ``update(output, target,
         class_index) -> input-frame prediction`` and ``summary()``; default a fresh
-        :class:`FewShotScoring` (the generalised test passes util/gfss.py's)."""
+        :class:`FewShotScoring` (the generalised test passes util/gfss.py's).
+
+        ``context``: a util.runtime.DistributedContext. Under DDP every rank iterates the same
+        loader (the same seeds, so the same episodes as one process) but runs the predictor on
+        batch ``i`` only when ``i % world_size == rank``; the ranks' meter sums are then added
+        up, so every rank returns the result of one process scoring every episode, in about
+        1 / world_size of the time. ``episodes_here`` says how many episodes this rank scored."""
+        rank, world_size = (context.rank, context.world_size) if context is not None else (0, 1)
+        if world_size > 1 and not hasattr(scoring or FewShotScoring, "combine"):
+            raise ValueError(f"{type(scoring).__name__} cannot be split across processes")
         if seed is not None:
             set_seed(seed, self.seed_deterministic)
         if hasattr(predictor, "eval"):
@@ -160,28 +183,43 @@ class EvaluationProtocol:
         if scoring is None:
             scoring = FewShotScoring(self.num_test_classes, self.ignore_label)
         bar = progress_bar(self.test_num, "eval", progress)
-        done, start = 0, time.time()
+        done, here, batch_index, start = 0, 0, 0, time.time()
         with attached_feature_cache(predictor, self.feature_cache_mb) as cache:
             for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
                 for batch in loader:  # a fresh iterator each pass, as the original
                     if done >= self.test_num:
                         break
-                    self._evaluate_batch(predictor, batch, device, scoring, observers, done)
+                    if batch_index % world_size == rank:
+                        self._evaluate_batch(predictor, batch, device, scoring, observers, done)
+                        here += batch[0].shape[0]
+                    batch_index += 1
                     done += batch[0].shape[0]
                     bar.update(batch[0].shape[0])
         bar.close()
-        result = dict(scoring.summary(), seconds=time.time() - start)
-        if cache is not None:
-            result["feature_cache"] = cache.statistics()
+        statistics = cache.statistics() if cache is not None else None
+        if world_size > 1:
+            shares = gather_from_ranks((scoring.sums(), statistics), context)
+            scoring.combine([sums for sums, _ in shares])
+            statistics = None if statistics is None else combined_cache_statistics(
+                [share for _, share in shares])
+        result = dict(scoring.summary(), seconds=time.time() - start, episodes_here=here)
+        if statistics is not None:
+            result["feature_cache"] = statistics
         return result
 
     def _evaluate_batch(self, predictor: Callable, batch, device: torch.device, scoring,
                         observers: Sequence[Any], first_episode: int) -> None:
         image, label, support_images, support_labels, subcls, raw_label = batch[:6]
+        host_image = image
         image = image.to(device, non_blocking=True)
-        with autocast(device, self.amp):
-            output = predictor(x=image, s_x=support_images.to(device, non_blocking=True),
-                               s_y=support_labels.to(device, non_blocking=True))
+        supports = support_images.to(device, non_blocking=True)  # (B, K, 3, H, W)
+        # The feature cache's keys are hashed from the host batch while the copies run: hashing
+        # the device tensors would bring them back to the host (a sync and ~2 ms per image).
+        # The model passes x and s_x.flatten(0, 1) to its backbone.
+        with keys_from_host(predictor, (image, host_image),
+                            (supports.flatten(0, 1), support_images.flatten(0, 1))), \
+                autocast(device, self.amp):
+            output = predictor(x=image, s_x=supports, s_y=support_labels.to(device, non_blocking=True))
         target = self.scoring_target(label, raw_label).to(device)
         class_index = subcls[0] if isinstance(subcls, (list, tuple)) else subcls
         prediction = scoring.update(output, target, class_index)
@@ -189,6 +227,17 @@ class EvaluationProtocol:
                                    prediction, tuple(batch[6:]), class_index)
         for observer in observers:
             observer.observe(evaluated)
+
+
+def combined_cache_statistics(shares: Sequence[Dict]) -> Dict:
+    """The feature-cache statistics of several processes' runs added up (hit rate recomputed)."""
+    total = dict(shares[0])
+    total.update({key: sum(share[key] for share in shares)
+                  for key in ("hits", "misses", "evictions", "entries", "stored_mb")})
+    lookups = total["hits"] + total["misses"]
+    total["hit_rate"] = total["hits"] / lookups if lookups else 0.0
+    total["stored_mb"] = round(total["stored_mb"], 1)
+    return total
 
 
 def format_result_table(result: Dict, class_ids: Sequence[int], title: str = "") -> str:

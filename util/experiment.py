@@ -12,6 +12,7 @@ from model import build_model
 from model.backbone import calibrate_frozen_batch_norm
 from util import transform as transforms
 from util.dataset import SemData, get_class_lists, read_image, read_pair_list, resolve_path
+from util.runtime import limit_opencv_threads
 
 CALIBRATION_IMAGES = 16
 
@@ -128,7 +129,7 @@ def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
     """Batch batch_size_val, no shuffle, the configured worker count (episodes depend on it)."""
     return DataLoader(dataset, batch_size=cfg.batch_size_val, shuffle=False,
                       num_workers=cfg.workers if workers is None else workers, pin_memory=False,
-                      drop_last=False)
+                      drop_last=False, worker_init_fn=limit_opencv_threads)
 
 
 def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) -> torch.nn.Module:
@@ -152,6 +153,9 @@ def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) 
         images = []
         for image_path, label_path, _ in pairs:
             image = read_image(resolve_path(image_path, cfg.data_root))
-            images.append(transform(image, np.zeros(image.shape[:2], np.uint8))[0])
+            try:
+                images.append(transform(image, np.zeros(image.shape[:2], np.uint8))[0])
+            except ValueError as error:  # an image too elongated for val_size
+                raise ValueError(f"{resolve_path(image_path, cfg.data_root)!r}: {error}") from None
         calibrate_frozen_batch_norm(model.backbone, torch.stack(images))
     return model.to(device)

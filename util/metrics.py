@@ -173,6 +173,25 @@ class FewShotMeter:
         self.target += batch_target
         return batch_intersection, batch_union, batch_target
 
+    # ------------------------------------------------------------------- several processes
+    SUM_FIELDS = ("intersection", "union", "target", "class_intersection", "class_union",
+                  "class_episodes")
+
+    def sums(self) -> dict:
+        """The accumulated sums (copies), to be added into another meter with :meth:`add_sums`."""
+        return {name: getattr(self, name).copy() for name in self.SUM_FIELDS}
+
+    def add_sums(self, sums: dict) -> None:
+        """Add another meter's :meth:`sums` (e.g. another DDP rank's share of the episodes). The
+        sums are pixel and episode counts, exact in float64, so the order of the additions
+        changes nothing: shares summed here give the numbers of one meter fed every episode."""
+        for name in self.SUM_FIELDS:
+            values = np.asarray(sums[name], dtype=np.float64)
+            if values.shape != getattr(self, name).shape:
+                raise ValueError(f"{name}: shape {values.shape} does not match this meter's "
+                                 f"{getattr(self, name).shape}")
+            getattr(self, name).__iadd__(values)
+
     # ------------------------------------------------------------------------------ results
     @property
     def episodes(self) -> int:

@@ -37,6 +37,7 @@ from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoi
 from util.cli import UserError
 from util.config import Config, load_config
 from util.dataset import transform_supports
+from util.runtime import default_device
 from util.transform import build_val_transform, validation_resize_shape
 
 __all__ = ["Predictor", "PredictorError", "QueryFrame", "MAPPINGS", "load_checkpoint_model",
@@ -207,7 +208,7 @@ def _as_config(config) -> Config:
 
 def _resolve_device(device) -> torch.device:
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PredictorError("device 'cuda' requested but PyTorch sees no CUDA GPU: use cpu")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import random
@@ -26,8 +27,25 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def cuda_usable() -> bool:
+    """True when CUDA is present and not switched off with ``SCCAN_FORCE_CPU=1`` (the test
+    suite sets it for every test not marked ``cuda``, so that a GPU machine runs the CPU tests,
+    bit-exact ones included, on the CPU)."""
+    return os.environ.get("SCCAN_FORCE_CPU", "0") != "1" and torch.cuda.is_available()
+
+
+def default_device() -> torch.device:
+    """The device a script uses without a launcher: cuda (the current device) when usable, else
+    the CPU."""
+    return torch.device("cuda") if cuda_usable() else torch.device("cpu")
+
+
 def get_rng_states() -> dict:
-    """All RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    """All RNG states of this process in types that ``torch.load(weights_only=True)`` accepts.
+
+    Only the current CUDA device's generator is captured: a process (one DDP rank) draws on its
+    own device alone, and a state per visible GPU could not be restored on a machine with fewer.
+    """
     numpy_state = np.random.get_state()
     python_state = random.getstate()
     states = {
@@ -38,22 +56,49 @@ def get_rng_states() -> dict:
         "python": {"version": python_state[0], "state": list(python_state[1]),
                    "gauss_next": python_state[2]},
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda_usable():
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
+def _host_bytes(state: torch.Tensor, name: str) -> torch.Tensor:
+    # Generators take CPU byte tensors only; a checkpoint loaded with map_location='cuda' holds
+    # its saved states on the GPU.
+    if not isinstance(state, torch.Tensor) or state.device.type == "meta":
+        raise ValueError(f"RNG state {name!r}: expected a byte tensor with data, got "
+                         f"{type(state).__name__}" + (" on the meta device" if
+                                                       isinstance(state, torch.Tensor) else ""))
+    return state.to(device="cpu", dtype=torch.uint8)
+
+
+def cuda_rng_state_for_this_device(saved, device_index: int) -> Optional[torch.Tensor]:
+    """The saved CUDA generator state this process restores: one tensor (the saver's own device,
+    written since per-device capture) is used as it is; a list of one state per visible GPU
+    (earlier checkpoints) gives the entry of ``device_index``, or the first when the saving
+    machine had fewer GPUs. None when nothing was saved."""
+    if saved is None:
+        return None
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            return None
+        return saved[device_index] if device_index < len(saved) else saved[0]
+    return saved
+
+
 def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
+    """Restore what :func:`get_rng_states` captured (tensors on any device, CUDA's when usable)."""
+    torch.set_rng_state(_host_bytes(states["torch"], "torch"))
     numpy_state = states["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
+    np.random.set_state(("MT19937", numpy_state["keys"].cpu().numpy().astype(np.uint32),
                          numpy_state["position"], numpy_state["has_gauss"],
                          numpy_state["cached_gaussian"]))
     python_state = states["python"]
     random.setstate((python_state["version"], tuple(python_state["state"]),
                      python_state["gauss_next"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if cuda_usable():
+        cuda_state = cuda_rng_state_for_this_device(states.get("cuda"), torch.cuda.current_device())
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(_host_bytes(cuda_state, "cuda"))
 
 
 @dataclass
@@ -72,22 +117,50 @@ class DistributedContext:
         return self.rank == 0
 
 
-def init_distributed(local_rank_argument: Optional[int] = None) -> DistributedContext:
+def init_distributed(local_rank_argument: Optional[int] = None,
+                     timeout_minutes: float = 60.0) -> DistributedContext:
     """Read the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK; ``--local_rank`` of
     torch.distributed.launch also works) and start NCCL on GPU or gloo on CPU. Without a
-    launcher: one process on cuda:0 when available, else the CPU."""
+    launcher: one process on cuda:0 when available, else the CPU.
+
+    ``timeout_minutes`` bounds how long a collective waits for the slowest rank (config key
+    distributed_timeout_minutes). NCCL's default of 10 minutes is shorter than what rank 0 alone
+    may still spend between two collectives: building COCO's few-shot lists on a first run, or
+    writing a checkpoint to a slow shared disk."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", local_rank_argument or 0))
-    use_cuda = torch.cuda.is_available() and os.environ.get("SCCAN_FORCE_CPU", "0") != "1"
+    use_cuda = cuda_usable()
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistributedContext(rank, world_size, local_rank, device)
+
+
+def gather_from_ranks(value, context: "DistributedContext") -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every rank (any picklable value; tensors
+    are best on the CPU); ``[value]`` in a single process."""
+    if not context.distributed:
+        return [value]
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def limit_opencv_threads(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: OpenCV single-threaded and without OpenCL in each loader
+    worker, as the original sets for its processes. Each worker already runs on its own core; an
+    OpenCV pool per worker (8 workers per GPU, several GPUs) would oversubscribe the CPUs that
+    feed the GPUs. It draws no random number, so the episodes stay those of the original."""
+    import cv2
+
+    cv2.setNumThreads(0)
+    cv2.ocl.setUseOpenCL(False)
 
 
 def get_logger(name: str = "sccan", log_file: Optional[str] = None, main: bool = True) -> logging.Logger:

@@ -2,9 +2,10 @@
 validation and checkpoints in section 5), run by train_sccan.py.
 
 :class:`Trainer` builds the model, optimizers and loaders of a config, trains epoch by epoch with
-the poly schedule, validates with the shared :class:`EvaluationProtocol` (rank 0 only), keeps the
-best checkpoint under the original's name, writes per-shot ``latest``/``epoch_<e>``/``final``
-checkpoints atomically, and resumes exactly (weights, optimizers, RNG states, bookkeeping).
+the poly schedule, validates with the shared :class:`EvaluationProtocol` (under DDP every rank
+scores its share of the same episodes), keeps the best checkpoint under the original's name,
+writes per-shot ``latest``/``epoch_<e>``/``final`` checkpoints atomically, and resumes exactly
+(weights, optimizers, every rank's RNG states, bookkeeping).
 
 The module-level helpers (command line, run start, loader, DDP wrapping, overwrite refusal,
 resume, checkpoint content, non-finite loss) are shared with the base learner's loop,
@@ -12,6 +13,7 @@ util/base_trainer.py.
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import time
@@ -32,18 +34,30 @@ from util.config import config_argparser, config_from_arguments, save_config
 from util.evaluation import EvaluationProtocol, format_cache_statistics
 from util.experiment import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
-from util.io import atomic_torch_save
-from util.runtime import (autocast, check_amp, get_logger, get_rng_states, init_distributed,
-                          progress_bar, set_rng_states, set_seed)
+from util.io import OutputFolderLock, atomic_torch_save, remove_stale_partial_files
+from util.runtime import (autocast, check_amp, gather_from_ranks, get_logger, get_rng_states,
+                          init_distributed, limit_opencv_threads, progress_bar, set_rng_states,
+                          set_seed)
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossWatch", "TrainingState", "Trainer", "check_fresh_output",
            "fix_batch_norm", "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
            "training_checkpoint", "parse_training_arguments", "start_training_run", "fit_and_close",
-           "build_train_loader", "distributed_network", "fast_optimizer_steps"]
+           "build_train_loader", "check_saved_config", "claim_output_folder", "distributed_network",
+           "precheck_resume", "start_under_lock", "fast_optimizer_steps", "place_optimizer_state",
+           "rng_states_of_this_rank"]
 
 # A checkpoint trained for another of these cannot be resumed under this config.
 RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
 RESUME_KEYS = ("state_dict", "optimizer", "optimizer_swin", "epoch")
+# Keys that shape a run (optimisation, schedule, data draws, model): a resume that changes one
+# is no longer the continuation of the saved run, so it needs --allow-config-change.
+RUN_SHAPING_KEYS = ("base_lr", "transformer_lr", "power", "momentum", "weight_decay", "index_split",
+                    "warmup", "epochs", "batch_size", "train_list", "train_h", "train_w", "scale_min",
+                    "scale_max", "rotate_min", "rotate_max", "padding_label", "workers", "manual_seed",
+                    "fix_random_seed_val", "fix_bn", "aux_weight1", "aux_weight2", "amp",
+                    "fast_path_training", "feature_size", "window_size", "feature_dropout",
+                    "zoom_factor", "pretrained_backbone", "random_backbone_residual_gain",
+                    "base_learner", "low_fea", "kshot_trans_dim", "base_novel_label")
 
 
 class NonFiniteLossError(UserError):
@@ -93,12 +107,16 @@ def check_fresh_output(cfg, overwrite: bool) -> None:
                         os.path.join(snapshot_dir(cfg), names[0]), "save_path")
 
 
-def load_resume_checkpoint(path: str, device, required_keys, latest: str, script: str, cfg,
-                           identity_keys, logger) -> dict:
+def load_resume_checkpoint(path: str, required_keys, latest: str, script: str, cfg,
+                           identity_keys, logger, allow_config_change: bool = False) -> dict:
     """Read a checkpoint to resume from: it must hold ``required_keys`` (else an error naming
     ``latest``, the file ``script`` writes every epoch) and belong to the same run as ``cfg``
-    (its recorded ``identity_keys``)."""
-    checkpoint = load_checkpoint(path, map_location=device)
+    (its recorded ``identity_keys``).
+
+    The checkpoint is read onto the CPU whatever the training device: its RNG states must stay
+    CPU byte tensors, ``load_state_dict`` copies the weights onto the model's device, and
+    :func:`place_optimizer_state` moves the optimizer state where the steps need it."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
     missing = [key for key in required_keys if not (isinstance(checkpoint, dict) and key in checkpoint)]
     if missing:
         what = "a bare state_dict (weights only)" if "state_dict" in missing else \
@@ -112,6 +130,15 @@ def load_resume_checkpoint(path: str, device, required_keys, latest: str, script
         logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
                        f"checked against this config (the backbone depth is)")
         return checkpoint
+    changed = check_saved_config(path, saved, cfg, identity_keys, allow_config_change)
+    if changed:
+        logger.warning(f"resuming {path} with changed keys (--allow-config-change): {', '.join(changed)}")
+    return checkpoint
+
+
+def check_saved_config(path: str, saved: dict, cfg, identity_keys, allow_config_change: bool) -> list:
+    """Refuse a resume under a config of another run (``identity_keys``) or, unless allowed, with
+    other values of the keys that shape the run; returns those changes ('key old -> new')."""
     differences = [f"{key} {saved[key]!r} (config: {cfg[key]!r})" for key in identity_keys
                    if key in saved and saved[key] != cfg[key]]
     if differences:
@@ -119,12 +146,35 @@ def load_resume_checkpoint(path: str, device, required_keys, latest: str, script
             f"resume: {path} belongs to another run: {', '.join(differences)}; resume it with "
             f"the config it was trained with ({saved.get('config_file', 'see its config')}), "
             f"or start this run without resume")
-    return checkpoint
+    changed = [f"{key} {saved[key]!r} -> {cfg[key]!r}" for key in RUN_SHAPING_KEYS
+               if key in saved and key in cfg and saved[key] != cfg[key]]
+    if changed and not allow_config_change:
+        raise CheckpointError(
+            f"resume: {path} was trained with other values of keys that shape the run "
+            f"({', '.join(changed)}), so the resumed run would not continue it exactly; resume with "
+            f"the saved values, or pass --allow-config-change to continue with the new ones")
+    return changed
 
 
-def restore_training_state(checkpoint: dict, path: str, logger) -> "TrainingState":
+def precheck_resume(cfg, identity_keys, allow_config_change: bool) -> None:
+    """Before a run writes anything: the saved config of the checkpoint to resume must fit
+    (:func:`check_saved_config`). The file is memory-mapped, so its tensors are not read; a file
+    that cannot be read so is left to the full load, which reports it."""
+    if not cfg.resume or not os.path.isfile(cfg.resume):
+        return
+    try:
+        checkpoint = torch.load(cfg.resume, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- an old-format or damaged file: the full load explains it
+        return
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if isinstance(saved, dict):
+        check_saved_config(cfg.resume, saved, cfg, identity_keys, allow_config_change)
+
+
+def restore_training_state(checkpoint: dict, path: str, logger, context=None) -> "TrainingState":
     """The bookkeeping and RNG states of a checkpoint written here (exact continuation); for a
-    checkpoint of the original code, which has only its epoch label, the next epoch."""
+    checkpoint of the original code, which has only its epoch label, the next epoch. Under DDP
+    each rank restores its own states (``rng_by_rank``) when the world size is unchanged."""
     training = checkpoint.get("training_state")
     if training is None:
         state = TrainingState()
@@ -134,7 +184,7 @@ def restore_training_state(checkpoint: dict, path: str, logger) -> "TrainingStat
                        f"epoch {state.epoch + 1} without exact continuation")
     else:
         state = TrainingState.from_dict(training)
-        set_rng_states(training["rng"])
+        set_rng_states(rng_states_of_this_rank(training, context, path, logger))
     logger.info(f"resumed from {path} at epoch {state.epoch}, iteration {state.iteration}, "
                 f"best mIoU {state.best.miou:.4f}")
     return state
@@ -159,6 +209,7 @@ def build_train_loader(dataset, cfg, context, items: str):
     on_cuda = context.device.type == "cuda"
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, pin_memory=on_cuda, drop_last=True,
+                        worker_init_fn=limit_opencv_threads,
                         persistent_workers=bool(cfg.persistent_workers and on_cuda and cfg.workers > 0))
     if len(loader) == 0:
         raise ValueError(f"{cfg.train_list}: {len(dataset)} training {items} are fewer than one "
@@ -208,22 +259,69 @@ class NonFiniteLossWatch:
             f"{folder} are kept")
 
 
+def rng_states_of_this_rank(training: dict, context, path: str, logger) -> dict:
+    """The RNG states a process restores from a checkpoint's ``training_state``: its own rank's
+    (``rng_by_rank``, written under DDP) when the world size is the one that saved them, else
+    rank 0's (``rng``), with a warning when that makes the continuation inexact."""
+    rank, world_size = (context.rank, context.world_size) if context is not None else (0, 1)
+    by_rank = training.get("rng_by_rank")
+    if by_rank and len(by_rank) == world_size:
+        return by_rank[rank]
+    saved_world = len(by_rank) if by_rank else 1
+    if saved_world != world_size:
+        logger.warning(f"{path} was written by {saved_world} process(es) and resumes in "
+                       f"{world_size}: every rank restores rank 0's random states, so the "
+                       f"continuation is not exactly the uninterrupted run's")
+    return training["rng"]
+
+
+def place_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every state tensor on its parameter's device (floating ones in its dtype), and AdamW's
+    ``step`` where the configured kernel reads it: a float32 tensor on the parameter's device
+    for fused or capturable steps, a float32 CPU tensor otherwise.
+
+    The released checkpoints (PyTorch 1.7) hold ``step`` as a plain int, which loads as a CPU
+    tensor, and ``load_state_dict`` places it according to the *saved* flags (which the
+    released files do not have), so a fused CUDA step would otherwise meet tensors on two
+    devices."""
+    for group in optimizer.param_groups:
+        on_parameter_device = bool(group.get("fused") or group.get("capturable"))
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter)
+            if not state:
+                continue
+            for key, value in state.items():
+                if key == "step":
+                    device = parameter.device if on_parameter_device else torch.device("cpu")
+                    state[key] = torch.as_tensor(value, dtype=torch.float32).to(device)
+                elif isinstance(value, torch.Tensor):
+                    dtype = parameter.dtype if value.is_floating_point() else value.dtype
+                    state[key] = value.to(device=parameter.device, dtype=dtype)
+
+
 def fast_optimizer_steps(*optimizers: torch.optim.Optimizer) -> None:
     """Multi-tensor optimizer steps: ``fused`` kernels for CUDA parameters, ``foreach`` (one
     call per group instead of one per tensor) elsewhere; the same update formulas. Applied
-    after construction and again after ``load_state_dict``, which restores the saved flags."""
+    after construction and again after ``load_state_dict``, which restores the saved flags;
+    the state is then placed for the chosen kernels (:func:`place_optimizer_state`)."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             on_cuda = all(parameter.is_cuda for parameter in group["params"])
             group["fused"], group["foreach"] = (True, False) if on_cuda else (False, True)
+        place_optimizer_state(optimizer)
 
 
-def training_checkpoint(model, optimizers: dict, label: float, cfg, state: "TrainingState") -> dict:
+def training_checkpoint(model, optimizers: dict, label: float, cfg, state: "TrainingState",
+                        rng_by_rank: Optional[list] = None) -> dict:
     """The original's checkpoint keys (``epoch``, ``state_dict``, each optimizer's state under
-    its key) plus the config and the exact-resume state (bookkeeping and RNG states)."""
+    its key) plus the config and the exact-resume state (bookkeeping and RNG states; under DDP
+    ``rng_by_rank`` holds every rank's, gathered by :func:`gather_from_ranks`)."""
+    training = dict(state.to_dict(), rng=rng_by_rank[0] if rng_by_rank else get_rng_states())
+    if rng_by_rank and len(rng_by_rank) > 1:
+        training["rng_by_rank"] = rng_by_rank
     return {"epoch": label, "state_dict": model.state_dict(),
             **{key: optimizer.state_dict() for key, optimizer in optimizers.items()},
-            "config": cfg.to_dict(), "training_state": dict(state.to_dict(), rng=get_rng_states())}
+            "config": cfg.to_dict(), "training_state": training}
 
 
 class Trainer:
@@ -231,11 +329,13 @@ class Trainer:
     each epoch's checkpoints; True ends :meth:`fit` there, without the final checkpoint, as if
     the process had been stopped (tests of exact resume; time-limited jobs)."""
 
-    def __init__(self, cfg, context, logger):
+    def __init__(self, cfg, context, logger, allow_config_change: bool = False):
         self.cfg, self.context, self.logger = cfg, context, logger
+        self.allow_config_change = allow_config_change  # a resume may change run-shaping keys
         self.device = context.device
         self.snapshot_dir = snapshot_dir(cfg)
         self.epoch_end_callbacks: List[Callable[["Trainer"], bool]] = []
+        self.last_validation: Optional[dict] = None  # the latest validation result
         self.model = build_experiment_model(cfg, self.device)
         self.sgd, self.adamw = build_optimizers(self.model, cfg.base_lr, cfg.momentum,
                                                 cfg.weight_decay, cfg.transformer_lr)
@@ -255,8 +355,10 @@ class Trainer:
         self.train_loader, self.sampler = build_train_loader(
             build_dataset(cfg, "train", show_progress=context.is_main), cfg, context, "episodes")
         self.val_loader, self.protocol = None, None
-        if cfg.evaluate and context.is_main:
-            self.val_loader = build_val_loader(cfg, build_dataset(cfg, "val"))
+        if cfg.evaluate:
+            # Every rank draws the same validation episodes and scores its share of them
+            # (EvaluationProtocol.run), so no rank idles in a collective while another validates.
+            self.val_loader = build_val_loader(cfg, build_dataset(cfg, "val", show_progress=context.is_main))
             self.protocol = EvaluationProtocol.from_config(cfg, len(test_class_ids(cfg)), validation=True)
 
     # ----------------------------------------------------------------------------- resume
@@ -264,28 +366,35 @@ class Trainer:
         """Continue the run of a training checkpoint written by this trainer (exactly) or by the
         original train.py (from its epoch label, without the RNG states)."""
         latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
-        checkpoint = load_resume_checkpoint(path, self.device, RESUME_KEYS, latest, "train_sccan.py",
-                                            self.cfg, RUN_IDENTITY_KEYS, self.logger)
+        checkpoint = load_resume_checkpoint(path, RESUME_KEYS, latest, "train_sccan.py", self.cfg,
+                                            RUN_IDENTITY_KEYS, self.logger, self.allow_config_change)
         load_model_weights(self.model, checkpoint)
         self.sgd.load_state_dict(checkpoint["optimizer"])
         self.adamw.load_state_dict(checkpoint["optimizer_swin"])
-        self.state = restore_training_state(checkpoint, path, self.logger)
+        self.state = restore_training_state(checkpoint, path, self.logger, self.context)
 
     # ------------------------------------------------------------------------- checkpoints
     def save(self, name: str, label: float) -> str:
-        """Write a training checkpoint (the original's keys plus config and exact-resume state)."""
-        checkpoint = training_checkpoint(self.model, {"optimizer": self.sgd, "optimizer_swin": self.adamw},
-                                         label, self.cfg, self.state)
+        """Write a training checkpoint (the original's keys plus config and exact-resume state).
+        Called on every rank: each rank's RNG states are gathered, rank 0 writes the file."""
+        rng_by_rank = gather_from_ranks(get_rng_states(), self.context)
         path = os.path.join(self.snapshot_dir, name)
-        atomic_torch_save(checkpoint, path)
+        if self.context.is_main:
+            checkpoint = training_checkpoint(self.model, {"optimizer": self.sgd, "optimizer_swin": self.adamw},
+                                             label, self.cfg, self.state, rng_by_rank)
+            atomic_torch_save(checkpoint, path)
         return path
 
     # -------------------------------------------------------------------------- validation
     def validate(self, label: float) -> None:
-        """Rank 0 evaluates and keeps the best checkpoint; the other ranks wait."""
+        """Every rank scores its share of the validation episodes; the summed result is the
+        same on every rank (and the same as one process's), so every rank takes the same
+        best-epoch and early-stop decisions. Rank 0 logs and writes the best checkpoint."""
         if self.protocol is not None:
             result = self.protocol.run(self.model, self.val_loader, self.device,
-                                       seed=self.protocol.seeds[0], progress=True)
+                                       seed=self.protocol.seeds[0], progress=self.context.is_main,
+                                       context=self.context)
+            self.last_validation = result
             self.logger.info(f"val epoch {format_epoch_label(label)}: mIoU {result['mIoU']:.4f} "
                              f"FB-IoU {result['FB_IoU']:.4f} pIoU {result['pIoU']:.4f} "
                              f"({result['episodes']} episodes, {result['seconds']:.0f}s)")
@@ -298,17 +407,10 @@ class Trainer:
             if best.improves(result["mIoU"]):
                 previous = best.replace(self.snapshot_dir, self.cfg.shot, label, result["mIoU"])
                 self.save(os.path.basename(best.path), label)
-                if previous and os.path.exists(previous):
+                if self.context.is_main and previous and os.path.exists(previous):
                     os.remove(previous)
                 self.logger.info(f"new best mIoU {result['mIoU']:.4f}: {best.path}")
             self.model.train()
-        if self.context.distributed:
-            dist.barrier()
-            # Everyone needs the best epoch for the early-stop decision.
-            best = torch.tensor([self.state.best.epoch, self.state.best.miou], dtype=torch.float64,
-                                device=self.device)
-            dist.broadcast(best, 0)
-            self.state.best.epoch, self.state.best.miou = float(best[0]), float(best[1])
 
     # ---------------------------------------------------------------------------- training
     def set_training_mode(self) -> None:
@@ -400,10 +502,9 @@ class Trainer:
             if cfg.evaluate:
                 self.validate(label)
             self.state.epoch = epoch + 1
-            if self.context.is_main:
-                self.save(per_shot_name(cfg, "latest", ".pth"), label)
-                if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
-                    self.save(per_shot_name(cfg, f"epoch_{format_epoch_label(label)}", ".pth"), label)
+            self.save(per_shot_name(cfg, "latest", ".pth"), label)
+            if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
+                self.save(per_shot_name(cfg, f"epoch_{format_epoch_label(label)}", ".pth"), label)
             if self.context.distributed:
                 dist.barrier()
             if cfg.evaluate and self.state.best.should_stop(label, cfg.stop_interval):
@@ -413,12 +514,13 @@ class Trainer:
                 break
             if any([callback(self) for callback in self.epoch_end_callbacks]):
                 return self.state
-        if self.context.is_main:
-            self._finish()
+        self._finish()
         return self.state
 
     def _finish(self) -> None:
         path = self.save(per_shot_name(self.cfg, "final", ".pth"), epoch_label(self.state.epoch - 1))
+        if not self.context.is_main:
+            return
         best = self.state.best
         if not self.cfg.evaluate:
             outcome = "validation was off (evaluate: False), so no best checkpoint was kept"
@@ -439,6 +541,9 @@ def parse_training_arguments(argv, description: str, overwrite_help: str, viz_he
     parser = config_argparser(description)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--viz", action="store_true", help=viz_help)
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume although keys that shape the run (learning rates, batch size, "
+                             "schedule, model) differ from the checkpoint's; the changes are logged")
     arguments = parser.parse_args(argv)
     cfg = config_from_arguments(arguments)
     check_amp(cfg.amp)  # before anything is written
@@ -451,7 +556,7 @@ def start_training_run(cfg, logger_name: str, out_dir: str, snapshot_folder: str
                        config_name: str):
     """Process group, seed, logger; rank 0 creates the output folders and records the config.
     Returns ``(context, logger)``."""
-    context = init_distributed(cfg.local_rank)
+    context = init_distributed(cfg.local_rank, cfg.distributed_timeout_minutes)
     set_seed(cfg.manual_seed, cfg.seed_deterministic)
     logger = get_logger(logger_name, os.path.join(out_dir, log_name), context.is_main)
     if context.is_main:
@@ -462,12 +567,44 @@ def start_training_run(cfg, logger_name: str, out_dir: str, snapshot_folder: str
     return context, logger
 
 
+def claim_output_folder(out_dir: str, lock_name: str, what: str) -> Optional[OutputFolderLock]:
+    """Rank 0's lock on a run's output files (``<out_dir>/<lock_name>``), taken before anything
+    is written there and released at the end of the run or of the process; a second run into
+    the same files is refused while the first is alive. Temporary files of saves that a killed
+    process left behind are deleted. None on the other ranks (torchrun sets RANK)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    lock = OutputFolderLock(os.path.join(out_dir, lock_name), what)
+    lock.acquire()
+    atexit.register(lock.release)
+    for folder in (out_dir, os.path.join(out_dir, "snapshot")):
+        remove_stale_partial_files(folder)
+    return lock
+
+
+def start_under_lock(lock: Optional[OutputFolderLock], start: Callable[[], "Trainer"]):
+    """``start()`` (the remaining checks of a run, its output folder and its trainer) while
+    ``lock`` (:func:`claim_output_folder`) is held: a refused or failed start releases it, a
+    started trainer keeps it until :func:`fit_and_close`."""
+    try:
+        trainer = start()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.output_lock = lock
+    return trainer
+
+
 def fit_and_close(trainer):
-    """Run ``trainer.fit()``, then close its writer and the process group, even on errors."""
+    """Run ``trainer.fit()``, then close its writer, its output lock and the process group,
+    even on errors."""
     try:
         trainer.fit()
         return trainer
     finally:
         trainer.close()
+        if getattr(trainer, "output_lock", None) is not None:
+            trainer.output_lock.release()
         if trainer.context.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -336,6 +336,19 @@ def validation_resize_shape(height: int, width: int, size: int, resized_val: boo
     return new_h, new_w
 
 
+def too_elongated_message(height: int, width: int, size: int) -> str:
+    """Why a ``height x width`` image has no validation input at ``size``, and the smallest
+    size (a valid val_size: 9, 17, 25, ...) that keeps its shorter side."""
+    if min(height, width) < 1:
+        return f"a {height}x{width} (height x width) image is empty"
+    fitting = 9
+    while min(validation_resize_shape(height, width, fitting)) < 1:
+        fitting += 8
+    return (f"a {height}x{width} (height x width) image is too elongated for val_size {size}: its "
+            f"shorter side would shrink below 8 px (the validation resize makes the longer side "
+            f"val_size and floors both to multiples of 8); val_size {fitting} or more keeps it")
+
+
 class test_Resize:  # noqa: N801 - the original's class name, kept so configs/ports read the same
     """Validation resize onto a ``size x size`` canvas (no random draws).
 
@@ -356,6 +369,8 @@ class test_Resize:  # noqa: N801 - the original's class name, kept so configs/po
     def __call__(self, image, label):
         size = self.size
         new_h, new_w = validation_resize_shape(image.shape[0], image.shape[1], size, self.resized_val)
+        if min(new_h, new_w) < 1:  # cv2.resize would fail with an anonymous assertion
+            raise ValueError(too_elongated_message(image.shape[0], image.shape[1], size))
         resized_image = cv2.resize(image, dsize=(int(new_w), int(new_h)), interpolation=cv2.INTER_LINEAR)
         if resized_image.ndim == 2:
             resized_image = resized_image[:, :, None]

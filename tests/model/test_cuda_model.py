@@ -1,5 +1,6 @@
-"""The model on a CUDA device (``pytest -m cuda``; skipped without one): the parity fixture in
-fp32 with TF32 off on both forward paths, and bf16 autocast against fp32 on a trained model."""
+"""The model on a CUDA device (``pytest -m cuda``; skipped without one; dry run on the CPU: see
+tests/support/cuda.py): the parity fixture in fp32 with TF32 off on both forward paths, and bf16
+autocast against fp32 on a trained model."""
 import os
 
 import pytest
@@ -10,12 +11,12 @@ from model.backbone import Backbone
 from model.sccan import SCCAN
 from tests.model.test_amp import square_episodes, train_small_model
 from tests.support import FIXTURES
-from tests.support.cuda import CUDA, strict_fp32
+from tests.support.cuda import CUDA, cuda_device, strict_fp32
 from tests.support.reference_weights import generate_reference_weights
 from util.runtime import autocast
 
 pytestmark = CUDA
-DEVICE = torch.device("cuda")
+DEVICE = cuda_device()
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def fixture():
 
 
 @pytest.mark.parametrize("fast_path", [False, True], ids=["straightforward", "fast"])
+@strict_fp32()
 def test_parity_fixture_on_the_gpu(fixture, fast_path):
-    strict_fp32()
     models = {}
     for case in fixture["cases"]:
         if case["layers"] not in models:
@@ -38,8 +39,8 @@ def test_parity_fixture_on_the_gpu(fixture, fast_path):
         assert_close(logits.cpu(), case["logits"], atol=1e-4, rtol=0)
 
 
+@strict_fp32()
 def test_bf16_autocast_agrees_with_fp32_on_the_gpu():
-    strict_fp32()
     model = train_small_model().to(DEVICE)
     x, s_x, s_y, _ = (tensor.to(DEVICE) for tensor in square_episodes(16, torch.Generator().manual_seed(1)))
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from model import build_model
 from tests.support import REPOSITORY_ROOT
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from util.config import load_config
+from util.config import load_config, merge_opts
 
 
 def run(*arguments, environment=None):
@@ -92,7 +92,7 @@ def test_unknown_and_mistyped_opts_and_misplaced_flags():
 def test_opts_accept_key_equals_value(toy):
     result = run("test_sccan.py", "--config", CONFIG, "--all-foreground", "--episodes", "2",
                  "--output", str(toy["folder"] / "equals.json"),
-                 "--opts", *toy["opts"], "test_num=3", "val_size", "65")
+                 "--opts", *merge_opts(toy["opts"], ["test_num=3", "val_size", "65"]))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| episodes | 2 |" in result.stdout
 
@@ -128,7 +128,7 @@ def test_missing_toy_data_root_names_the_key_and_the_generator(tmp_path):
 def test_empty_training_list_with_a_random_backbone(toy, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    opts = toy["opts"] + ["train_list", repr(str(empty)), "save_path", repr(str(tmp_path / "exp"))]
+    opts = merge_opts(toy["opts"], ["train_list", repr(str(empty)), "save_path", repr(str(tmp_path / "exp"))])
     assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
                       "train_list", "is empty", "random backbone")
 
@@ -180,7 +180,7 @@ def test_released_checkpoint_evaluates_without_backbone_files(toy, checkpoints, 
 def test_resume_needs_a_training_checkpoint(toy, checkpoints, tmp_path):
     for path, fragment in ((checkpoints["bare"], "bare state_dict"),
                            (checkpoints[50], "without 'optimizer', 'optimizer_swin'")):
-        opts = toy["opts"] + ["resume", repr(path), "save_path", repr(str(tmp_path / "exp"))]
+        opts = merge_opts(toy["opts"], ["resume", repr(path), "save_path", repr(str(tmp_path / "exp"))])
         assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
                           fragment, "resume needs a training checkpoint", "latest_1shot.pth")
 
@@ -191,14 +191,14 @@ def test_resume_refuses_another_shot_fold_or_backbone(toy, checkpoints, tmp_path
                                                            "layers": 50, "config_file": "other.yaml"})
     path = str(tmp_path / "other_run.pth")
     torch.save(other, path)
-    opts = toy["opts"] + ["resume", repr(path), "save_path", repr(str(tmp_path / "exp"))]
+    opts = merge_opts(toy["opts"], ["resume", repr(path), "save_path", repr(str(tmp_path / "exp"))])
     assert_user_error(run("train_sccan.py", "--config", CONFIG, "--opts", *opts),
                       "belongs to another run", "split 2", "shot 5", "other.yaml")
 
 
 def test_rerun_into_a_used_folder_and_validation_off(toy, tmp_path):
     save_path = str(tmp_path / "exp")
-    opts = toy["opts"] + ["save_path", repr(save_path), "epochs", "1", "batch_size", "8"]
+    opts = merge_opts(toy["opts"], ["save_path", repr(save_path), "epochs", "1", "batch_size", "8"])
     snapshot = os.path.join(save_path, "snapshot")
     os.makedirs(snapshot)
     with open(os.path.join(snapshot, "latest_1shot.pth"), "wb") as handle:

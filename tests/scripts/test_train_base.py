@@ -6,11 +6,14 @@ import pytest
 import torch
 
 import train_base
+import util.base_trainer as base_trainer
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
-from tests.support.distributed import train_on_two_processes
+from tests.support.distributed import rank_results, train_on_two_processes
 from tests.support.toy_experiment import BASE_CONFIG
+from util.base_dataset import build_base_dataset
 from util.cli import run_entry_point
+from util.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +94,56 @@ def test_resume_is_exact(toy_data_root, tmp_path, small_list):
         assert torch.equal(reference[key], result[key]), key
 
 
+def test_resume_reads_the_checkpoint_on_the_cpu_whatever_the_training_device(toy_data_root, tmp_path,
+                                                                             small_list):
+    """The meta device stands for a GPU: nothing of the checkpoint may be read onto it (the RNG
+    states must stay CPU byte tensors)."""
+    train_base.main(_argv(toy_data_root, tmp_path / "a", small_list, epochs=1))
+    latest = str(tmp_path / "a" / "exp" / "snapshot" / "latest.pth")
+    saved = torch.load(latest, weights_only=True)
+    trainer = train_base.build_trainer(_argv(toy_data_root, tmp_path / "b", small_list, epochs=1))
+    trainer.device = torch.device("meta")
+    torch.manual_seed(1234)
+    trainer.resume(latest)
+    assert torch.equal(torch.get_rng_state(), saved["training_state"]["rng"]["torch"])
+    assert trainer.state.epoch == 1
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][key]), key
+
+
+def test_amp_bf16_autocasts_training_and_validation(toy_data_root, tmp_path, small_list, monkeypatch):
+    seen = []
+    build = base_trainer.build_base_model
+
+    def build_with_hook(cfg):
+        model = build(cfg)
+        model.cls.register_forward_hook(
+            lambda module, inputs, output: seen.append((module.training, output.dtype)))
+        return model
+
+    monkeypatch.setattr(base_trainer, "build_base_model", build_with_hook)
+    two_images = str(tmp_path / "two.txt")  # one bf16 iteration and two validation images
+    with open(small_list) as source, open(two_images, "w") as handle:
+        handle.writelines(source.readlines()[:2])
+    trainer = train_base.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, evaluate=True,
+                                    amp="bf16", train_list=two_images, val_list=two_images))
+    assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen
+    assert torch.float32 not in {dtype for _, dtype in seen}
+    assert all(parameter.dtype == torch.float32 for parameter in trainer.model.parameters())
+    assert trainer.last_validation is not None and 0 <= trainer.last_validation["mIoU"] <= 1
+
+
 def test_errors_are_one_line(toy_data_root, tmp_path, small_list, capsys):
     argv = _argv(toy_data_root, tmp_path, small_list, data_root=str(tmp_path / "missing"))
     assert run_entry_point(train_base.main, argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: data_root") and "\n" not in error
+    # a batch of one image cannot train the pyramid pooling's BatchNorm
+    assert run_entry_point(train_base.main, _argv(toy_data_root, tmp_path / "one", small_list, batch_size=1)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == ("error: config key batch_size: train_base.py needs at least 2 images per process "
+                     "(PSPNet's 1x1 pyramid-pooling BatchNorm), got 1")
+    assert not (tmp_path / "one").exists()
     # an existing base learner is not replaced without --overwrite
     (tmp_path / "best.pth").write_bytes(b"")
     assert run_entry_point(train_base.main, _argv(toy_data_root, tmp_path, small_list)) == 2
@@ -124,4 +172,28 @@ def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_pat
         # BatchNorm statistics are per process (no SyncBN); the weights are shared.
         if "running_" not in key and "num_batches_tracked" not in key:
             assert torch.equal(rank0[key], rank1[key]), key
-    assert (tmp_path / "best.pth").exists()  # rank 0 validated
+    # Both ranks validated (each a share of the 8 images, sums added up) and agree; the numbers
+    # are those of an independent single-process pass over all 8 images with the validated
+    # weights (the end-of-epoch checkpoint).
+    results = rank_results(tmp_path)
+    assert results[0] == results[1] and results[0]["best"]["path"] == str(tmp_path / "best.pth")
+    cfg = load_config(BASE_CONFIG, argv[argv.index("--opts") + 1:])
+    model = PSPNet(layers=50, classes=16, pretrained_backbone=False).eval()
+    load_model_weights(model, str(tmp_path / "exp" / "snapshot" / "latest.pth"))
+    intersection, union = torch.zeros(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each rank
+    try:
+        with torch.no_grad():
+            for image, label in build_base_dataset(cfg, "val"):
+                prediction = model(image[None]).argmax(1)[0]
+                for class_index in range(16):
+                    scored = label != 255
+                    predicted, actual = (prediction == class_index) & scored, label == class_index
+                    intersection[class_index] += (predicted & actual).sum()
+                    union[class_index] += (predicted | actual).sum()
+    finally:
+        torch.set_num_threads(threads)
+    expected = (intersection / (union + 1e-10)).mean().item()
+    assert results[0]["validation"]["mIoU"] == pytest.approx(expected, abs=1e-12)
+    assert (tmp_path / "best.pth").exists() == (expected > 0)

@@ -6,9 +6,14 @@ import pytest
 import torch
 
 import train_sccan
+from model.checkpoint import load_model_weights
+from util.cli import run_entry_point
+from util.config import load_config
 from util.evaluation import EvaluationProtocol
+from util import experiment
+from util.experiment import build_dataset, build_experiment_model, build_val_loader
 from util.trainer import NonFiniteLossError, Trainer
-from tests.support.distributed import train_on_two_processes
+from tests.support.distributed import rank_results, train_on_two_processes
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
@@ -55,7 +60,7 @@ def test_best_checkpoint_naming_and_early_stop(toy_data_root, tmp_path, small_li
     calls, iterations_done = [], []
     holder = {}
 
-    def fake_run(protocol, model, loader, device, seed=None, observers=(), progress=False):
+    def fake_run(protocol, model, loader, device, seed=None, observers=(), progress=False, context=None):
         calls.append(seed)
         iterations_done.append(holder["trainer"].state.iteration)
         return {"mIoU": next(scores), "FB_IoU": 0.5, "pIoU": 0.1, "episodes": 4, "seconds": 0.0}
@@ -131,3 +136,77 @@ def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_pat
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], initial[key]), key
+
+
+def test_ddp_validation_is_split_across_ranks_and_equals_one_process(toy_data_root, tmp_path, small_list):
+    """Two gloo ranks validate together: each scores half of the episodes, both end with the
+    numbers that one process gets on every episode with the same weights (the end-of-epoch
+    ``latest`` checkpoint holds the weights that were validated), and both choose the same best
+    checkpoint; every rank's RNG states are in the checkpoint."""
+    argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=4, evaluate=True,
+                 SubEpoch_val=False, test_num=10, eval_feature_cache_mb=64)
+    train_on_two_processes("train_sccan", argv, tmp_path)
+    rank0, rank1 = rank_results(tmp_path)
+    assert [rank0["validation"]["episodes_here"], rank1["validation"]["episodes_here"]] == [5, 5]
+    assert rank0["best"] == rank1["best"]
+    latest = tmp_path / "exp" / "snapshot" / "latest_1shot.pth"
+    checkpoint = torch.load(latest, weights_only=True)
+    assert len(checkpoint["training_state"]["rng_by_rank"]) == 2
+
+    cfg = load_config(CONFIG, argv[argv.index("--opts") + 1:])
+    model = build_experiment_model(cfg, torch.device("cpu"))
+    load_model_weights(model, str(latest))
+    protocol = EvaluationProtocol.from_config(cfg, len(experiment.test_class_ids(cfg)), validation=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each rank: the same convolution kernels
+    try:
+        single = protocol.run(model, build_val_loader(cfg, build_dataset(cfg, "val")),
+                              torch.device("cpu"), seed=protocol.seeds[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert single["episodes"] == single["episodes_here"] == 10
+    for result in (rank0["validation"], rank1["validation"]):
+        assert result["episodes"] == 10
+        for key in ("mIoU", "FB_IoU", "pIoU", "class_IoU", "accuracy"):
+            assert result[key] == single[key], key
+        assert result["feature_cache"]["hits"] + result["feature_cache"]["misses"] == 20
+    if single["mIoU"] > 0:  # a best checkpoint is kept only above 0
+        assert rank0["best"]["miou"] == single["mIoU"] and os.path.exists(rank0["best"]["path"])
+
+
+def test_resume_reads_the_checkpoint_on_the_cpu_whatever_the_training_device(toy_data_root, tmp_path,
+                                                                             small_list, capsys):
+    """On a GPU the checkpoint used to be read onto the training device: its RNG states became
+    CUDA tensors, which the generators refuse. The meta device (no data at all) stands for the
+    GPU here: nothing of the checkpoint may be read onto the training device."""
+    train_sccan.main(_argv(toy_data_root, tmp_path / "a", small_list, epochs=1, batch_size=8))
+    latest = str(tmp_path / "a" / "exp" / "snapshot" / "latest_1shot.pth")
+    saved = torch.load(latest, weights_only=True)
+    trainer = train_sccan.build_trainer(_argv(toy_data_root, tmp_path / "b", small_list, epochs=1,
+                                              batch_size=8))
+    trainer.device = torch.device("meta")
+    torch.manual_seed(1234)
+    trainer.resume(latest)
+    assert torch.equal(torch.get_rng_state(), saved["training_state"]["rng"]["torch"])
+    assert trainer.state.epoch == 1 and trainer.state.iteration == saved["training_state"]["iteration"]
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][key]), key
+    for optimizer in (trainer.sgd, trainer.adamw):
+        for parameter, state in optimizer.state.items():
+            assert all(value.device == parameter.device for name, value in state.items()
+                       if torch.is_tensor(value) and name != "step")
+
+    # A resume that changes keys shaping the run is refused before anything is written, unless
+    # explicitly allowed (then the changes are logged).
+    changed = _argv(toy_data_root, tmp_path / "c", small_list, epochs=2, batch_size=4, base_lr=0.5,
+                    resume=latest)
+    assert run_entry_point(train_sccan.main, changed) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the list-building bars
+    assert error.startswith(f"error: resume: {latest} was trained with other values of keys that "
+                            f"shape the run (base_lr 0.005 -> 0.5, epochs 1 -> 2, batch_size 8 -> 4)")
+    assert "--allow-config-change" in error
+    assert not os.path.exists(tmp_path / "c" / "exp" / "config_1shot.yaml")
+    allowed = train_sccan.build_trainer(["--allow-config-change"] + changed)
+    assert allowed.state.epoch == 1
+    log = (tmp_path / "c" / "exp" / "train_1shot.log").read_text()
+    assert "resuming" in log and "with changed keys (--allow-config-change): base_lr 0.005 -> 0.5" in log

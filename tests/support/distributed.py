@@ -3,6 +3,7 @@ torchrun would, and collect each rank's final weights; compare DistributedDataPa
 with plain ones in an initialised single-process group."""
 import copy
 import importlib
+import json
 import os
 import socket
 
@@ -23,6 +24,10 @@ def _worker(rank, world_size, port, script, argv, out_dir):
     trainer = importlib.import_module(script).main(argv)
     torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()},
                os.path.join(out_dir, f"rank{rank}.pt"))
+    best = trainer.state.best
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+        json.dump({"validation": trainer.last_validation,
+                   "best": {"epoch": best.epoch, "miou": best.miou, "path": best.path}}, handle)
 
 
 def train_on_two_processes(script: str, argv: list, out_dir: str) -> list:
@@ -31,6 +36,16 @@ def train_on_two_processes(script: str, argv: list, out_dir: str) -> list:
     mp.spawn(_worker, args=(2, free_port(), script, argv, str(out_dir)), nprocs=2, join=True)
     return [torch.load(os.path.join(str(out_dir), f"rank{rank}.pt"), weights_only=True)
             for rank in range(2)]
+
+
+def rank_results(out_dir: str) -> list:
+    """What each rank of :func:`train_on_two_processes` ended with: its last validation result
+    (``validation``, None without validation) and its best-checkpoint record (``best``)."""
+    results = []
+    for rank in range(2):
+        with open(os.path.join(str(out_dir), f"rank{rank}.json")) as handle:
+            results.append(json.load(handle))
+    return results
 
 
 def ddp_and_plain_training_steps(device: torch.device, steps: int = 3):

@@ -9,14 +9,16 @@ CONFIG = os.path.join(REPOSITORY_ROOT, "config", "toy", "toy_split0_resnet50.yam
 BASE_CONFIG = os.path.join(REPOSITORY_ROOT, "config", "toy", "toy_split0_resnet50_base.yaml")
 
 
-def reduced_train_list(data_root: str, out_path: str, per_class: int = 2) -> int:
-    """Write a base list holding the first ``per_class`` training images of every fold-0 base
-    class (enough for 1-shot episodes); returns its length."""
-    dataset = SemData(split=0, shot=1, data_root=data_root, data_list=os.path.join(data_root, "train.txt"),
-                      data_set="pascal", mode="train", list_root=os.path.join(data_root, "fss_list"),
+def reduced_list(data_root: str, out_path: str, mode: str = "train", per_class: int = 2,
+                 list_root: str = "") -> int:
+    """Write a base list holding the first ``per_class`` images of every fold-0 class of
+    ``mode`` (the base classes for 'train', enough for 1-shot episodes; the test classes for
+    'val', so that a few episodes meet the same images again); returns its length."""
+    dataset = SemData(split=0, shot=1, data_root=data_root, data_list=os.path.join(data_root, f"{mode}.txt"),
+                      data_set="pascal", mode=mode, list_root=list_root or os.path.join(data_root, "fss_list"),
                       show_progress=False)
     chosen = []
-    for class_id in get_class_lists("pascal", 0)[0]:
+    for class_id in get_class_lists("pascal", 0)[0 if mode == "train" else 1]:
         for pair in dataset.sub_class_file_list[class_id][:per_class]:
             if pair not in chosen:
                 chosen.append(pair)
@@ -24,6 +26,11 @@ def reduced_train_list(data_root: str, out_path: str, per_class: int = 2) -> int
         for image, label in chosen:
             handle.write(f"{os.path.relpath(image, data_root)} {os.path.relpath(label, data_root)}\n")
     return len(chosen)
+
+
+def reduced_train_list(data_root: str, out_path: str, per_class: int = 2) -> int:
+    """:func:`reduced_list` of the training images."""
+    return reduced_list(data_root, out_path, "train", per_class)
 
 
 def toy_opts(data_root: str, save_path: str, **overrides) -> list:

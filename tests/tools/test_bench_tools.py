@@ -1,10 +1,12 @@
 """The speed benchmarks run end to end at tiny sizes and print their tables (timings themselves
 are figures for BENCHMARKS.md, not tested)."""
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.support.cuda import cuda_device, cuda_test
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 from tools import bench_amp, bench_eval, bench_model, bench_train
 from util.config import load_config
@@ -34,6 +36,51 @@ def test_bench_train_rows_per_variant(toy_data_root, tmp_path, capsys):
     assert [row.split(" | ")[1] for row in rows] == ["reference", "fast"]
     assert rows[0].split(" | ")[4] == "1.00x"
     assert not os.path.exists(tmp_path / "unused")  # the trainer wrote into a temporary folder
+
+
+def _optimizers_only_trainer(device):
+    """What apply_variant touches of a trainer: the model's path switch, amp and the SGD and
+    AdamW optimizers (here of one small parameter each)."""
+    weights = [torch.nn.Parameter(torch.ones(4, device=device)) for _ in range(2)]
+    return SimpleNamespace(model=SimpleNamespace(set_fast_path=lambda evaluation, training: None),
+                           cfg=SimpleNamespace(amp="bf16"), sgd=torch.optim.SGD(weights[:1], lr=0.1, momentum=0.9),
+                           adamw=torch.optim.AdamW(weights[1:], lr=0.1))
+
+
+def _step(trainer):
+    for optimizer in (trainer.sgd, trainer.adamw):
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = torch.full_like(parameter, 0.5)
+        optimizer.step()
+
+
+def _reference_after_a_fast_variant(device):
+    trainer = _optimizers_only_trainer(device)
+    bench_train.apply_variant(trainer, "fast")
+    _step(trainer)  # fused on a GPU, foreach on the CPU
+    bench_train.apply_variant(trainer, "reference")
+    assert trainer.cfg.amp == "fp32"
+    assert all(group["foreach"] is False and group["fused"] is False
+               for group in trainer.sgd.param_groups + trainer.adamw.param_groups)
+    # AdamW's step counters where a one-tensor step keeps them (a fused step leaves them on the GPU)
+    steps = [state["step"] for state in trainer.adamw.state.values()]
+    assert steps and all(step.device.type == "cpu" and step.dtype == torch.float32 for step in steps)
+    _step(trainer)
+    fresh = _optimizers_only_trainer(device)
+    bench_train.apply_variant(fresh, "reference")
+    _step(fresh), _step(fresh)
+    for optimizer, expected in ((trainer.sgd, fresh.sgd), (trainer.adamw, fresh.adamw)):
+        assert torch.equal(optimizer.param_groups[0]["params"][0], expected.param_groups[0]["params"][0])
+
+
+def test_reference_variant_takes_one_tensor_steps_after_fast_ones():
+    _reference_after_a_fast_variant(torch.device("cpu"))
+
+
+@cuda_test
+def test_reference_variant_takes_one_tensor_steps_after_fused_ones_on_the_gpu():
+    _reference_after_a_fast_variant(cuda_device())
 
 
 def test_bench_eval_measures_and_projects(toy_data_root, capsys):

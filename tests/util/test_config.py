@@ -17,6 +17,7 @@ from util.config import (
     apply_overrides,
     config_argparser,
     load_config,
+    merge_opts,
     parse_args,
     save_config,
 )
@@ -89,6 +90,48 @@ def test_key_repeated_in_one_section_is_an_error(tmp_path):
     """)
     with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
         load_config(path)
+
+
+# Files the YAML parser rejects -> (text, the line and column named, a fragment of the message).
+BROKEN_YAML = {
+    "tab": ("Data:\n  split: 0\n\tshot: 1\n", "line 3, column 1",
+            "found character '\\t' that cannot start any token (while scanning for the next token); "
+            "YAML indents with spaces, not tabs"),
+    "unclosed quote": ("Data:\n  data_root: 'abc\n  split: 0\n", "line 4, column 1",
+                       "found unexpected end of stream (while scanning a quoted scalar that starts at "
+                       "line 2, column 14)"),
+    "bad mapping": ("Data:\n  split: 0\n   shot: 1\n", "line 3, column 8", "mapping values are not allowed here"),
+    "missing colon": ("Data:\n  split: 0\nTrain\n  epochs: 1\n", "line 4, column 9",
+                      "could not find expected ':' (while scanning a simple key that starts at line 3, column 1)"),
+    "unclosed flow": ("Data: {split: 0\n", "line 2, column 1", "expected ',' or '}', but got '<stream end>'"),
+    "python tag": ("Data:\n  split: !!python/object:os.system x\n", "line 2, column 10",
+                   "could not determine a constructor for the tag"),
+    "control character": ("Data:\n  split: \x07\n", "line 2", "the control character U+0007 is not allowed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_YAML))
+def test_yaml_syntax_errors_name_the_file_line_and_column(tmp_path, case):
+    text, where, fragment = BROKEN_YAML[case]
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    message = str(error.value)
+    assert message.startswith(f"{path}, {where}: invalid YAML: ") and fragment in message, message
+    assert "\n" not in message
+
+
+def test_a_config_that_is_not_utf8_names_the_file_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("Data:\n  split: 0\n  data_root: caf\xe9  # Latin-1\n".encode("latin-1"))
+    with pytest.raises(ValueError) as error:
+        load_config(str(path))
+    assert str(error.value) == (f"{path}, line 3, column 17 (byte offset 33): byte 0xe9 is not UTF-8 "
+                                f"(invalid continuation byte); a configuration file must be UTF-8 text: "
+                                f"re-save it as UTF-8")
+    path.write_bytes("\ufeffData:\n  data_root: café\n".encode("utf-8"))  # UTF-8 with a BOM is fine
+    assert load_config(str(path)).data_root == "café"
 
 
 def test_top_level_scalar_is_rejected(tmp_path):
@@ -171,6 +214,26 @@ def test_unknown_key_fails_with_suggestion(sample_path):
 def test_dangling_key_is_an_error(sample_path):
     with pytest.raises(ConfigError, match="'epochs' has no value"):
         load_config(sample_path, ["split", "1", "epochs"])
+
+
+@pytest.mark.parametrize("opts", [["split", "1", "split", "2"], ["split=1", "split", "2"],
+                                  ["split", "1", "split=2"], ["split", "1", "split", "1"]])
+def test_a_key_given_twice_in_opts_is_an_error_like_in_a_file(sample_path, opts):
+    with pytest.raises(ConfigError) as error:
+        load_config(sample_path, opts + ["epochs", "3"])
+    second = opts[-1].split("=")[-1]
+    assert str(error.value) == f"--opts: duplicate key 'split' (given '1' and then {second!r}); give each key once"
+
+
+def test_merge_opts_lets_a_later_list_replace_keys(sample_path):
+    assert merge_opts(["split", "1", "epochs=3"], ["epochs", "4", "base_lr", "0.1"]) == \
+        ["split", "1", "epochs", "4", "base_lr", "0.1"]
+    config = load_config(sample_path, merge_opts(["split", "1", "epochs", "3"], ["epochs", "4"]))
+    assert (config.split, config.epochs) == (1, 4)
+    # A key repeated within one list stays repeated, and so is still refused.
+    with pytest.raises(ConfigError, match="duplicate key 'split'"):
+        load_config(sample_path, merge_opts(["split", "1", "split", "2"], ["epochs", "4"]))
+    assert merge_opts(["split"], ["epochs", "4"]) == ["split", "epochs", "4"]  # not split: reported later
 
 
 def test_all_problems_reported_and_nothing_applied(sample_path):

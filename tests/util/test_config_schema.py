@@ -13,7 +13,7 @@ import yaml
 from tests.support import REPOSITORY_ROOT
 from tests.support.files import write_yaml
 from util.config import Config, ConfigError, LegacyKeyWarning, load_config
-from util.config_schema import SCHEMA, check_type, config_value, default_values
+from util.config_schema import RANGES, SCHEMA, check_type, config_value, default_values, range_problems
 
 pytestmark = pytest.mark.usefixtures("fresh_legacy_warnings")
 
@@ -231,3 +231,144 @@ def test_model_and_optimizer_defaults_agree_with_the_schema():
                 assert parameter.default == SCHEMA[parameter.name].default, parameter.name
                 checked.append(parameter.name)
     assert {"feature_size", "window_size", "feature_dropout", "transformer_lr", "power"} <= set(checked)
+
+
+# ------------------------------------------------------------------------------- the ranges
+NAN, INF = float("nan"), float("inf")
+# key -> (values accepted, values refused), each checked alone on the schema defaults; the
+# boundary values are the first of each list.
+RANGE_CASES = {
+    "split": ([0, 3], [-1, 4]),
+    "shot": ([1, 5], [0, -1]),
+    "train_h": ([9, 17, 473], [8, 10, 1, 0, 472]),
+    "train_w": ([9, 417], [8, 16, -7]),
+    "val_size": ([9, 65], [8, 1, 64, 0]),
+    "scale_min": ([1e-3], [0, -0.5, NAN]),
+    "scale_max": ([100.0], [0, -1, INF]),
+    "rotate_min": ([-180], [-INF, NAN]),
+    "rotate_max": ([180], [INF]),
+    "ignore_label": ([0, 255], [-1, 256]),
+    "padding_label": ([0, 255], [-1, 256]),
+    "workers": ([0, 16], [-1]),
+    "batch_size": ([1], [0, -4]),
+    "epochs": ([1], [0, -1]),
+    "base_lr": ([1e-9], [0, -0.005, NAN, INF]),
+    "transformer_lr": ([1e-9], [0, -6e-5]),
+    "power": ([0, 0.9], [-0.1]),
+    "momentum": ([0, 0.99], [-0.1, 1]),
+    "weight_decay": ([0], [-1e-4]),
+    "stop_interval": ([1], [0]),
+    "print_freq": ([1], [0]),
+    "save_freq": ([0, 1], [-1]),
+    "batch_size_val": ([1], [0]),
+    "manual_seed": ([0, 2 ** 31 - 1], [-1, 2 ** 31]),
+    "layers": ([50, 101], [18, 152]),
+    "base_novel_label": ([0, 255], [1, 7]),
+    "zoom_factor": ([1, 2, 4, 8], [0, 3, 16]),
+    "feature_size": ([8, 64], [0, -8]),
+    "window_size": ([1, 2, 8], [0, 3, 5, -2]),
+    "feature_dropout": ([0, 1], [-0.1, 1.5]),
+    "kshot_trans_dim": ([0], [-1]),
+    "merge_tau": ([0, 1], [-0.1, 1.1]),
+    "test_num": ([1], [0]),
+    "eval_feature_cache_mb": ([0], [-1, INF]),
+    "distributed_timeout_minutes": ([0.5], [0, -1, INF]),
+}
+# Numeric keys whose every value is legal (a learning-rate split index, scales and loss weights).
+UNBOUNDED = {"index_split", "random_backbone_residual_gain", "aux_weight1", "aux_weight2", "local_rank"}
+
+
+def test_every_numeric_key_has_a_range_and_a_test_case():
+    numeric = {key for key, entry in SCHEMA.items() if entry.type in (int, float) and not entry.legacy}
+    assert set(RANGES) - set(SCHEMA) == set()
+    assert numeric - set(RANGES) == UNBOUNDED  # a new numeric key needs a range (or a reason)
+    assert set(RANGE_CASES) == set(RANGES)
+    assert range_problems(default_values()) == []  # the defaults are valid
+
+
+@pytest.mark.parametrize("key", sorted(RANGE_CASES))
+def test_range_boundaries(key):
+    accepted, refused = RANGE_CASES[key]
+    for value in accepted:
+        assert range_problems({**default_values(), key: value}) == [], (key, value)
+    for value in refused:
+        problems = range_problems({**default_values(), key: value}, lambda name: " (file x.yaml)")
+        assert len(problems) == 1, (key, value, problems)
+        assert problems[0].startswith(f"config key {key}: expected ") and \
+            problems[0].endswith(f", got {value!r} (file x.yaml)"), problems
+
+
+def test_relations_between_keys():
+    def problems(**values):
+        return range_problems({**default_values(), **values})
+
+    assert problems(scale_min=0.5, scale_max=0.5) == [
+        "config keys scale_min and scale_max: expected scale_min < scale_max, got scale_min 0.5, "
+        "scale_max 0.5"]
+    assert problems(rotate_min=10, rotate_max=-10)[0].startswith("config keys rotate_min and rotate_max")
+    assert problems(feature_size=12, window_size=8)[0].startswith(
+        "config keys feature_size and window_size: expected feature_size a multiple of window_size")
+    assert problems(feature_size=16, window_size=8) == problems(feature_size=1, window_size=1) == []
+    # A key out of range is reported alone, not again in its relations.
+    assert len(problems(scale_min=-1.0)) == 1 and len(problems(window_size=3, feature_size=64)) == 1
+
+
+def test_ranges_are_checked_by_the_loader_for_the_file_and_for_opts(tmp_path):
+    path = write_yaml(tmp_path, """\
+        Data:
+          val_size: 10
+        Train:
+          epochs: 0
+    """)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    lines = str(error.value).splitlines()
+    assert lines == [f"config key val_size: expected an int >= 9 with (value - 1) a multiple of 8, the "
+                     f"backbone's stride (e.g. 473, 417, 65, 33), got 10 (file {path})",
+                     f"config key epochs: expected an int >= 1, got 0 (file {path})"]
+    with pytest.raises(ConfigError, match=r"^config key epochs: expected an int >= 1, got 0 \(from --opts\)$"):
+        load_config(path, ["val_size", "9", "epochs", "0"])
+    assert load_config(path, ["val_size", "9", "epochs", "1"]).val_size == 9
+    with pytest.raises(ConfigError, match=r"config keys scale_min and scale_max: .* \(from --opts\) \(file "):
+        load_config(path, ["val_size", "9", "epochs", "1", "scale_min", "2"])
+
+
+@pytest.mark.filterwarnings("ignore:pretrained_backbone is False")
+def test_the_smallest_accepted_sizes_run_and_the_next_smaller_do_not(tmp_path):
+    """Side 9 (one 8-pixel cell of the stride-8 backbone) trains and evaluates, SCCAN, BAM's
+    ensemble (K = 2) and the base learner alike; grids of 1 and 2 with windows of 1 and 2 too.
+    An odd window above 1 cannot tile the shifted grid, and the base learner refuses a side 8."""
+    import torch
+
+    from model import build_model
+    from model.pspnet import PSPNet
+    from tests.support.toy_experiment import CONFIG
+
+    torch.manual_seed(0)
+    side = 9
+    pspnet = PSPNet(50, classes=16, pretrained_backbone=False)
+    base_learner_weights = str(tmp_path / "base_learner.pth")
+    torch.save({"state_dict": pspnet.state_dict()}, base_learner_weights)
+    for grid, window, base_learner, shot in ((2, 2, False, 1), (1, 1, True, 2)):
+        cfg = load_config(CONFIG, ["train_h", str(side), "train_w", str(side), "val_size", str(side),
+                                   "feature_size", str(grid), "window_size", str(window), "shot", str(shot),
+                                   "base_learner", str(base_learner),
+                                   "base_learner_weights", repr(base_learner_weights)])
+        model = build_model(cfg)
+        x, s_x = torch.randn(2, 3, side, side), torch.randn(2, shot, 3, side, side)
+        s_y = torch.zeros(2, shot, side, side, dtype=torch.long)
+        s_y[..., 2:6, 2:6] = 1
+        with torch.no_grad():
+            assert model.eval()(x, s_x, s_y).shape == (2, 2, side, side)
+        if not base_learner:
+            prediction, main_loss, _, _ = model.train()(x, s_x, s_y, y_m=s_y[:, 0])
+            assert prediction.shape == (2, side, side) and torch.isfinite(main_loss)
+    pspnet.train()
+    assert pspnet(torch.randn(2, 3, side, side), torch.zeros(2, side, side, dtype=torch.long))[0].shape == \
+        (2, side, side)
+    with pytest.raises(ValueError, match="minus 1 must be multiples of 8"):
+        pspnet.output_size(side - 1, side - 1)
+    odd = build_model(load_config(CONFIG, ["feature_size", "6", "window_size", "2"]))
+    odd.transformer = type(odd.transformer)(dim=256, depth=8, num_heads=8, window_size=3)
+    with pytest.raises(RuntimeError):
+        odd.eval()(x, s_x[:, :1], s_y[:, :1])

@@ -1,8 +1,11 @@
 """The evaluator's speed options on toy data: the backbone-feature cache gives exactly the plain
-loop's logits and numbers (1-shot and 5-shot) and reports its hit rate; bf16 autocast runs."""
+loop's logits and numbers (1-shot and 5-shot), reports its hit rate and takes its keys from the
+host batch (each image hashed once, never a device tensor); bf16 autocast runs."""
 import pytest
 import torch
 
+import model.feature_cache as feature_cache
+from tests.support.cuda import cuda_device, cuda_test
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import load_config
 from util.evaluation import EvaluationProtocol, format_cache_statistics
@@ -29,11 +32,51 @@ class Centred(torch.nn.Module):
         return logits
 
 
-def _experiment(toy_data_root, tmp_path, shot):
+def _experiment(toy_data_root, tmp_path, shot, device=CPU):
     cfg = load_config(CONFIG, toy_opts(toy_data_root, str(tmp_path), list_root=str(tmp_path / "fss"),
                                        shot=shot))
     loader = build_val_loader(cfg, build_dataset(cfg, "val", show_progress=False))
-    return cfg, loader, build_experiment_model(cfg, CPU)
+    return cfg, loader, build_experiment_model(cfg, device)
+
+
+class Watched(Centred):
+    """Centred, telling whether its forward (the model, the cache's lookups) is running."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.running = False
+
+    def forward(self, x, s_x, s_y):
+        self.running = True
+        try:
+            return super().forward(x, s_x, s_y)
+        finally:
+            self.running = False
+
+
+def _each_image_hashed_once_on_the_host(toy_data_root, tmp_path, monkeypatch, device):
+    shot, episodes = 2, 6
+    _, loader, model = _experiment(toy_data_root, tmp_path, shot, device)
+    predictor, hashed, real = Watched(model), [], feature_cache.image_key
+    monkeypatch.setattr(feature_cache, "image_key",
+                        lambda image: hashed.append((image.device, predictor.running)) or real(image))
+    result = EvaluationProtocol(test_num=episodes, num_test_classes=5, feature_cache_mb=64).run(
+        predictor, loader, device, seed=321)
+    lookups = episodes * (1 + shot)
+    assert result["feature_cache"]["hits"] + result["feature_cache"]["misses"] == lookups
+    # each image hashed once, from the loader's batch before the forward, never at lookup
+    # (where it would be the device tensor: a copy to the host and a synchronisation on a GPU)
+    assert len(hashed) == lookups and set(hashed) == {(CPU, False)}
+    assert result["feature_cache"]["memory"] == str(next(model.parameters()).device)
+
+
+def test_cache_keys_come_from_the_host_batch(toy_data_root, tmp_path, monkeypatch):
+    _each_image_hashed_once_on_the_host(toy_data_root, tmp_path, monkeypatch, CPU)
+
+
+@cuda_test
+def test_cache_keys_come_from_the_host_batch_on_the_gpu(toy_data_root, tmp_path, monkeypatch):
+    _each_image_hashed_once_on_the_host(toy_data_root, tmp_path, monkeypatch, cuda_device())
 
 
 @pytest.mark.parametrize("shot,episodes", [(1, 60), (5, 24)])

@@ -14,6 +14,7 @@ import torch
 
 import util.metrics
 from model.builder import build_model
+from tests.support.cuda import cuda_device, cuda_test, strict_fp32
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import load_config
 from util.dataset import binarize_label, read_label
@@ -221,12 +222,13 @@ def test_an_ensemble_checkpoint_runs_without_the_base_learner_file(tiny, tmp_pat
         predictor.set_support([image, image], [label, label])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@cuda_test
+@strict_fp32()  # TF32 products would differ from the CPU's fp32 by more than the bounds below
 def test_a_gpu_predicts_what_the_cpu_predicts(tiny):
     image, label = _episode_files(tiny["root"], 245)
     query = _episode_files(tiny["root"], 231)[0]
     results = []
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", cuda_device().type):
         predictor = Predictor.from_model(copy.deepcopy(tiny["model"]), tiny["cfg"], device=device)
         predictor.set_support([image], [label])
         results.append(predictor.predict(query, return_probability=True))
