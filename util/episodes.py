@@ -13,11 +13,11 @@ from typing import List, Optional, Sequence, Tuple
 
 from torch.utils.data import DataLoader, Dataset
 
-from util.io import atomic_write_json
+from util.io import atomic_write_json, read_text
 from util.runtime import limit_opencv_threads
 
 __all__ = ["RecordingDataset", "ReplayDataset", "EpisodeRecorder", "check_episodes_fit",
-           "episode_file_meta", "load_episodes", "save_episodes", "build_episode_loader"]
+           "load_episode_file", "load_episodes", "save_episodes", "build_episode_loader"]
 
 
 def _jsonable(episode: dict) -> dict:
@@ -94,15 +94,19 @@ def _check_episode(path: str, number: int, episode) -> None:
                          f"integer class_chosen and supports [[image, label], ...]")
 
 
-def load_episodes(path: str) -> List[dict]:
+def load_episode_file(path: str) -> Tuple[List[dict], dict]:
     """Read and check an episode file written by :func:`save_episodes` (JSON): its kind (a
-    result file or any other JSON is named as such) and every episode's fields."""
+    result file or any other JSON is named as such) and every episode's fields. Returns the
+    episodes and the file's ``meta`` record ({} for a bare list or an older file)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
+        text = read_text(path, "an episode file")
     except FileNotFoundError:
         raise FileNotFoundError(f"episode file not found: {path!r}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # a byte that is not UTF-8, named with its line
+        raise ValueError(f"{error}; not an episode file ({EPISODE_FILE})") from None
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not an episode file ({EPISODE_FILE}): {error}") from None
     if isinstance(content, dict) and "episodes" not in content:
         what = ("a result file of test_sccan.py (it has 'runs')" if "runs" in content else
@@ -116,15 +120,13 @@ def load_episodes(path: str) -> List[dict]:
         _check_episode(path, number, episode)
         episode["query"] = tuple(episode["query"])
         episode["supports"] = [tuple(pair) for pair in episode["supports"]]
-    return episodes
-
-
-def episode_file_meta(path: str) -> dict:
-    """The ``meta`` record of an episode file ({} for a bare list or an older file)."""
-    with open(path, encoding="utf-8") as handle:
-        content = json.load(handle)
     meta = content.get("meta") if isinstance(content, dict) else None
-    return meta if isinstance(meta, dict) else {}
+    return episodes, meta if isinstance(meta, dict) else {}
+
+
+def load_episodes(path: str) -> List[dict]:
+    """The checked episodes of an episode file (:func:`load_episode_file`)."""
+    return load_episode_file(path)[0]
 
 
 def check_episodes_fit(path: str, episodes: Sequence[dict], test_classes: Sequence[int], shot: int,
@@ -155,9 +157,8 @@ def build_episode_loader(cfg, dataset, episodes_from: Optional[str] = None,
     from util.experiment import build_val_loader  # util.experiment imports the model package
 
     if episodes_from:
-        episodes = load_episodes(episodes_from)
-        check_episodes_fit(episodes_from, episodes, dataset.val_classes, cfg.shot,
-                           episode_file_meta(episodes_from))
+        episodes, meta = load_episode_file(episodes_from)
+        check_episodes_fit(episodes_from, episodes, dataset.val_classes, cfg.shot, meta)
         loader = DataLoader(ReplayDataset(dataset, episodes), batch_size=1, shuffle=False,
                             num_workers=cfg.workers, worker_init_fn=limit_opencv_threads)
         return loader, len(episodes)
