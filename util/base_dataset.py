@@ -98,7 +98,7 @@ class BaseData(Dataset):
 
     def __getitem__(self, index: int):
         image_path, label_path = self.data_list[index]
-        image, label = read_image(image_path), read_label(label_path)
+        image, label = read_image(image_path), read_label(label_path, self.data_set)
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(f"image and label sizes differ: {image_path!r} is {image.shape[0]}x"
                              f"{image.shape[1]}, {label_path!r} is {label.shape[0]}x{label.shape[1]}")

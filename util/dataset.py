@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from util import transform as transform_module
 from util.io import atomic_write_json, atomic_write_text, read_text
+from util.image_files import ImageFileError, describe_classes, read_image_file, read_label_file
 
 __all__ = [
     "DATA_SETS",
@@ -49,6 +50,7 @@ __all__ = [
     "get_class_lists",
     "ORIGINAL_DATA_ROOTS",
     "resolve_path",
+    "relative_to_cwd",
     "read_pair_list",
     "make_fss_lists",
     "derive_sub_class_file_list",
@@ -121,6 +123,15 @@ def get_class_lists(data_set: str, split: int, use_split_coco: bool = False) -> 
     return train_classes, val_classes
 
 
+def relative_to_cwd(path) -> str:
+    """' (relative to the working directory <cwd>)' for a relative ``path``, else ''. Paths in a
+    config are not resolved against the repository: a script run from another folder reads
+    them from there, and the messages say so."""
+    if path is None or os.path.isabs(os.fspath(path)):
+        return ""
+    return f" (relative to the working directory {os.getcwd()})"
+
+
 def _strip_root(path: str, root: str) -> Optional[str]:
     """``path`` relative to ``root`` when it lies below it (by whole path components), else None."""
     root = os.path.normpath(root)
@@ -170,20 +181,22 @@ def read_pair_list(list_path: str) -> List[Tuple[str, str, int]]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Read an RGB image as float32 ``(H, W, 3)`` (cv2 BGR -> RGB, as the original)."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path!r} (missing or not a readable image file)")
+    """Read an RGB image as float32 ``(H, W, 3)`` (cv2 BGR -> RGB, as the original); a missing or
+    truncated file is refused (libjpeg would fill a cut-off JPEG with grey)."""
+    image = read_image_file(path)
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.float32(image)
 
 
-def read_label(path: str) -> np.ndarray:
-    """Read a label map as uint8 ``(H, W)`` (grayscale)."""
-    label = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if label is None:
-        raise FileNotFoundError(f"cannot read label {path!r} (missing or not a readable image file)")
-    return label
+def read_label(path: str, data_set: Optional[str] = None) -> np.ndarray:
+    """Read a label map as uint8 ``(H, W)``: the original's ``cv2.imread(path, IMREAD_GRAYSCALE)``
+    for every proper label. A missing, truncated, colour (e.g. VOC's palette PNG expanded to RGB)
+    or 16-bit file is refused, naming it; with ``data_set``, so are values that are no class of
+    that dataset, background or 255 (the original scores them silently as background)."""
+    if data_set is None:
+        return read_label_file(path)
+    return read_label_file(path, NUM_CLASSES[data_set], IGNORE_LABEL,
+                           expected=describe_classes(NUM_CLASSES[data_set], data_set, IGNORE_LABEL))
 
 
 def _label_classes(label: np.ndarray) -> List[int]:
@@ -192,11 +205,10 @@ def _label_classes(label: np.ndarray) -> List[int]:
 
 
 def _read_list_label(label_path: str, data_root: str, data_set: Optional[str], where: str) -> np.ndarray:
-    resolved_label = resolve_path(label_path, data_root, data_set)
-    label = cv2.imread(resolved_label, cv2.IMREAD_GRAYSCALE)
-    if label is None:
-        raise FileNotFoundError(f"{where}: cannot read label {resolved_label!r} (missing or not a readable image file)")
-    return label
+    try:
+        return read_label(resolve_path(label_path, data_root, data_set), data_set)
+    except (ImageFileError, FileNotFoundError) as error:
+        raise type(error)(f"{where}: {error}") from None
 
 
 def _counted_classes(label: np.ndarray, classes: Sequence[int], class_set: set) -> List[int]:
@@ -422,12 +434,14 @@ def draw_supports(files: Sequence[PathPair], query: PathPair, shot: int) -> List
     return supports
 
 
-def read_support(image_path: str, label_path: str, class_chosen: int, ann_type: str = "mask"):
+def read_support(image_path: str, label_path: str, class_chosen: int, ann_type: str = "mask",
+                 data_set: Optional[str] = None):
     """A support image and its label: 1 where ``class_chosen``, boxes for ``ann_type`` 'bbox',
     then 255 where the label was 255 (restored after the box filling, as the original does).
+    ``data_set`` checks the label's values (`read_label`).
     Returns (image float32 (H, W, 3), label uint8 (H, W))."""
     support_image = read_image(image_path)
-    raw_support_label = read_label(label_path)
+    raw_support_label = read_label(label_path, data_set)
     support_label = np.zeros_like(raw_support_label)
     support_label[raw_support_label == class_chosen] = 1
     if ann_type == "bbox":
@@ -562,7 +576,8 @@ class SemData(Dataset):
             raise ValueError("base_label serves the base learner's training label: mode 'train' only")
         if data_root is None or not os.path.isdir(data_root):
             raise FileNotFoundError(
-                f"data_root {data_root!r} does not exist or is not a folder; expected layout: "
+                f"data_root {data_root!r}{relative_to_cwd(data_root)} does not exist or is not a folder; "
+                f"expected layout: "
                 f"{EXPECTED_LAYOUT[data_set]}"
             )
         self.split = split
@@ -663,7 +678,7 @@ class SemData(Dataset):
             if not os.path.isfile(path):
                 raise FileNotFoundError(
                     f"{path!r} (first entry of {self.data_list_path}) does not exist. Relative list paths "
-                    f"are joined with data_root={self.data_root!r} unless they already start with it "
+                    f"are joined with data_root={self.data_root!r}{relative_to_cwd(self.data_root)} unless they already start with it "
                     f"(paths under the original's {ORIGINAL_DATA_ROOTS[self.data_set]!r} are moved onto it): "
                     f"check data_root (expected layout: {EXPECTED_LAYOUT[self.data_set]}); if "
                     f"{self.list_root} holds lists made for other data, set list_root to another folder "
@@ -677,7 +692,7 @@ class SemData(Dataset):
     def _sample(self, index: int):
         """Episode choice with the original's draws, in the order of its ``__getitem__``. Returns (episode dict, query label)."""
         image_path, label_path = self.data_list[index]
-        label = read_label(label_path)
+        label = read_label(label_path, self.data_set)
         candidates = [c for c in _label_classes(label) if c in self.class_list]
         if not candidates:
             raise ValueError(f"{label_path}: no class of {self.class_list} in the label of data_list entry {index}")
@@ -700,7 +715,7 @@ class SemData(Dataset):
         the transforms still draw, query first then supports in shot order)."""
         image_path, label_path = query
         image = read_image(image_path)
-        label = read_label(label_path) if _query_label is None else _query_label
+        label = read_label(label_path, self.data_set) if _query_label is None else _query_label
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(
                 f"query image and label sizes differ: {image_path!r} is {image.shape[0]}x{image.shape[1]}, "
@@ -708,7 +723,7 @@ class SemData(Dataset):
             )
         query_label = label
         label = binarize_label(label, class_chosen)
-        support_images, support_labels = zip(*(read_support(*pair, class_chosen, self.ann_type)
+        support_images, support_labels = zip(*(read_support(*pair, class_chosen, self.ann_type, self.data_set)
                                                for pair in supports))
 
         raw_label = label.copy()

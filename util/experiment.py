@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from model import build_model
 from model.backbone import calibrate_frozen_batch_norm
 from util import transform as transforms
-from util.dataset import SemData, get_class_lists, read_image, read_pair_list, resolve_path
+from util.dataset import SemData, get_class_lists, read_image, read_pair_list, relative_to_cwd, resolve_path
 from util.runtime import limit_opencv_threads
 
 CALIBRATION_IMAGES = 16
@@ -64,15 +64,20 @@ def check_data_root(cfg) -> None:
     """A missing data_root is the most common first-run mistake: say which key and how to get it."""
     if os.path.isdir(str(cfg.data_root)):
         return
-    if _is_toy(cfg):
+    repository_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_root = str(cfg.data_root)
+    if not os.path.isabs(data_root) and os.path.isdir(os.path.join(repository_root, data_root)):
+        hint = (f"it exists under the repository root {repository_root}: run from there, "
+                f"or give data_root as an absolute path")
+    elif _is_toy(cfg):
         hint = (f"generate it with 'python -m tools.make_toy_dataset --out {cfg.data_root}' "
                 f"(python -m tools.toy_demo does this by itself)")
     elif cfg.data_set == "coco":
         hint = "download COCO 2014 and run python -m tools.prepare_coco (README, 'Data')"
     else:
         hint = "download VOC2012 + SBD and run python -m tools.prepare_pascal (README, 'Data')"
-    raise FileNotFoundError(f"data_root {cfg.data_root!r} (config key data_root) is not a folder: "
-                            f"{hint}, or point it at your copy with --opts data_root PATH")
+    raise FileNotFoundError(f"data_root {cfg.data_root!r} (config key data_root){relative_to_cwd(cfg.data_root)} "
+                            f"is not a folder: {hint}, or point it at your copy with --opts data_root PATH")
 
 
 def result_dir(cfg) -> str:

@@ -94,7 +94,7 @@ class GFSSData(Dataset):
         self.support_files: Dict[int, List[tuple]] = {c: [] for c in self.novel_classes}
         novel = set(self.novel_classes)
         for pair in tqdm(pairs, desc="GFSS support lists", disable=not show_progress):
-            for class_id in _label_classes(read_label(pair[1])):
+            for class_id in _label_classes(read_label(pair[1], data_set)):
                 if class_id in novel:
                     self.support_files[class_id].append(pair)
         too_few = {c: len(files) for c, files in self.support_files.items() if len(files) < shot + 1}
@@ -108,14 +108,14 @@ class GFSSData(Dataset):
 
     def __getitem__(self, index: int):
         image_path, label_path = self.queries[index]
-        label = read_label(label_path)
+        label = read_label(label_path, self.data_set)
         chosen = choose_gfss_class(_label_classes(label), self.base_classes, self.novel_classes)
         supports = draw_supports(self.support_files[chosen], (image_path, label_path), self.shot)
         image = read_image(image_path)
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(f"query image and label sizes differ: {image_path!r}, {label_path!r}")
         target = gfss_target(label, self.base_classes, chosen)
-        support_images, support_labels = zip(*(read_support(*pair, chosen, self.ann_type)
+        support_images, support_labels = zip(*(read_support(*pair, chosen, self.ann_type, self.data_set)
                                                for pair in supports))
         transform = self.transform if self.transform is not None else transform_module.ToTensor()
         image, transformed_target = transform(image, target)

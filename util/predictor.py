@@ -37,6 +37,7 @@ from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoi
 from util.cli import UserError
 from util.config import Config, load_config
 from util.dataset import transform_supports
+from util.image_files import colour_problem, truncation_problem
 from util.runtime import default_device
 from util.transform import build_val_transform, validation_resize_shape
 
@@ -64,6 +65,9 @@ def _is_path(source) -> bool:
 
 def _read_file(path, what: str, flags: int) -> np.ndarray:
     image = cv2.imread(os.fspath(path), flags) if os.path.isfile(path) else None
+    truncated = truncation_problem(os.fspath(path)) if os.path.isfile(path) else None
+    if truncated is not None:
+        raise PredictorError(f"{what} {os.fspath(path)!r} is {truncated}")
     if image is None:
         reason = "no such file" if not os.path.exists(path) else "not an image file OpenCV can read"
         raise PredictorError(f"{what} {os.fspath(path)!r}: {reason}")
@@ -101,14 +105,12 @@ def read_mask(source: ImageSource, what: str = "mask") -> np.ndarray:
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
     if mask.ndim == 3 and mask.shape[2] in (3, 4):
-        colour = mask[:, :, :3]
-        if (colour == colour[:, :, :1]).all():
-            mask = colour[:, :, 0]
-        else:
+        problem = colour_problem(mask)
+        if problem is not None:
             raise PredictorError(
-                f"{what} {name} has {mask.shape[2]} channels with different values (a colour or "
-                f"palette image?): expected a single-channel mask (0 = background, non-zero = "
+                f"{what} {name} {problem}: expected a single-channel mask (0 = background, non-zero = "
                 f"foreground, 255 = ignore), e.g. a greyscale PNG")
+        mask = mask[:, :, 0]
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) and not np.issubdtype(mask.dtype, np.floating):
         raise PredictorError(f"{what} {name}: expected a single-channel (H, W) mask, got shape "
                              f"{mask.shape} of {mask.dtype}")

@@ -16,7 +16,9 @@ import pytest
 from tests.support import REPOSITORY_ROOT
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.cli import error_message
+from util.config import load_config
 from util.dataset import load_fss_lists, read_pair_list
+from util.experiment import check_data_root
 from util.transform import test_Resize
 
 
@@ -128,3 +130,28 @@ def test_too_elongated_message_and_worker_errors_without_traceback():
                          "ValueError(...)\nValueError: query image 'a.jpg': too elongated\n")
     assert error_message(wrapped) == "query image 'a.jpg': too elongated (in DataLoader worker process 3)"
     assert error_message(ValueError("two\nlines")) == "two; lines"
+
+
+# ------------------------------------------------------------------------ relative paths
+def test_a_relative_data_root_is_named_as_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """Run from another folder, the toy config's relative data_root is looked up there: the message
+    says so, and points to the repository root when the path exists there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, os.path.join(REPOSITORY_ROOT, "train_sccan.py"), "--config", CONFIG,
+                             "--opts", "data_root", "'no_such_data/toy'", "save_path", repr(str(tmp_path / "exp"))],
+                            cwd=str(elsewhere), capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data_root 'no_such_data/toy' (config key data_root) (relative to the "
+                           f"working directory {elsewhere}) is not a folder"), last
+    assert files_below(tmp_path) == []
+
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(CONFIG, ["data_root", "'lists/pascal'"])  # a folder of the repository
+    with pytest.raises(FileNotFoundError, match=f"it exists under the repository root {REPOSITORY_ROOT}: run "
+                                                f"from there, or give data_root as an absolute path"):
+        check_data_root(cfg)
+    monkeypatch.chdir(REPOSITORY_ROOT)
+    check_data_root(cfg)

@@ -330,6 +330,6 @@ def test_predict_skips_a_bad_query_names_it_and_fails_at_the_end(toy, sccan_stat
     assert str(queries / "broken.jpg") in errors[0] and "(query skipped)" in errors[0]
     assert str(queries / "long.png") in errors[1] and "too elongated" in errors[1]
     assert errors[2].startswith("error: 2 of 4 queries failed and were skipped; the first: ")
-    assert str(queries / "broken.jpg") in errors[2] and "not an image file" in errors[2]
+    assert str(queries / "broken.jpg") in errors[2] and "is a truncated JPEG" in errors[2]
     assert sorted(os.listdir(out)) == ["good0_mask.png", "good0_overlay.png", "good1_mask.png",
                                        "good1_overlay.png"]

@@ -16,6 +16,7 @@ from tests.support.toy_experiment import CONFIG
 from tools import predict
 from util.cli import run_entry_point
 from util.config import load_config
+from util.predictor import Predictor
 
 # The tests' tiny input size; the checkpoints below are built with it.
 TINY = ["val_size", "65", "feature_size", "8"]
@@ -28,15 +29,6 @@ def files(toy_data_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict")
     cfg = load_config(CONFIG, TINY)
     paths = {}
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(cfg, backbone_from_checkpoint=True)
-    paths["weight"] = str(folder / "sccan.pth")
-    torch.save({"epoch": 1, "state_dict": model.state_dict(), "config": cfg.to_dict()}, paths["weight"])
-    deep = build_model(load_config(CONFIG, TINY + ["layers", "101"]), backbone_from_checkpoint=True)
-    paths["weight101"] = str(folder / "sccan101.pth")
-    torch.save({"epoch": 1, "state_dict": deep.state_dict()}, paths["weight101"])
     paths["support"] = os.path.join(toy_data_root, "JPEGImages", "toy_000245.jpg")
     paths["mask"] = os.path.join(toy_data_root, "SegmentationClassAug", "toy_000245.png")  # {0, 2, 255}
     queries = folder / "queries"
@@ -47,13 +39,52 @@ def files(toy_data_root, tmp_path_factory):
     (queries / "notes.txt").write_text("not an image: skipped")
     paths["queries"] = str(queries)
     paths["folder"] = folder
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, backbone_from_checkpoint=True)
+    _spread_the_probabilities(model, cfg, paths["support"], paths["mask"], str(queries / "odd.png"))
+    paths["weight"] = str(folder / "sccan.pth")
+    torch.save({"epoch": 1, "state_dict": model.state_dict(), "config": cfg.to_dict()}, paths["weight"])
+    deep = build_model(load_config(CONFIG, TINY + ["layers", "101"]), backbone_from_checkpoint=True)
+    paths["weight101"] = str(folder / "sccan101.pth")
+    torch.save({"epoch": 1, "state_dict": deep.state_dict()}, paths["weight101"])
     return paths
+
+
+def _spread_the_probabilities(model, cfg, support, mask, query):
+    """The random model's foreground probabilities all lie within 0.50-0.52, so its masks would
+    be full (or empty) at any threshold but one in that range. Its last layer is scaled and its
+    foreground bias shifted so that on ``query`` the logit difference has median 0 and 90% of its
+    pixels within +-2 (probabilities 0.12-0.88), as tests/util/test_predictor.py shifts it."""
+    predictor = Predictor.from_model(model, cfg, device="cpu", log=lambda line: None)
+    predictor.set_support([support], [mask])
+    x, frame = predictor.prepare_query(query)
+    logits = predictor.logits(x)[0, :, :frame.content[0], :frame.content[1]]  # the picture's part
+    difference = (logits[1] - logits[0]).flatten()
+    centre = difference.median()
+    scale = 2.0 / (difference - centre).abs().quantile(0.9)
+    with torch.no_grad():
+        last = model.cls_meta[-1]
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+        last.bias[1] -= scale * centre
 
 
 def _arguments(files, out, *extra, support=None, weight=None):
     support = support or f"{files['support']}:{files['mask']}"
     return ["--config", CONFIG, "--weight", weight or files["weight"], "--support", support,
             "--out", str(out), "--device", "cpu", *extra, "--opts", *TINY]
+
+
+def _mask_follows_the_probability(mask, probability, threshold):
+    """mask == (probability > threshold) both ways, up to the rounding of the 8-bit probability
+    file (probability x 255 rounded: foreground pixels hold more than threshold x 255 - 0.5,
+    background ones at most threshold x 255 + 0.5)."""
+    foreground = mask == 255
+    assert set(np.unique(mask)) <= {0, 255}
+    assert (probability[foreground] > threshold * 255 - 0.5).all()
+    assert (probability[~foreground] <= threshold * 255 + 0.5).all()
 
 
 def test_the_cli_writes_masks_overlays_and_probabilities(files, tmp_path, capsys):
@@ -72,13 +103,33 @@ def test_the_cli_writes_masks_overlays_and_probabilities(files, tmp_path, capsys
         probability = cv2.imread(result["files"]["prob"], cv2.IMREAD_UNCHANGED)
         overlay = cv2.imread(result["files"]["overlay"])
         assert mask.shape == probability.shape == query.shape[:2]
-        assert set(np.unique(mask)) <= {0, 255}
         assert np.isclose((mask == 255).mean(), result["foreground"])
         assert f"foreground {result['foreground']:.1%}" in "\n".join(printed)
-        # probability x 255 against the 0.4 threshold, up to the rounding of the 8-bit file
-        assert ((probability >= 0.4 * 255 - 1) | (mask == 0)).all()
+        _mask_follows_the_probability(mask, probability, 0.4)
         assert overlay is not None and overlay.shape[0] >= 320
     assert not any(name.endswith(".partial") for name in names)
+    # Masks with both classes (else the checks above hold for any threshold), and between 0.4
+    # and 0.6 pixels that a higher threshold turns to background.
+    low_mask = cv2.imread(results[0]["files"]["mask"], cv2.IMREAD_UNCHANGED)
+    low_probability = cv2.imread(results[0]["files"]["prob"], cv2.IMREAD_UNCHANGED)
+    assert all(0.05 < result["foreground"] < 0.95 for result in results[:2]), results
+    assert ((low_probability > 0.4 * 255 + 1) & (low_probability < 0.6 * 255 - 1)).mean() > 0.05
+
+    high = predict.main(_arguments(files, tmp_path / "high", "--query", single, "--save-prob",
+                                   "--threshold", "0.6"))
+    assert capsys.readouterr().out.count("foreground") == 1
+    high_mask = cv2.imread(high[0]["files"]["mask"], cv2.IMREAD_UNCHANGED)
+    high_probability = cv2.imread(high[0]["files"]["prob"], cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(high_probability, low_probability)  # the threshold only cuts the mask
+    _mask_follows_the_probability(high_mask, high_probability, 0.6)
+    assert not (high_mask > low_mask).any() and 0 < high[0]["foreground"] < results[0]["foreground"] - 0.05
+
+
+def test_a_threshold_outside_the_open_unit_interval(files, tmp_path, capsys):
+    """1 itself is refused (every pixel would be background); one case, as each builds the model."""
+    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"], "--threshold", "1"))
+    assert message == "error: threshold must lie strictly between 0 and 1, got 1.0"
+    assert not (tmp_path / "o").exists()
 
 
 def _error(capsys, argv):
@@ -119,7 +170,7 @@ def test_unreadable_files(files, tmp_path, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
     message = _error(capsys, _arguments(files, tmp_path / "o", "--query", str(broken)))
-    assert "broken.jpg" in message and "not an image file" in message
+    assert "broken.jpg" in message and "is a truncated JPEG" in message
     message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
                                         support=f"{tmp_path / 'nope.jpg'}:{files['mask']}"))
     assert "support 1 image" in message and "nope.jpg" in message and "no such file" in message
