@@ -21,6 +21,7 @@ import contextlib
 import os
 
 import pytest
+import torch
 
 from tests.support.toy_experiment import CONFIG, toy_opts
 from tools.make_toy_dataset import make_toy_dataset
@@ -28,6 +29,18 @@ from util.config import load_config
 
 TOY_NUM_IMAGES = 300
 TOY_SEED = 0
+
+
+def _share_the_cores_between_workers() -> None:
+    # Each pytest-xdist worker would start as many torch threads as the machine has cores:
+    # N workers x N threads on N cores spin against each other (several times slower than
+    # serial). One worker's share of the cores keeps the total at the core count.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores_between_workers()
 
 
 @contextlib.contextmanager
@@ -70,3 +83,27 @@ def toy_data_root(tmp_path_factory) -> str:
 def val_config(toy_data_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval"))
     return load_config(CONFIG, toy_opts(toy_data_root, out, list_root=os.path.join(out, "fss")))
+
+
+# The longest test modules (minutes each on 2 cores), longest first. pytest-xdist's loadscope
+# hands out modules in collection order: starting these first lets the workers finish together
+# instead of one of them running the longest module alone at the end.
+LONGEST_MODULES = (
+    "tests/util/test_predictor_trained.py",
+    "tests/scripts/test_train_sccan.py",
+    "tests/scripts/test_train_speed.py",
+    "tests/scripts/test_train_base.py",
+    "tests/scripts/test_run_safety.py",
+    "tests/scripts/test_cli_errors.py",
+    "tests/tools/test_toy_demo.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
+
+    def order(item):
+        module = os.path.relpath(str(item.path), str(config.rootpath)).replace(os.sep, "/")
+        return rank.get(module, len(LONGEST_MODULES))
+
+    items.sort(key=order)  # stable: the order within a module and of the rest is kept

@@ -17,7 +17,8 @@ import os
 import sys
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
+    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
 
 import torch
 
@@ -68,6 +69,12 @@ def main(argv=None):
     parser.add_argument("--size", type=positive_int, default=473,
                         help="square input side; (size - 1) must be a multiple of 8 (default 473)")
     parser.add_argument("--batch", type=positive_int, default=1, help="episodes per forward (default 1)")
+    parser.add_argument("--feature-size", type=positive_int, default=64,
+                        help="side of the transformer's feature grid, the config's feature_size (default 64, "
+                             "the paper's)")
+    parser.add_argument("--window-size", type=positive_int, default=8,
+                        help="attention window side, the config's window_size; must divide --feature-size "
+                             "(default 8)")
     add_variant_argument(parser)
     parser.add_argument("--runs", type=positive_int, default=3, help="timed runs; the median is printed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -77,10 +84,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if (args.size - 1) % 8:
         raise ValueError(f"--size {args.size}: (size - 1) must be a multiple of 8, e.g. 473 or 225")
+    if args.feature_size % args.window_size:
+        raise ValueError(f"--feature-size {args.feature_size} must be a multiple of --window-size {args.window_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if cuda_usable() else []))
-    print(header("bench_model", argv, f"input {args.size}x{args.size}, batch {args.batch}, median of "
+    print(header("bench_model", argv, f"input {args.size}x{args.size}, feature grid {args.feature_size}x"
+                                      f"{args.feature_size} (window {args.window_size}), batch {args.batch}, median of "
                                       f"{args.runs} after {args.warmup} warm-up, variants alternated"))
     print("| device | backbone | shot | batch | variant | s/forward | episodes/s | peak memory | "
           "total params | learnable params |")
@@ -88,7 +98,8 @@ def main(argv=None):
     for layers in args.layers:
         torch.manual_seed(0)
         for shot in args.shots:
-            model = SCCAN(Backbone(layers), shot=shot).eval()
+            model = SCCAN(Backbone(layers), shot=shot, feature_size=args.feature_size,
+                          window_size=args.window_size).eval()
             total, learnable = count_parameters(model)
             for name in devices:
                 device = torch.device(name)

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
+    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
 
 import torch
 
@@ -62,7 +63,10 @@ BUDGET_SECONDS = 480.0
 TOY_ROOT = os.path.join("data", "toy")
 TOY_CONFIG = os.path.join("config", "toy", "toy_split0_resnet50.yaml")
 PYTHON = sys.executable
-COLLECT_COMMAND = [PYTHON, "-m", "pytest", "-m", "cuda", "--collect-only", "-q", "-p", "no:cacheprovider"]
+# One process (the CUDA tests share the GPU, and their timings are figures of the report), with
+# or without pytest-xdist installed: the ini's "-n auto" is replaced.
+PYTEST = [PYTHON, "-m", "pytest", "-o", "addopts=-ra", "-p", "no:xdist", "-p", "no:cacheprovider"]
+COLLECT_COMMAND = [*PYTEST, "-m", "cuda", "--collect-only", "-q"]
 OUTPUT_TAIL_LINES = 40
 
 
@@ -313,7 +317,7 @@ def gpu_steps(log_dir: str, scratch: str, quick: bool, device_count: int) -> Lis
     junit = os.path.join(log_dir, "cuda_tests.xml")
     benchmarks_skipped = "--quick" if quick else ""
     steps = [Step("cuda tests", "the CUDA-marked tests (pytest -m cuda)",
-                  [PYTHON, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit2",
+                  [*PYTEST, "-m", "cuda", "-q", "-o", "junit_family=xunit2",
                    f"--junitxml={junit}"], 300, junit_figures(junit)),
              Step("bench model", "eval forward, ResNet-50 1-shot, batch 8, 473x473: fp32 reference, fast, "
                   "fast + bf16, peak memory (target: fast-bf16 >= 3x reference at <= its memory)",

@@ -58,7 +58,8 @@ import sys
 from typing import Sequence
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    raise SystemExit(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...")
+    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
+    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
 
 import numpy as np
 

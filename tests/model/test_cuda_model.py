@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from model.backbone import Backbone
 from model.sccan import SCCAN
-from tests.model.test_amp import square_episodes, train_small_model
+from tests.support.square_task import square_episodes, train_small_model
 from tests.support import FIXTURES
 from tests.support.cuda import CUDA, cuda_device, strict_fp32
 from tests.support.reference_weights import generate_reference_weights

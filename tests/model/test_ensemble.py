@@ -205,17 +205,35 @@ def test_episode_class_leaves_the_base_foreground_in_training_only():
     assert_close(training[1], grid[1, 1:].sum(0, keepdim=True) - grid[1, 3:4])
 
 
-def test_training_losses_and_gradients_of_the_ensemble():
+def test_training_losses_and_gradients_of_the_ensemble(monkeypatch):
+    """BAM's training losses: main_loss = CE(final, y_m), aux_loss2 = CE(base, y_b), both
+    ignoring 255, checked against F.cross_entropy of the outputs the forward produced (recorded
+    from ``_ensemble``: training mode runs dropout, so a second forward would differ); and which
+    parameters get gradients."""
     _, model = _pair_of_models()
     model.train()
+    recorded = []  # the EnsembleOutputs the forward takes its losses from
+    ensemble = model._ensemble
+
+    def recording_ensemble(*args, **kwargs):
+        recorded.append(ensemble(*args, **kwargs))
+        return recorded[-1]
+
+    monkeypatch.setattr(model, "_ensemble", recording_ensemble)
     x, s_x, s_y = _episode(batch=2, seed=3)
     label = s_y[:, 0].clone()
     label[:, :4] = 255
     base_label = torch.randint(0, BASE_CLASSES + 1, label.shape)
+    base_label[:, -5:] = 255  # ignored pixels in the base label too (a different region)
     prediction, main_loss, aux_loss1, aux_loss2 = model(x, s_x, s_y, y_m=label, y_b=base_label,
                                                         cat_idx=[torch.tensor([1, 0])])
     assert prediction.shape == (2, 65, 65)
     assert main_loss.requires_grad and aux_loss1.requires_grad and not aux_loss2.requires_grad
+    (outputs,) = recorded
+    with torch.no_grad():  # the final output is the merged probabilities, taken as logits (as BAM)
+        assert_close(main_loss, nn.functional.cross_entropy(outputs.final, label, ignore_index=255))
+        assert_close(aux_loss2, nn.functional.cross_entropy(outputs.base, base_label, ignore_index=255))
+    assert torch.equal(prediction, outputs.final.argmax(1))
     assert float(aux_loss2) > 0
     (main_loss + aux_loss1 + aux_loss2).backward()
     assert model.gram_merge.weight.grad is not None and model.cls_merge.weight.grad is not None

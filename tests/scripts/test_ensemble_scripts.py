@@ -55,7 +55,7 @@ def test_training_with_the_ensemble_passes_the_base_label(toy_data_root, tmp_pat
                                     *_opts(toy_data_root, tmp_path, train_list=train_list, epochs=1)])
     assert stand_in_base_learner and trainer.state.iteration > 0
     base_labels = [label for label in seen if label is not None]
-    assert base_labels and base_labels[0].shape == (4, 65, 65)
+    assert base_labels and base_labels[0].shape == (4, 33, 33)
     assert set(base_labels[0].unique().tolist()) <= set(range(TOY_BASE_CLASSES + 1)) | {255}
 
 

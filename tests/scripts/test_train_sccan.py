@@ -45,7 +45,7 @@ def test_smoke_training_writes_checkpoints(toy_data_root, tmp_path, small_list):
     assert {"latest_1shot.pth", "final_1shot.pth", "epoch_0_1shot.pth", "epoch_1_1shot.pth"} <= set(names)
     checkpoint = torch.load(snapshot / "latest_1shot.pth", weights_only=True)
     assert set(checkpoint) >= {"epoch", "state_dict", "optimizer", "optimizer_swin", "config"}
-    assert checkpoint["epoch"] == 1 and checkpoint["config"]["train_h"] == 65
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["train_h"] == 33
     assert trainer.state.iteration == 2 * (small_list[1] // 4)
     assert (tmp_path / "exp" / "config_1shot.yaml").exists()
     assert (tmp_path / "exp" / "train_1shot.log").exists()

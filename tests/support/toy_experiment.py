@@ -34,11 +34,11 @@ def reduced_train_list(data_root: str, out_path: str, per_class: int = 2) -> int
 
 
 def toy_opts(data_root: str, save_path: str, **overrides) -> list:
-    """--opts for a tiny, fast run on the toy dataset (65 px, 8x8 transformer grid)."""
+    """--opts for a tiny, fast run on the toy dataset (33 px, 8x8 transformer grid)."""
     values = dict(data_root=data_root, train_list=os.path.join(data_root, "train.txt"),
                   val_list=os.path.join(data_root, "val.txt"),
                   list_root=os.path.join(data_root, "fss_list"), save_path=save_path,
-                  train_h=65, train_w=65, val_size=65, feature_size=8, batch_size=4, epochs=1,
+                  train_h=33, train_w=33, val_size=33, feature_size=8, batch_size=4, epochs=1,
                   workers=0, evaluate=False, test_num=6, print_freq=1)
     values.update(overrides)
     opts = []

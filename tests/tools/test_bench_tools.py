@@ -19,8 +19,11 @@ def _rows(output: str, first_cell: str):
 
 def test_bench_model_rows_per_variant(capsys):
     bench_model.main(["--devices", "cpu", "--layers", "50", "--shots", "1", "--size", "33", "--runs", "1",
-                      "--warmup", "0", "--batch", "2", "--variants", "reference", "fast", "fast-bf16"])
-    rows = _rows(capsys.readouterr().out, "cpu")
+                      "--warmup", "0", "--batch", "2", "--feature-size", "8", "--window-size", "4",
+                      "--variants", "reference", "fast", "fast-bf16"])
+    output = capsys.readouterr().out
+    assert "input 33x33, feature grid 8x8 (window 4), batch 2" in output
+    rows = _rows(output, "cpu")
     assert [row.split(" | ")[4] for row in rows] == ["reference", "fast", "fast-bf16"]
     assert all(row.split(" | ")[3] == "2" for row in rows)  # batch
 

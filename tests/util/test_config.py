@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
 import pytest
 import yaml
@@ -145,8 +146,9 @@ def test_top_level_scalar_is_rejected(tmp_path):
 
 
 def test_missing_file_is_reported(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        load_config(str(tmp_path / "nope.yaml"))
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(FileNotFoundError, match=f"^configuration file not found: {re.escape(missing)}$"):
+        load_config(missing)
 
 
 # ----------------------------------------------------------------------------- overrides

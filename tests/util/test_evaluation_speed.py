@@ -79,7 +79,7 @@ def test_cache_keys_come_from_the_host_batch_on_the_gpu(toy_data_root, tmp_path,
     _each_image_hashed_once_on_the_host(toy_data_root, tmp_path, monkeypatch, cuda_device())
 
 
-@pytest.mark.parametrize("shot,episodes", [(1, 60), (5, 24)])
+@pytest.mark.parametrize("shot,episodes", [(1, 30), (5, 12)])
 def test_cached_evaluation_equals_the_plain_loop(toy_data_root, tmp_path, shot, episodes):
     cfg, loader, model = _experiment(toy_data_root, tmp_path, shot)
     results, predictors = {}, {}

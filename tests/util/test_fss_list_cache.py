@@ -3,6 +3,8 @@ and a missing class list is derived from its data list."""
 import os
 import shutil
 
+import cv2
+import numpy as np
 import pytest
 
 from util import dataset as dataset_module
@@ -26,9 +28,27 @@ def test_changed_base_list_rebuilds_the_cache(toy_data_root, tmp_path):
         handle.writelines(lines[: len(lines) * 2 // 3])
     with pytest.warns(UserWarning, match="rebuilding"):
         second = _dataset(toy_data_root, base, list_root)
+    expected_data, expected_sub = _lists_by_hand(toy_data_root, lines[: len(lines) * 2 // 3])
+    assert second.data_list == expected_data and second.sub_class_file_list == expected_sub
     assert len(second.data_list) < len(first.data_list)
     third = _dataset(toy_data_root, base, list_root)  # unchanged now: no rebuild, same lists
-    assert third.data_list == second.data_list
+    assert third.data_list == second.data_list and third.sub_class_file_list == second.sub_class_file_list
+
+
+def _lists_by_hand(root, lines, val_classes=(1, 2, 3, 4, 5), min_pixels=2 * 32 * 32):
+    """The FSS validation lists of fold 0 (test classes 1-5) of base list ``lines``, in their
+    order, as the original's make_dataset defines them: an image counts for each test class
+    covering at least 2048 pixels of its label; it joins the data list if one class counts."""
+    data_list, sub_lists = [], {c: [] for c in val_classes}
+    for line in lines:
+        image, label = (os.path.join(root, part) for part in line.split())
+        values, counts = np.unique(cv2.imread(label, cv2.IMREAD_GRAYSCALE), return_counts=True)
+        counted = [int(c) for c, n in zip(values, counts) if c in val_classes and n >= min_pixels]
+        if counted:
+            data_list.append((image, label))
+        for c in counted:
+            sub_lists[c].append((image, label))
+    return data_list, sub_lists
 
 
 def test_lists_without_a_source_record_are_used_as_they_are(toy_data_root, tmp_path):

@@ -101,7 +101,7 @@ def test_intersection_and_union_matches_pixel_loop(num_classes):
 
 
 def test_intersection_and_union_shape_mismatch():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"prediction shape \(2, 3\) != target shape \(3, 2\)"):
         intersection_and_union(torch.zeros(2, 3), torch.zeros(3, 2), 2)
 
 
@@ -196,9 +196,9 @@ def test_meter_batch_with_per_sample_classes():
                    torch.cat([episode[1] for episode in episodes]),
                    torch.tensor([episode[2] for episode in episodes]))
     assert batched.summary() == sequential.summary()
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"class index 3 outside 0\.\.2"):
         batched.update(episodes[0][0], episodes[0][1], 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 class indices for a batch of 2"):
         batched.update(torch.zeros(2, 3, 3, dtype=torch.long), torch.zeros(2, 3, 3, dtype=torch.long), [0, 1, 2])
 
 
@@ -227,4 +227,19 @@ def test_padding_is_ignored_by_the_metrics():
     prediction = torch.ones(1, 3, 3, dtype=torch.long)  # predicts foreground in the padding too
     intersection, union, _ = intersection_and_union(prediction, target, 2)
     assert intersection.tolist() == [0, 2] and union.tolist() == [1, 3]
-    assert np.isclose(FewShotMeter(1).summary()["mIoU"], 0.0)
+    # The meter scores the padded episode as the unpadded one: the 6 padding pixels, all
+    # predicted foreground, would otherwise make the foreground union 9 instead of 3.
+    padded, unpadded = FewShotMeter(1), FewShotMeter(1)
+    padded.update(prediction, target, 0)
+    unpadded.update(prediction[:, :1, :], label, 0)
+    # By hand, over the 3 real pixels (prediction, target) = (1,0) (1,1) (1,1):
+    # background I=0 U=1, foreground I=2 U=3; 2 of 3 pixels correct.
+    expected = {"mIoU": 2 / 3, "pIoU": 2 / 3, "FB_IoU": (0 / 1 + 2 / 3) / 2, "accuracy": 2 / 3}
+    for meter in (padded, unpadded):
+        summary = meter.summary()
+        for key, value in expected.items():
+            assert summary[key] == pytest.approx(value, abs=1e-9), key
+        assert summary["class_IoU"] == pytest.approx([2 / 3], abs=1e-9) and summary["episodes"] == 1
+    assert padded.sums().keys() == unpadded.sums().keys()
+    for name, values in padded.sums().items():
+        assert np.array_equal(values, unpadded.sums()[name]), name

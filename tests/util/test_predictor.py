@@ -70,6 +70,11 @@ def test_read_rgb_and_read_mask_accept_arrays_and_files(tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(PredictorError, match="not an image file"):
         read_rgb(str(tmp_path / "text.jpg"), "query")
+    cv2.imwrite(str(tmp_path / "photo.jpg"), np.random.default_rng(1).integers(0, 255, (40, 60, 3), np.uint8))
+    data = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "photo.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(PredictorError, match="query .*photo.jpg' is a truncated JPEG"):
+        read_rgb(str(tmp_path / "photo.jpg"), "query")
 
 
 # ------------------------------------------------------------------------------ the mapping
@@ -209,15 +214,38 @@ def test_an_ensemble_checkpoint_runs_without_the_base_learner_file(tiny, tmp_pat
     cfg = load_config(CONFIG, toy_opts(tiny["root"], str(tmp_path / "exp"), base_learner=True,
                                        base_learner_weights=str(tmp_path / "absent.pth")))
     torch.manual_seed(0)
-    state = build_model(cfg, backbone_from_checkpoint=True).state_dict()
+    model = build_model(cfg, backbone_from_checkpoint=True).eval()
+    with torch.no_grad():
+        # The merge starts as the meta learner alone (weights [1, 0]): weights as a training
+        # leaves them give the base learner's map and the scene difference their share, so that
+        # the comparison below covers learner_base, gram_merge and cls_merge too. The random
+        # meta logits (within +-0.02) are spread so that the meta learner's own probabilities
+        # differ clearly from the ensemble's.
+        model.gram_merge.weight.copy_(torch.tensor([1.0, -0.3]).view(1, 2, 1, 1))
+        model.cls_merge.weight.copy_(torch.tensor([1.0, 0.8]).view(1, 2, 1, 1))
+        model.cls_meta[-1].weight.mul_(100)
+        model.cls_meta[-1].bias.mul_(100)
+    state = model.state_dict()
     assert any(key.startswith("learner_base.") for key in state)
     path = str(tmp_path / "ensemble.pth")
     torch.save({"epoch": 1, "state_dict": state}, path)
-    predictor = Predictor(cfg, path, device="cpu")
+    predictor = Predictor(cfg, path, device="cpu")  # built anew: every tensor comes from the file
     image, label = _episode_files(tiny["root"], 245)
     predictor.set_support([image], [label])
     mask, probability = predictor.predict(image, return_probability=True)
-    assert mask.shape == (289, 206) and 0 <= probability.min() <= probability.max() <= 1
+    assert mask.shape == probability.shape == (289, 206)
+    # The same episode through the model the checkpoint was saved from, in one ensemble_outputs
+    # call (no reused support features): the probability is the softmax of BAM's final output
+    # mapped onto the query's pixels, not the meta learner's alone.
+    x, frame = predictor.prepare_query(image)
+    with torch.no_grad():
+        outputs = model.ensemble_outputs(x, predictor.supports["s_x"], predictor.supports["s_y"])
+    final, meta = (torch.softmax(logits_to_original(output, frame), dim=1)[0, 1].numpy()
+                   for output in (outputs.final, outputs.meta))
+    assert np.abs(probability - final).max() < 1e-6  # float32 rounding: ~6e-8
+    assert np.abs(probability - meta).max() > 0.05
+    clear = np.abs(final - 0.5) > 1e-5
+    assert np.array_equal(mask[clear], final[clear] > 0.5)
     with pytest.raises(PredictorError, match="weighs exactly 1"):
         predictor.set_support([image, image], [label, label])
 

@@ -261,13 +261,19 @@ def test_builders_compose_the_spec_pipelines():
     assert val.transforms[0].resized_val is False
 
 
-@pytest.mark.parametrize("make", [
-    lambda: T.RandScale([1.1, 0.9]), lambda: T.RandScale([0, 1]), lambda: T.RandRotate([10, -10], padding=MEAN),
-    lambda: T.RandRotate([-10, 10], padding=[1, 2]), lambda: T.Crop(0), lambda: T.Crop(10, crop_type="corner"),
-    lambda: T.test_Resize(0),
+@pytest.mark.parametrize("make, message", [
+    (lambda: T.RandScale([1.1, 0.9]), r"RandScale: scale must be \[min, max\] with 0 < min < max, got \[1.1, 0.9\]"),
+    (lambda: T.RandScale([0, 1]), r"RandScale: scale must be .*, got \[0, 1\]"),
+    (lambda: T.RandRotate([10, -10], padding=MEAN),
+     r"RandRotate: rotate must be \[min, max\] with min < max, got \[10, -10\]"),
+    (lambda: T.RandRotate([-10, 10], padding=[1, 2]),
+     r"RandRotate: padding must be a list of 3 numbers .*, got \[1, 2\]"),
+    (lambda: T.Crop(0), r"Crop: size must be a positive int or \[h, w\] of positive ints, got 0"),
+    (lambda: T.Crop(10, crop_type="corner"), r"Crop: crop_type must be 'center' or 'rand', got 'corner'"),
+    (lambda: T.test_Resize(0), r"test_Resize: size must be a positive int, got 0"),
 ])
-def test_invalid_parameters_are_rejected(make):
-    with pytest.raises(ValueError):
+def test_invalid_parameters_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
         make()
 
 

@@ -1,14 +1,13 @@
-"""bf16 autocast (config key ``amp: bf16``) on the CPU: a small SCCAN trained here on a synthetic
-task predicts the same pixels in bf16 as in fp32 (at least 99.5% of them)."""
+"""A synthetic few-shot task and a small SCCAN trained on it in seconds (tests that need a model
+that has learned something, e.g. the CUDA agreement tests): noise images holding a square of
+one 'object' colour."""
 import torch
 
 from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
 from model.builder import build_optimizers
 from model.sccan import SCCAN
-from util.runtime import autocast
 
 SIZE = 33
-CPU = torch.device("cpu")
 
 
 def square_episodes(count: int, generator: torch.Generator):
@@ -50,19 +49,3 @@ def train_small_model(iterations: int = 80) -> SCCAN:
         sgd.step()
         adamw.step()
     return model.eval()
-
-
-def test_bf16_predictions_agree_with_fp32_on_a_trained_model():
-    model = train_small_model()
-    x, s_x, s_y, y = square_episodes(16, torch.Generator().manual_seed(1))  # held-out episodes
-    with torch.no_grad():
-        fp32 = model(x, s_x, s_y)
-        with autocast(CPU, "bf16"):
-            bf16 = model(x, s_x, s_y)
-            assert model.down_query[0](torch.randn(1, 1536, 2, 2)).dtype == torch.bfloat16  # autocast is on
-    assert bf16.dtype == torch.float32  # logits leave the model as float32
-    prediction, prediction_bf16 = fp32.argmax(1), bf16.argmax(1)
-    foreground = (prediction == 1) & (y == 1)
-    assert foreground.sum() / ((prediction == 1) | (y == 1)).sum() > 0.4  # it did learn the task
-    assert not torch.equal(fp32, bf16)  # bf16 really ran
-    assert (prediction == prediction_bf16).float().mean() >= 0.995
