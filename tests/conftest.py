@@ -85,17 +85,29 @@ def val_config(toy_data_root, tmp_path_factory):
     return load_config(CONFIG, toy_opts(toy_data_root, out, list_root=os.path.join(out, "fss")))
 
 
-# The longest test modules (minutes each on 2 cores), longest first. pytest-xdist's loadscope
-# hands out modules in collection order: starting these first lets the workers finish together
-# instead of one of them running the longest module alone at the end.
+# The longest test modules (half a minute to two minutes each on 2 cores, measured 2026-12-03),
+# longest first. pytest-xdist's loadscope hands out modules in collection order: starting these
+# first leaves the many short modules for the end, where they fill the gaps, instead of one
+# worker running a long module alone while the other has finished.
 LONGEST_MODULES = (
     "tests/util/test_predictor_trained.py",
     "tests/scripts/test_train_sccan.py",
-    "tests/scripts/test_train_speed.py",
     "tests/scripts/test_train_base.py",
+    "tests/scripts/test_train_speed.py",
     "tests/scripts/test_run_safety.py",
     "tests/scripts/test_cli_errors.py",
     "tests/tools/test_toy_demo.py",
+    "tests/util/test_evaluation_speed.py",
+    "tests/tools/test_bench_tools.py",
+    "tests/scripts/test_bad_data_files.py",
+    "tests/scripts/test_config_errors.py",
+    "tests/scripts/test_test_sccan.py",
+    "tests/model/test_fast_path.py",
+    "tests/model/test_gradient_layout.py",
+    "tests/scripts/test_ensemble_scripts.py",
+    "tests/util/test_predictor.py",
+    "tests/tools/test_gpu_check.py",
+    "tests/model/test_parity.py",
 )
 
 

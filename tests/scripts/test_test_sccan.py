@@ -5,6 +5,7 @@ import os
 import re
 
 import cv2
+import numpy as np
 import pytest
 
 import test_sccan
@@ -43,7 +44,12 @@ def test_seeds_visualisation_and_hsnet_resize(toy_data_root, tmp_path):
     summary = _run(toy_data_root, tmp_path, "--seeds", "2", "--save-vis", str(tmp_path / "vis"),
                    "--all-foreground", "--output", str(tmp_path / "c.json"))
     assert [run["seed"] for run in summary["runs"]] == [321, 322]
-    assert set(summary["mean"]) == {"mIoU", "FB_IoU", "pIoU"} and "std" in summary
+    assert set(summary["mean"]) == set(summary["std"]) == {"mIoU", "FB_IoU", "pIoU"}
+    for key in ("mIoU", "FB_IoU", "pIoU"):  # the sample mean and std of the two seeds' runs
+        values = np.array([run[key] for run in summary["runs"]])
+        assert values[0] != values[1]  # the seeds drew other episodes
+        assert summary["mean"][key] == pytest.approx(values.mean(), abs=1e-12)
+        assert summary["std"][key] == pytest.approx(values.std(ddof=1), abs=1e-12)
     pictures = sorted(name for name in os.listdir(tmp_path / "vis") if name.endswith(".png"))
     assert len(pictures) == 8 and os.path.isfile(tmp_path / "vis" / "index.html")
     names = [re.fullmatch(r"episode_(\d{5})_class(\d+)_iou(\d\.\d{3})\.png", name) for name in pictures]

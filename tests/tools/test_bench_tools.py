@@ -134,6 +134,15 @@ def test_bench_amp_compares_precisions(toy_data_root, tmp_path, capsys):
 def test_tools_have_help(tool, capsys):
     module = {"bench_model": bench_model, "bench_train": bench_train, "bench_eval": bench_eval,
               "bench_amp": bench_amp}[tool]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_status:
         module.main(["--help"])
-    assert f"python -m tools.{tool}" in capsys.readouterr().out
+    assert exit_status.value.code == 0  # help is not an error
+    output = capsys.readouterr()
+    assert output.out.startswith(f"usage: python -m tools.{tool}") and output.err == ""
+    assert "--debug" in output.out  # every tool takes the traceback switch
+    with pytest.raises(SystemExit) as exit_status:
+        module.main(["--no-such-option"])
+    assert exit_status.value.code == 2  # argparse's usage error: the one-line error status
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"python -m tools.{tool}: error: ")  # a required option or the unknown one
+    assert "required: --config" in last or last.endswith("unrecognized arguments: --no-such-option")
