@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 import pytest
 import torch
 
+from tests.support.machine import available_memory_bytes, machine_summary, usable_cores, workers_for
 from tests.support.toy_experiment import CONFIG, toy_opts
 from tools.make_toy_dataset import make_toy_dataset
 from util.config import load_config
@@ -37,10 +39,27 @@ def _share_the_cores_between_workers() -> None:
     # serial). One worker's share of the cores keeps the total at the core count.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(max(1, usable_cores() // workers))
 
 
 _share_the_cores_between_workers()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may really use, and no more than the memory
+    holds. xdist's own count is every core the kernel shows, which in a container limited by a
+    CPU quota can be dozens on a 2-core budget: as many workers, each training models, thrash."""
+    given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if given:
+        return int(given)
+    return workers_for(usable_cores(), available_memory_bytes())
+
+
+def pytest_report_header(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    return machine_summary(tempfile.gettempdir())
 
 
 @contextlib.contextmanager
