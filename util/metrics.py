@@ -185,11 +185,12 @@ class FewShotMeter:
         """Add another meter's :meth:`sums` (e.g. another DDP rank's share of the episodes). The
         sums are pixel and episode counts, exact in float64, so the order of the additions
         changes nothing: shares summed here give the numbers of one meter fed every episode."""
-        for name in self.SUM_FIELDS:
-            values = np.asarray(sums[name], dtype=np.float64)
+        arrays = {name: np.asarray(sums[name], dtype=np.float64) for name in self.SUM_FIELDS}
+        for name, values in arrays.items():  # all checked before any is added: no half-added meter
             if values.shape != getattr(self, name).shape:
                 raise ValueError(f"{name}: shape {values.shape} does not match this meter's "
                                  f"{getattr(self, name).shape}")
+        for name, values in arrays.items():
             getattr(self, name).__iadd__(values)
 
     # ------------------------------------------------------------------------------ results

@@ -12,8 +12,10 @@ from util.config import load_config
 from util.evaluation import EvaluationProtocol
 from util import experiment
 from util.experiment import build_dataset, build_experiment_model, build_val_loader
-from util.trainer import NonFiniteLossError, Trainer
-from tests.support.distributed import rank_results, train_on_two_processes
+from model.builder import build_optimizers, poly_learning_rate
+from util.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps, fix_batch_norm
+from tests.support.distributed import (averaged_reference_step, rank_results, recorded_training,
+                                      train_on_two_processes)
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
@@ -128,14 +130,53 @@ def test_non_finite_loss_stops_with_iteration(toy_data_root, tmp_path, small_lis
         train_sccan.main(_argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=4))
 
 
-def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_path, small_list):
+def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_root, tmp_path, small_list):
+    """Two gloo ranks draw disjoint halves of the training episodes and end with the same
+    weights, which moved; their first step equals one process's step on both ranks' batches
+    (each rank's loss on its own batch, their mean backward: DDP averages the gradients)."""
     argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=2)
-    rank0, rank1 = train_on_two_processes("train_sccan", argv, tmp_path)
-    initial = torch.load(glob.glob(str(tmp_path / "exp" / "snapshot" / "final_1shot.pth"))[0],
-                         weights_only=True)["state_dict"]
+    rank0, rank1 = train_on_two_processes("train_sccan", argv, tmp_path, record="util.trainer")
+    final = torch.load(tmp_path / "exp" / "snapshot" / "final_1shot.pth", weights_only=True)["state_dict"]
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-        assert torch.equal(rank0[key], initial[key]), key
+        assert torch.equal(rank0[key], final[key]), key
+
+    records = recorded_training(tmp_path)
+    cfg = load_config(CONFIG, argv[argv.index("--opts") + 1:])
+    episodes = len(build_dataset(cfg, "train"))
+    assert episodes % 2 == 0  # else DistributedSampler repeats one episode to even the shares
+    drawn = [set(record["drawn"]) for record in records]
+    assert [len(record["drawn"]) for record in records] == [episodes // 2] * 2
+    assert drawn[0].isdisjoint(drawn[1]) and drawn[0] | drawn[1] == set(range(episodes))
+
+    before = records[0]["before"]
+    for key in before:  # DDP starts every rank from rank 0's weights
+        assert torch.equal(records[1]["before"][key], before[key]), key
+    model = build_experiment_model(cfg, torch.device("cpu"))
+    model.load_state_dict(before)
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    model.train()
+    if cfg.fix_bn:
+        model.apply(fix_batch_norm)
+    sgd, adamw = build_optimizers(model, cfg.base_lr, cfg.momentum, cfg.weight_decay, cfg.transformer_lr)
+    fast_optimizer_steps(sgd, adamw)
+    iterations = episodes // 2 // cfg.batch_size
+    poly_learning_rate(sgd, cfg.base_lr, 1, cfg.epochs * iterations, power=cfg.power,
+                       index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each rank: the same convolution kernels
+    try:
+        averaged_reference_step(model, (sgd, adamw), records, lambda output: output[1] + cfg.aux_weight1 * output[2]
+                                + cfg.aux_weight2 * output[3])
+    finally:
+        torch.set_num_threads(threads)
+    after = records[0]["after"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(after[key], value, rtol=1e-5, atol=1e-7, msg=key)
+        assert torch.equal(records[1]["after"][key], after[key]), key
+    moved = [key for key in trainable if not torch.equal(after[key], before[key])]
+    assert len(moved) > len(trainable) // 2, (len(moved), len(trainable))
+    assert all(not torch.equal(rank0[key], before[key]) for key in moved)  # and again at the end
 
 
 def test_ddp_validation_is_split_across_ranks_and_equals_one_process(toy_data_root, tmp_path, small_list):

@@ -1,6 +1,7 @@
 """Run a training script's ``main`` on two CPU processes (torch.distributed with gloo), as
-torchrun would, and collect each rank's final weights; compare DistributedDataParallel steps
-with plain ones in an initialised single-process group."""
+torchrun would, and collect each rank's final weights (and, on request, the samples each rank
+drew and its first step, to check that step against a one-process computation); compare
+DistributedDataParallel steps with plain ones in an initialised single-process group."""
 import copy
 import importlib
 import json
@@ -17,11 +18,50 @@ def free_port() -> int:
         return handle.getsockname()[1]
 
 
-def _worker(rank, world_size, port, script, argv, out_dir):
+def _record_the_training(trainer_module) -> dict:
+    """Make ``trainer_module`` (util.trainer or util.base_trainer) record, in this process: the
+    dataset index of every training sample it loads, and around its first step the weights
+    before and after it, the step's inputs and the RNG state its forward starts from (dropout).
+    Returns the record, filled as the training runs (``after`` when the second step starts)."""
+    drawn, inputs = [], []
+    record = {"drawn": drawn}
+
+    def recording_loader(dataset, *args, **kwargs):
+        loaded = type(dataset)
+
+        class Recording(loaded):
+            def __getitem__(self, index):
+                drawn.append(int(index))
+                return loaded.__getitem__(self, index)
+        dataset.__class__ = Recording
+        return build_train_loader(dataset, *args, **kwargs)
+
+    def recording_network(model, context, **kwargs):
+        network = distributed_network(model, context, **kwargs)
+
+        def forward(*args, **kwargs):
+            if not inputs:
+                record.update(before=copy.deepcopy(model.state_dict()), rng=torch.get_rng_state())
+            elif len(inputs) == 1:  # the first step's optimizer steps are done
+                record.update(after=copy.deepcopy(model.state_dict()), inputs=inputs[0])
+            inputs.append((args, kwargs))
+            return network(*args, **kwargs)
+        return forward
+
+    build_train_loader, distributed_network = trainer_module.build_train_loader, trainer_module.distributed_network
+    trainer_module.build_train_loader = recording_loader
+    trainer_module.distributed_network = recording_network
+    return record
+
+
+def _worker(rank, world_size, port, script, argv, out_dir, record):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), SCCAN_FORCE_CPU="1")
     torch.set_num_threads(1)
+    recorded = _record_the_training(importlib.import_module(record)) if record else None
     trainer = importlib.import_module(script).main(argv)
+    if recorded is not None:
+        torch.save(recorded, os.path.join(out_dir, f"rank{rank}_training.pt"))
     torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()},
                os.path.join(out_dir, f"rank{rank}.pt"))
     best = trainer.state.best
@@ -30,12 +70,40 @@ def _worker(rank, world_size, port, script, argv, out_dir):
                    "best": {"epoch": best.epoch, "miou": best.miou, "path": best.path}}, handle)
 
 
-def train_on_two_processes(script: str, argv: list, out_dir: str) -> list:
+def train_on_two_processes(script: str, argv: list, out_dir: str, record: str = "") -> list:
     """``script`` (a module name such as 'train_sccan') trained by 2 gloo ranks; returns the
-    state_dict of each rank after training."""
-    mp.spawn(_worker, args=(2, free_port(), script, argv, str(out_dir)), nprocs=2, join=True)
+    state_dict of each rank after training. ``record`` (the trainer's module, 'util.trainer' or
+    'util.base_trainer'): each rank also records its samples and first step
+    (:func:`recorded_training`; the run needs two steps or more)."""
+    mp.spawn(_worker, args=(2, free_port(), script, argv, str(out_dir), record), nprocs=2, join=True)
     return [torch.load(os.path.join(str(out_dir), f"rank{rank}.pt"), weights_only=True)
             for rank in range(2)]
+
+
+def recorded_training(out_dir: str) -> list:
+    """What each rank of ``train_on_two_processes(..., record=...)`` recorded: ``drawn`` (the
+    dataset indices of its training samples, in order), ``before`` / ``after`` (the weights
+    around its first step), ``inputs`` (that step's forward arguments, ``(args, kwargs)``) and
+    ``rng`` (the CPU RNG state the forward started from)."""
+    return [torch.load(os.path.join(str(out_dir), f"rank{rank}_training.pt"), weights_only=True)
+            for rank in range(2)]
+
+
+def averaged_reference_step(model, optimizers, records, loss_of) -> None:
+    """What DistributedDataParallel's step must equal, computed in one process: each rank's
+    first-step forward on its own batch from its own RNG state (its dropout masks), the mean of
+    the ranks' losses backward (DDP averages the gradients), one step of every optimizer.
+    ``loss_of(output)``: the scalar training loss of one forward's output."""
+    losses = []
+    for record in records:
+        torch.set_rng_state(record["rng"])
+        args, kwargs = record["inputs"]
+        losses.append(loss_of(model(*args, **kwargs)))
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    (sum(losses) / len(losses)).backward()
+    for optimizer in optimizers:
+        optimizer.step()
 
 
 def rank_results(out_dir: str) -> list:

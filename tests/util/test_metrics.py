@@ -243,3 +243,53 @@ def test_padding_is_ignored_by_the_metrics():
     assert padded.sums().keys() == unpadded.sums().keys()
     for name, values in padded.sums().items():
         assert np.array_equal(values, unpadded.sums()[name]), name
+
+
+def test_a_two_dimensional_label_is_padded_as_one_image():
+    label = torch.tensor([[1, 2, 3], [4, 5, 6]])  # (H, W) = (2, 3) -> 3x3
+    assert pad_to_square(label).tolist() == [[1, 2, 3], [4, 5, 6], [255, 255, 255]]
+    with pytest.raises(ValueError, match=r"expected a \(B, H, W\) label, got shape \(1, 2, 3, 4\)"):
+        pad_to_square(torch.zeros(1, 2, 3, 4))
+
+
+def test_the_meter_refuses_what_it_cannot_score():
+    with pytest.raises(ValueError, match="^num_test_classes must be positive$"):
+        FewShotMeter(0)
+    with pytest.raises(ValueError, match="^few-shot episodes are binary: num_classes must be 2$"):
+        FewShotMeter(3, num_classes=3)
+
+
+def test_one_class_index_or_a_scalar_tensor_stands_for_the_whole_batch():
+    prediction = torch.tensor([[[1, 0]], [[1, 1]], [[0, 0]]])  # 3 episodes of 1x2 pixels
+    target = torch.tensor([[[1, 1]], [[0, 1]], [[1, 0]]])
+    # Foreground by hand: I = 1+1+0 = 2, U = 2+2+1 = 5, all of it class 2.
+    for class_index in ([2], torch.tensor(2), torch.tensor([2]), np.int64(2)):
+        meter = FewShotMeter(3)
+        meter.update(prediction, target, class_index)
+        assert meter.class_intersection.tolist() == [0, 0, 2] and meter.class_union.tolist() == [0, 0, 5]
+        assert meter.class_episodes.tolist() == [0, 0, 3], class_index
+
+
+def test_the_meters_ignore_index_is_the_one_it_was_given():
+    meter = FewShotMeter(1, ignore_index=7)
+    # The pixel labelled 7 is left out; a 255 is then an ordinary (wrong) value: pairs
+    # (1,1) (1,255) -> foreground I=1 U=2, background I=0 U=0 (+ the 255 counts nowhere).
+    meter.update(torch.tensor([[[1, 1, 0]]]), torch.tensor([[[1, 255, 7]]]), 0)
+    assert meter.class_intersection.tolist() == [1] and meter.class_union.tolist() == [2]
+    assert meter.intersection.tolist() == [0, 1] and meter.union.tolist() == [0, 2]
+
+
+def test_shares_added_with_add_sums_give_the_meter_of_every_episode():
+    episodes = random_episodes(6, num_test_classes=3, seed=4)
+    whole, first, second = FewShotMeter(3), FewShotMeter(3), FewShotMeter(3)
+    for number, (prediction, target, class_index) in enumerate(episodes):
+        whole.update(prediction, target, class_index)
+        (first if number % 2 == 0 else second).update(prediction, target, class_index)
+    shares = second.sums()
+    first.add_sums({name: values.tolist() for name, values in shares.items()})  # any array-like
+    assert first.summary() == whole.summary()
+    for name, values in whole.sums().items():
+        assert np.array_equal(first.sums()[name], values) and first.sums()[name].dtype == np.float64, name
+    with pytest.raises(ValueError, match=r"^class_union: shape \(2,\) does not match this meter's \(3,\)$"):
+        first.add_sums(dict(shares, class_union=np.zeros(2)))
+    assert first.summary() == whole.summary()  # a refused share adds nothing, not half of itself

@@ -1,0 +1,125 @@
+"""Mutation testing (mutmut 3) of the modules where a silent error changes results.
+
+    pip install "mutmut>=3.8,<4"
+    python -m tests.run_mutation metrics            # one target (names below), or several, or all
+    python -m tests.run_mutation all --work /tmp/mutation
+
+For each target: a copy of the repository's tracked files in ``<work>/<target>`` (mutmut writes
+its ``mutants/`` folder there, never into the checkout), a ``setup.cfg`` naming the file to
+mutate and the test files that cover it, ``mutmut run`` on the target's functions, then one line
+per target: mutants killed / all, the score, the survivors by name (``mutmut show NAME`` in that
+folder shows the change). Outside the default suite: it takes minutes to an hour per target on
+2 cores. docs/TESTING.md records the scores and why each survivor is equivalent.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str  # the file to mutate
+    functions: tuple  # glob patterns of its function names (mutmut's x_<name> / xǁClassǁmethod)
+    tests: tuple  # the test files that cover it
+
+
+TARGETS = {
+    "ensemble": Target("model/ensemble.py", ("*",),
+                       ("tests/model/test_ensemble.py", "tests/model/test_ensemble_parity.py")),
+    "metrics": Target("util/metrics.py", ("*",), ("tests/util/test_metrics.py",)),
+    "prior": Target("model/sccan.py", ("x_prior_mask*",),
+                    ("tests/model/test_sccan.py", "tests/model/test_parity.py")),
+    "alignment": Target("model/transformer.py", ("*",),
+                        ("tests/model/test_transformer.py", "tests/model/test_parity.py")),
+    "episodes": Target("util/dataset.py", ("*",),
+                       ("tests/util/test_dataset_episodes.py", "tests/util/test_dataset_lists.py")),
+    "predictor": Target("util/predictor.py", ("*",), ("tests/util/test_predictor.py",)),
+}
+
+
+def _tracked_files() -> list:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPOSITORY, capture_output=True, check=True)
+    return [name for name in listed.stdout.decode().split("\0") if name]
+
+
+def prepare(target: Target, folder: str) -> None:
+    """A copy of the tracked files with the mutmut configuration of ``target``."""
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    for name in _tracked_files():
+        destination = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copy2(os.path.join(REPOSITORY, name), destination)
+    package = target.path.split("/")[0]
+    others = sorted({name.split("/")[0] for name in _tracked_files() if "/" in name} - {package, "tests"})
+    top_level = sorted(name for name in _tracked_files() if "/" not in name)
+    lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {target.path}",
+             "also_copy =", *[f"    {name}" for name in others + top_level],
+             "pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",
+             "    -o", "    addopts=", "    -q",
+             "pytest_add_cli_args_test_selection =", *[f"    {name}" for name in target.tests]]
+    with open(os.path.join(folder, "setup.cfg"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def results(folder: str) -> dict:
+    """``{mutant name: status}`` as ``mutmut results --all true`` lists them."""
+    listed = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=folder,
+                            capture_output=True, text=True, check=True)
+    found = {}
+    for line in listed.stdout.splitlines():
+        match = re.match(r"\s+(\S+): (.+)$", line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def run_target(name: str, target: Target, work: str, max_children: int) -> dict:
+    folder = os.path.join(work, name)
+    prepare(target, folder)
+    module = target.path[:-3].replace("/", ".")
+    patterns = [f"{module}.{pattern}" for pattern in target.functions]
+    start = time.time()
+    with open(os.path.join(folder, "mutmut-run.log"), "w") as log:  # mutmut's progress, per mutant
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns],
+                       cwd=folder, stdout=log, stderr=subprocess.STDOUT, check=False)
+    statuses = {mutant: status for mutant, status in results(folder).items()
+                if any(fnmatch.fnmatch(mutant, pattern) for pattern in patterns)}
+    killed = sum(status == "killed" for status in statuses.values())
+    survivors = sorted(mutant for mutant, status in statuses.items() if status != "killed")
+    return dict(target=name, path=target.path, killed=killed, total=len(statuses),
+                score=killed / len(statuses) if statuses else float("nan"), survivors=survivors,
+                statuses={mutant: statuses[mutant] for mutant in survivors},
+                minutes=(time.time() - start) / 60, folder=folder)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("targets", nargs="+", choices=[*TARGETS, "all"])
+    parser.add_argument("--work", default=os.path.join(REPOSITORY, ".mutation"),
+                        help="folder for the copies and mutmut's state (default .mutation/, ignored by git)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    arguments = parser.parse_args(argv)
+    names = list(TARGETS) if "all" in arguments.targets else arguments.targets
+    for name in names:
+        row = run_target(name, TARGETS[name], arguments.work, arguments.max_children)
+        print(f"{row['target']} ({row['path']}): {row['killed']}/{row['total']} killed, "
+              f"score {row['score']:.1%}, {row['minutes']:.1f} min; folder {row['folder']}")
+        for mutant in row["survivors"]:
+            print(f"    {mutant}: {row['statuses'][mutant]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
