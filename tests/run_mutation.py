@@ -4,7 +4,7 @@
     python -m tests.run_mutation metrics            # one target (names below), or several, or all
     python -m tests.run_mutation all --work /tmp/mutation
 
-For each target: a copy of the repository's tracked files in ``<work>/<target>`` (mutmut writes
+For each target: a copy of the committed files (HEAD) in ``<work>/<target>`` (mutmut writes
 its ``mutants/`` folder there, never into the checkout), a ``setup.cfg`` naming the file to
 mutate and the test files that cover it, ``mutmut run`` on the target's functions, then one line
 per target: mutants killed / all, the score, the survivors by name (``mutmut show NAME`` in that
@@ -53,16 +53,18 @@ def _tracked_files() -> list:
 
 
 def prepare(target: Target, folder: str) -> None:
-    """A copy of the tracked files with the mutmut configuration of ``target``."""
+    """A copy of the committed files (HEAD: never a half-edited working tree) with the mutmut
+    configuration of ``target``."""
     if os.path.isdir(folder):
         shutil.rmtree(folder)
-    for name in _tracked_files():
-        destination = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        shutil.copy2(os.path.join(REPOSITORY, name), destination)
+    os.makedirs(folder)
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPOSITORY, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    names = _tracked_files()
     package = target.path.split("/")[0]
-    others = sorted({name.split("/")[0] for name in _tracked_files() if "/" in name} - {package, "tests"})
-    top_level = sorted(name for name in _tracked_files() if "/" not in name)
+    others = sorted({name.split("/")[0] for name in names if "/" in name} - {package, "tests"})
+    top_level = sorted(name for name in names if "/" not in name)
     lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {target.path}",
              "also_copy =", *[f"    {name}" for name in others + top_level],
              "pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",

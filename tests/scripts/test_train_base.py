@@ -1,7 +1,9 @@
 """train_base.py on the toy dataset: the loss falls, best.pth is BAM's format and loads strict into
 PSPNet, resume is exact, errors are one line."""
 import os
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +11,9 @@ import train_base
 import util.base_trainer as base_trainer
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
-from tests.support.distributed import rank_results, train_on_two_processes
+from model.builder import poly_learning_rate
+from tests.support.distributed import (averaged_reference_step, rank_results, recorded_training,
+                                      train_on_two_processes)
 from tests.support.toy_experiment import BASE_CONFIG
 from util.base_dataset import build_base_dataset
 from util.cli import run_entry_point
@@ -44,6 +48,32 @@ def _parameters(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+def _base_validation_miou(model, weights, dataset, classes=16):
+    """BAM's base validation recomputed apart from the trainer: the weights' predictions at the
+    validation size, a confusion matrix of every scored pixel (label 255 left out) over
+    background + base classes, IoU per class over the whole list, the mean over all classes
+    (a class absent from both prediction and label counts as 0)."""
+    load_model_weights(model, weights)
+    confusion = np.zeros(classes * classes, dtype=np.int64)
+    with torch.no_grad():
+        for image, label in dataset:
+            prediction = model(image[None]).argmax(1)[0].numpy()
+            label = label.numpy()
+            assert prediction.shape == label.shape  # scored at the label's resolution, no resize
+            scored = label != 255
+            confusion += np.bincount(label[scored] * classes + prediction[scored], minlength=classes * classes)
+    confusion = confusion.reshape(classes, classes)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return float(np.mean(intersection / (union + 1e-10)))
+
+
+def _fingerprint(state_dict):
+    """Every tensor of up to 64k values (BatchNorm statistics and affine, biases, the last
+    classifier): enough to tell apart the weights of two epochs without keeping six models."""
+    return {key: value.clone() for key, value in state_dict.items() if value.numel() <= 65536}
+
+
 def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, small_list, monkeypatch):
     losses = []
     original = train_base.BaseTrainer.train_epoch
@@ -58,13 +88,50 @@ def test_training_lowers_the_loss_and_writes_bam_best(toy_data_root, tmp_path, s
     with open(small_list) as source, open(two_images, "w") as handle:
         handle.writelines(source.readlines()[:2])
     monkeypatch.setattr(train_base.BaseTrainer, "train_epoch", record)
-    trainer = train_base.main(_argv(toy_data_root, tmp_path, small_list, flags=["--viz"],
-                                    train_list=two_images, epochs=6, evaluate=True,
-                                    scale_min=0.12, scale_max=0.13, base_lr=0.0025))
+    argv = _argv(toy_data_root, tmp_path, small_list, flags=["--viz"], train_list=two_images, epochs=6,
+                 evaluate=True, scale_min=0.12, scale_max=0.13, base_lr=0.0025)
+    # Each epoch's validated weights are its latest.pth (written right after the validation):
+    # scored here apart from the trainer, next to the mIoU the trainer reported for that epoch.
+    validation_set = build_base_dataset(load_config(BASE_CONFIG, argv[argv.index("--opts") + 1:]), "val")
+    # Built before the run: its random initialisation must not draw from the training's generator.
+    scorer = PSPNet(layers=50, classes=16, pretrained_backbone=False).eval()
+    reported, recomputed, fingerprints = [], [], []
+    save = train_base.BaseTrainer.save
+
+    def save_and_rescore(self, name, epoch):
+        path = save(self, name, epoch)
+        if name == "latest.pth":
+            checkpoint = torch.load(path, weights_only=True, mmap=True)
+            reported.append(self.last_validation["mIoU"])
+            recomputed.append(_base_validation_miou(scorer, checkpoint, validation_set))
+            fingerprints.append(_fingerprint(checkpoint["state_dict"]))
+        return path
+
+    monkeypatch.setattr(train_base.BaseTrainer, "save", save_and_rescore)
+    trainer = train_base.main(argv)
     assert losses[-1] < 0.5 * losses[0], losses
+    assert len(recomputed) == 6
+    for epoch in range(6):
+        assert reported[epoch] == pytest.approx(recomputed[epoch], abs=1e-12), (epoch, reported, recomputed)
+    with open(tmp_path / "exp" / "train.log") as handle:
+        logged = [float(value) for value in re.findall(r"val epoch \d+: mIoU (\d\.\d+)", handle.read())]
+    assert logged == [round(value, 4) for value in recomputed]
+    # best.pth: the first epoch of the highest mIoU (only a strictly higher one replaces it);
+    # the run's state and final.pth record that epoch and its score.
+    best_epoch = int(np.argmax(recomputed))
+    assert recomputed[best_epoch] > 0
     best = torch.load(tmp_path / "best.pth", weights_only=True)
     assert set(best) == {"epoch", "state_dict", "optimizer"}  # BAM's format, nothing more
     assert len(best["optimizer"]["param_groups"]) == 3
+    assert best["epoch"] == best_epoch
+    kept = _fingerprint(best["state_dict"])
+    for epoch, fingerprint in enumerate(fingerprints):
+        same = all(torch.equal(kept[key], fingerprint[key]) for key in fingerprint)
+        assert same == (epoch == best_epoch), (epoch, best_epoch, recomputed)
+    final = torch.load(tmp_path / "exp" / "snapshot" / "final.pth", weights_only=True, mmap=True)["training_state"]
+    for state in (trainer.state.to_dict(), final):
+        assert state["best_epoch"] == best_epoch and state["best_path"] == str(tmp_path / "best.pth")
+        assert state["best_miou"] == pytest.approx(recomputed[best_epoch], abs=1e-12)
     model = PSPNet(layers=50, classes=16, pretrained_backbone=False)
     load_model_weights(model, str(tmp_path / "best.pth"))
     snapshot = tmp_path / "exp" / "snapshot"
@@ -163,15 +230,52 @@ def test_errors_are_one_line(toy_data_root, tmp_path, small_list, capsys):
     assert "bare state_dict" in error and "latest.pth" in error and "\n" not in error
 
 
-def test_ddp_two_processes_gloo_keep_identical_parameters(toy_data_root, tmp_path, small_list):
+def _is_statistic(key: str) -> bool:
+    return "running_" in key or "num_batches_tracked" in key
+
+
+def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_root, tmp_path, small_list):
+    """Two gloo ranks draw disjoint halves of the 8 images and end with the same weights, which
+    moved; their first step equals one process's step on both ranks' batches (each rank's loss
+    on its own batch, their mean backward: DDP averages the gradients); both validate."""
     argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, evaluate=True)
-    rank0, rank1 = train_on_two_processes("train_base", argv, tmp_path)
+    rank0, rank1 = train_on_two_processes("train_base", argv, tmp_path, record="util.base_trainer")
     final = torch.load(tmp_path / "exp" / "snapshot" / "final.pth", weights_only=True)["state_dict"]
     for key in rank0:
         assert torch.equal(rank0[key], final[key]), key
-        # BatchNorm statistics are per process (no SyncBN); the weights are shared.
-        if "running_" not in key and "num_batches_tracked" not in key:
+        # BatchNorm statistics are per process (no SyncBN on the CPU); the weights are shared.
+        if not _is_statistic(key):
             assert torch.equal(rank0[key], rank1[key]), key
+
+    records = recorded_training(tmp_path)
+    drawn = [set(record["drawn"]) for record in records]
+    assert [len(record["drawn"]) for record in records] == [4, 4]
+    assert drawn[0].isdisjoint(drawn[1]) and drawn[0] | drawn[1] == set(range(8))
+    cfg = load_config(BASE_CONFIG, argv[argv.index("--opts") + 1:])
+    before = records[0]["before"]
+    model = base_trainer.build_base_model(cfg)
+    model.load_state_dict(before)
+    model.train()
+    optimizer = base_trainer.build_base_optimizer(model, cfg)
+    iterations = 4 // cfg.batch_size
+    poly_learning_rate(optimizer, cfg.base_lr, 1, cfg.epochs * iterations, power=cfg.power,
+                       index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each rank: the same convolution kernels
+    try:
+        averaged_reference_step(model, (optimizer,), records, lambda output: output[1])
+    finally:
+        torch.set_num_threads(threads)
+    after = records[0]["after"]
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    for key, value in model.state_dict().items():
+        if not _is_statistic(key):
+            assert torch.equal(records[1]["before"][key], before[key]), key
+            torch.testing.assert_close(after[key], value, rtol=1e-5, atol=1e-7, msg=key)
+            assert torch.equal(records[1]["after"][key], after[key]), key
+    moved = [key for key in trainable if not torch.equal(after[key], before[key])]
+    assert len(moved) == len(trainable), sorted(set(trainable) - set(moved))[:5]
+    assert all(not torch.equal(rank0[key], before[key]) for key in moved)  # and again at the end
     # Both ranks validated (each a share of the 8 images, sums added up) and agree; the numbers
     # are those of an independent single-process pass over all 8 images with the validated
     # weights (the end-of-epoch checkpoint).
