@@ -64,8 +64,9 @@ def _is_path(source) -> bool:
 
 
 def _read_file(path, what: str, flags: int) -> np.ndarray:
-    image = cv2.imread(os.fspath(path), flags) if os.path.isfile(path) else None
-    truncated = truncation_problem(os.fspath(path)) if os.path.isfile(path) else None
+    is_file = os.path.isfile(path)
+    image = cv2.imread(os.fspath(path), flags) if is_file else None
+    truncated = truncation_problem(os.fspath(path)) if is_file else None
     if truncated is not None:
         raise PredictorError(f"{what} {os.fspath(path)!r} is {truncated}")
     if image is None:
