@@ -92,9 +92,13 @@ def run_target(name: str, target: Target, work: str, max_children: int) -> dict:
     module = target.path[:-3].replace("/", ".")
     patterns = [f"{module}.{pattern}" for pattern in target.functions]
     start = time.time()
+    # mutmut forks a warm pytest per mutant: a fork of a process whose OpenMP pool has started
+    # can hang in its first parallel region (seen here: mutants stalled at 0% CPU until the
+    # timeout). One thread per process keeps the pool from ever starting.
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(os.path.join(folder, "mutmut-run.log"), "w") as log:  # mutmut's progress, per mutant
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns],
-                       cwd=folder, stdout=log, stderr=subprocess.STDOUT, check=False)
+                       cwd=folder, env=environment, stdout=log, stderr=subprocess.STDOUT, check=False)
     statuses = {mutant: status for mutant, status in results(folder).items()
                 if any(fnmatch.fnmatch(mutant, pattern) for pattern in patterns)}
     killed = sum(status == "killed" for status in statuses.values())

@@ -13,7 +13,8 @@ from model.backbone import Backbone
 from model.builder import SGD_GROUP_MODULES, base_learner_checkpoint_path
 from model.checkpoint import CheckpointError, load_model_weights
 from model.ensemble import (base_foreground, build_kshot_reweighting, build_merge_conv,
-                            ensemble_merge, gram_matrix, kshot_weights, scene_differences)
+                            ensemble_merge, gram_matrix, kshot_weights, low_feature_level,
+                            scene_differences)
 from model.loss import weighted_dice_loss
 from model.sccan import SCCAN
 
@@ -328,3 +329,16 @@ def test_build_model_takes_backbone_and_head_from_a_bam_base_learner_checkpoint(
             torch.testing.assert_close(features[level], expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model.learner_base(features[3]), pspnet.cls(pspnet.ppm(expected)),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_the_ensemble_pieces_refuse_what_they_cannot_build_in_one_line():
+    with pytest.raises(ValueError, match="^the K-shot reweighting needs shot > 1, got 1$"):
+        build_kshot_reweighting(1, 2)
+    with pytest.raises(ValueError, match="^kshot_trans_dim must be >= 0, got -1$"):
+        build_kshot_reweighting(5, -1)
+    with pytest.raises(ValueError, match="^5 shots need the kshot_rw reweighting module$"):
+        kshot_weights(torch.rand(2, 5, 1, 1), None)  # (B, K, 1, 1): K counted on dimension 1
+    with pytest.raises(ValueError, match=r"^low_fea must be one of \['layer1', 'layer2', 'layer3', "
+                                         r"'layer4'\], got 'layer5'$"):
+        low_feature_level("layer5")
+    assert [low_feature_level(f"layer{level}") for level in (1, 2, 3, 4)] == [0, 1, 2, 3]
