@@ -182,14 +182,21 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
 def test_ddp_validation_is_split_across_ranks_and_equals_one_process(toy_data_root, tmp_path, small_list):
     """Two gloo ranks validate together: each scores half of the episodes, both end with the
     numbers that one process gets on every episode with the same weights (the end-of-epoch
-    ``latest`` checkpoint holds the weights that were validated), and both choose the same best
-    checkpoint; every rank's RNG states are in the checkpoint."""
-    argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=4, evaluate=True,
-                 SubEpoch_val=False, test_num=10, eval_feature_cache_mb=64)
+    ``latest`` checkpoint holds the weights that were validated), both choose the same best
+    checkpoint and stop early together; every rank's RNG states are in the checkpoint."""
+    # Learning rates so small that the predictions, hence the scores, stay those of the first
+    # validation: no epoch improves on it, and stop_interval 1 ends the 4-epoch run early.
+    argv = _argv(toy_data_root, tmp_path, small_list, epochs=4, batch_size=4, evaluate=True,
+                 SubEpoch_val=False, test_num=10, eval_feature_cache_mb=64, stop_interval=1,
+                 base_lr=1e-12, transformer_lr=1e-12)
     train_on_two_processes("train_sccan", argv, tmp_path)
     rank0, rank1 = rank_results(tmp_path)
     assert [rank0["validation"]["episodes_here"], rank1["validation"]["episodes_here"]] == [5, 5]
     assert rank0["best"] == rank1["best"]
+    # The first validation keeps a best checkpoint when its mIoU is above 0 (then the second,
+    # no better, stops the run), else it already counts as an epoch without improvement.
+    stopped_after = 2 if rank0["validation"]["mIoU"] > 0 else 1
+    assert rank0["epochs"] == rank1["epochs"] == stopped_after
     latest = tmp_path / "exp" / "snapshot" / "latest_1shot.pth"
     checkpoint = torch.load(latest, weights_only=True)
     assert len(checkpoint["training_state"]["rng_by_rank"]) == 2

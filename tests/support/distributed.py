@@ -66,7 +66,7 @@ def _worker(rank, world_size, port, script, argv, out_dir, record):
                os.path.join(out_dir, f"rank{rank}.pt"))
     best = trainer.state.best
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
-        json.dump({"validation": trainer.last_validation,
+        json.dump({"validation": trainer.last_validation, "epochs": trainer.state.epoch,
                    "best": {"epoch": best.epoch, "miou": best.miou, "path": best.path}}, handle)
 
 
@@ -108,7 +108,8 @@ def averaged_reference_step(model, optimizers, records, loss_of) -> None:
 
 def rank_results(out_dir: str) -> list:
     """What each rank of :func:`train_on_two_processes` ended with: its last validation result
-    (``validation``, None without validation) and its best-checkpoint record (``best``)."""
+    (``validation``, None without validation), its completed epochs (``epochs``) and its
+    best-checkpoint record (``best``)."""
     results = []
     for rank in range(2):
         with open(os.path.join(str(out_dir), f"rank{rank}.json")) as handle:
