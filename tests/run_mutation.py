@@ -31,6 +31,7 @@ class Target:
     path: str  # the file to mutate
     functions: tuple  # glob patterns of its function names (mutmut's x_<name> / xǁClassǁmethod)
     tests: tuple  # the test files that cover it
+    keyword: str = ""  # pytest -k: only these tests of those files (the rest build whole models)
 
 
 TARGETS = {
@@ -38,7 +39,7 @@ TARGETS = {
                        ("tests/model/test_ensemble.py", "tests/model/test_ensemble_parity.py")),
     "metrics": Target("util/metrics.py", ("*",), ("tests/util/test_metrics.py",)),
     "prior": Target("model/sccan.py", ("x_prior_mask*",),
-                    ("tests/model/test_sccan.py", "tests/model/test_parity.py")),
+                    ("tests/model/test_parity.py", "tests/model/test_fast_path.py"), keyword="prior"),
     "alignment": Target("model/transformer.py", ("*",),
                         ("tests/model/test_transformer.py", "tests/model/test_parity.py")),
     "episodes": Target("util/dataset.py", ("*",),
@@ -69,7 +70,8 @@ def prepare(target: Target, folder: str) -> None:
              "also_copy =", *[f"    {name}" for name in others + top_level],
              "pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",
              "    -o", "    addopts=", "    -q",
-             "pytest_add_cli_args_test_selection =", *[f"    {name}" for name in target.tests]]
+             "pytest_add_cli_args_test_selection =", *[f"    {name}" for name in target.tests],
+             *([f"    -k", f"    {target.keyword}"] if target.keyword else [])]
     with open(os.path.join(folder, "setup.cfg"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
 

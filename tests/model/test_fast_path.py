@@ -81,6 +81,24 @@ def test_priors_of_all_shots_equal_the_per_shot_prior():
                      atol=1e-5, rtol=0)
 
 
+def test_priors_under_bf16_autocast_are_the_float32_priors():
+    """The cosines of a bf16 forward would swamp the prior (its softmax is nearly uniform): both
+    prior functions leave autocast and compute in float32, giving the float32 maps exactly."""
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(2, 16, 5, 6, generator=generator).relu()
+    support = torch.randn(2, 2, 16, 4, 4, generator=generator).relu()
+    masks = (torch.rand(2, 2, 1, 4, 4, generator=generator) > 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = [prior_mask(query.bfloat16(), support[:, 0].bfloat16(), masks[:, 0], (7, 7)),
+                    prior_masks(query.bfloat16(), support.bfloat16(), masks, (7, 7))]
+    # bf16 inputs are rounded features: compare with the float32 priors of those same values
+    rounded = [prior_mask(query.bfloat16().float(), support[:, 0].bfloat16().float(), masks[:, 0], (7, 7)),
+               prior_masks(query.bfloat16().float(), support.bfloat16().float(), masks, (7, 7))]
+    for inside, outside in zip(autocast, rounded):
+        assert inside.dtype == torch.float32
+        assert_close(inside, outside, atol=0, rtol=0)
+
+
 def _model(layers, shot, window_size):
     torch.manual_seed(layers + shot)
     backbone = Backbone(layers)
