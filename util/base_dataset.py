@@ -29,16 +29,20 @@ __all__ = ["BaseData", "base_remap", "build_base_dataset"]
 
 
 def base_remap(label: np.ndarray, data_set: str, base_classes: Sequence[int],
-               where: str = "label", novel_label: int = 0, checked: bool = False) -> np.ndarray:
+               where: str = "label", novel_label: int = 0) -> np.ndarray:
     """uint8 (H, W) label with classes 0..N (and 255) -> base numbering: base class c ->
     ``base_classes.index(c) + 1``, other classes -> ``novel_label`` (0, background, as BAM; 255
     leaves them out of the loss), background 0, 255 kept. A value outside 0..N and 255 is an
-    error naming ``where`` (BAM would pass it on and fail later inside the loss); ``checked``:
-    the label was read by ``read_label(path, data_set)``, which refuses such values already."""
-    unknown = None if checked else (label > NUM_CLASSES[data_set]) & (label != IGNORE_LABEL)
-    if unknown is not None and unknown.any():
+    error naming ``where`` (BAM would pass it on and fail later inside the loss)."""
+    unknown = (label > NUM_CLASSES[data_set]) & (label != IGNORE_LABEL)
+    if unknown.any():
         raise ValueError(f"{where}: label values {sorted(set(label[unknown].tolist()))[:5]} are "
                          f"no {data_set} class (expected 0..{NUM_CLASSES[data_set]} and 255)")
+    return _remap_checked_label(label, base_classes, novel_label)
+
+
+def _remap_checked_label(label: np.ndarray, base_classes: Sequence[int], novel_label: int) -> np.ndarray:
+    """:func:`base_remap` of a label whose values are known to be classes of the dataset."""
     remapped = base_remap_label(label, base_classes)
     if novel_label != 0:
         remapped[(remapped == 0) & (label != 0)] = novel_label
@@ -103,8 +107,8 @@ class BaseData(Dataset):
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(f"image and label sizes differ: {image_path!r} is {image.shape[0]}x"
                              f"{image.shape[1]}, {label_path!r} is {label.shape[0]}x{label.shape[1]}")
-        label = base_remap(label, self.data_set, self.base_classes, where=label_path,
-                           novel_label=self.novel_label, checked=True)
+        # read_label(path, data_set) has refused values that are no class of the dataset
+        label = _remap_checked_label(label, self.base_classes, self.novel_label)
         return self.transform(image, label)
 
 

@@ -12,8 +12,8 @@ import util.base_trainer as base_trainer
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
 from model.builder import poly_learning_rate
-from tests.support.distributed import (averaged_reference_step, rank_results, recorded_training,
-                                      train_on_two_processes)
+from tests.support.distributed import (averaged_reference_step, one_thread_as_in_each_rank, rank_results,
+                                      recorded_training, train_on_two_processes)
 from tests.support.toy_experiment import BASE_CONFIG
 from util.base_dataset import build_base_dataset
 from util.cli import run_entry_point
@@ -260,12 +260,7 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     iterations = 4 // cfg.batch_size
     poly_learning_rate(optimizer, cfg.base_lr, 1, cfg.epochs * iterations, power=cfg.power,
                        index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in each rank: the same convolution kernels
-    try:
-        averaged_reference_step(model, (optimizer,), records, lambda output: output[1])
-    finally:
-        torch.set_num_threads(threads)
+    averaged_reference_step(model, (optimizer,), records, lambda output: output[1])
     after = records[0]["after"]
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     for key, value in model.state_dict().items():
@@ -281,23 +276,9 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     # weights (the end-of-epoch checkpoint).
     results = rank_results(tmp_path)
     assert results[0] == results[1] and results[0]["best"]["path"] == str(tmp_path / "best.pth")
-    cfg = load_config(BASE_CONFIG, argv[argv.index("--opts") + 1:])
-    model = PSPNet(layers=50, classes=16, pretrained_backbone=False).eval()
-    load_model_weights(model, str(tmp_path / "exp" / "snapshot" / "latest.pth"))
-    intersection, union = torch.zeros(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in each rank
-    try:
-        with torch.no_grad():
-            for image, label in build_base_dataset(cfg, "val"):
-                prediction = model(image[None]).argmax(1)[0]
-                for class_index in range(16):
-                    scored = label != 255
-                    predicted, actual = (prediction == class_index) & scored, label == class_index
-                    intersection[class_index] += (predicted & actual).sum()
-                    union[class_index] += (predicted | actual).sum()
-    finally:
-        torch.set_num_threads(threads)
-    expected = (intersection / (union + 1e-10)).mean().item()
+    scorer = PSPNet(layers=50, classes=16, pretrained_backbone=False).eval()
+    with one_thread_as_in_each_rank():
+        expected = _base_validation_miou(scorer, str(tmp_path / "exp" / "snapshot" / "latest.pth"),
+                                         build_base_dataset(cfg, "val"))
     assert results[0]["validation"]["mIoU"] == pytest.approx(expected, abs=1e-12)
     assert (tmp_path / "best.pth").exists() == (expected > 0)

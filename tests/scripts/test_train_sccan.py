@@ -14,8 +14,8 @@ from util import experiment
 from util.experiment import build_dataset, build_experiment_model, build_val_loader
 from model.builder import build_optimizers, poly_learning_rate
 from util.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps, fix_batch_norm
-from tests.support.distributed import (averaged_reference_step, rank_results, recorded_training,
-                                      train_on_two_processes)
+from tests.support.distributed import (averaged_reference_step, one_thread_as_in_each_rank, rank_results,
+                                      recorded_training, train_on_two_processes)
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 
@@ -163,13 +163,8 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     iterations = episodes // 2 // cfg.batch_size
     poly_learning_rate(sgd, cfg.base_lr, 1, cfg.epochs * iterations, power=cfg.power,
                        index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in each rank: the same convolution kernels
-    try:
-        averaged_reference_step(model, (sgd, adamw), records, lambda output: output[1] + cfg.aux_weight1 * output[2]
-                                + cfg.aux_weight2 * output[3])
-    finally:
-        torch.set_num_threads(threads)
+    averaged_reference_step(model, (sgd, adamw), records, lambda output: output[1] + cfg.aux_weight1 * output[2]
+                            + cfg.aux_weight2 * output[3])
     after = records[0]["after"]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(after[key], value, rtol=1e-5, atol=1e-7, msg=key)
@@ -205,13 +200,9 @@ def test_ddp_validation_is_split_across_ranks_and_equals_one_process(toy_data_ro
     model = build_experiment_model(cfg, torch.device("cpu"))
     load_model_weights(model, str(latest))
     protocol = EvaluationProtocol.from_config(cfg, len(experiment.test_class_ids(cfg)), validation=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in each rank: the same convolution kernels
-    try:
+    with one_thread_as_in_each_rank():
         single = protocol.run(model, build_val_loader(cfg, build_dataset(cfg, "val")),
                               torch.device("cpu"), seed=protocol.seeds[0])
-    finally:
-        torch.set_num_threads(threads)
     assert single["episodes"] == single["episodes_here"] == 10
     for result in (rank0["validation"], rank1["validation"]):
         assert result["episodes"] == 10

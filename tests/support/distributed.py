@@ -2,6 +2,7 @@
 torchrun would, and collect each rank's final weights (and, on request, the samples each rank
 drew and its first step, to check that step against a one-process computation); compare
 DistributedDataParallel steps with plain ones in an initialised single-process group."""
+import contextlib
 import copy
 import importlib
 import json
@@ -89,21 +90,34 @@ def recorded_training(out_dir: str) -> list:
             for rank in range(2)]
 
 
+@contextlib.contextmanager
+def one_thread_as_in_each_rank():
+    """torch on one thread inside the block, as in each rank of :func:`train_on_two_processes`:
+    the same convolution kernels, so that one-process computations match the ranks' bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def averaged_reference_step(model, optimizers, records, loss_of) -> None:
-    """What DistributedDataParallel's step must equal, computed in one process: each rank's
-    first-step forward on its own batch from its own RNG state (its dropout masks), the mean of
-    the ranks' losses backward (DDP averages the gradients), one step of every optimizer.
-    ``loss_of(output)``: the scalar training loss of one forward's output."""
-    losses = []
-    for record in records:
-        torch.set_rng_state(record["rng"])
-        args, kwargs = record["inputs"]
-        losses.append(loss_of(model(*args, **kwargs)))
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
-    (sum(losses) / len(losses)).backward()
-    for optimizer in optimizers:
-        optimizer.step()
+    """What DistributedDataParallel's step must equal, computed in one process (on one thread,
+    as each rank): each rank's first-step forward on its own batch from its own RNG state (its
+    dropout masks), the mean of the ranks' losses backward (DDP averages the gradients), one step
+    of every optimizer. ``loss_of(output)``: the scalar training loss of one forward's output."""
+    with one_thread_as_in_each_rank():
+        losses = []
+        for record in records:
+            torch.set_rng_state(record["rng"])
+            args, kwargs = record["inputs"]
+            losses.append(loss_of(model(*args, **kwargs)))
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        (sum(losses) / len(losses)).backward()
+        for optimizer in optimizers:
+            optimizer.step()
 
 
 def rank_results(out_dir: str) -> list:
