@@ -48,11 +48,6 @@ TARGETS = {
 }
 
 
-def _tracked_files() -> list:
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPOSITORY, capture_output=True, check=True)
-    return [name for name in listed.stdout.decode().split("\0") if name]
-
-
 def prepare(target: Target, folder: str) -> None:
     """A copy of the committed files (HEAD: never a half-edited working tree) with the mutmut
     configuration of ``target``."""
@@ -62,16 +57,16 @@ def prepare(target: Target, folder: str) -> None:
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPOSITORY, capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-    names = _tracked_files()
     package = target.path.split("/")[0]
-    others = sorted({name.split("/")[0] for name in names if "/" in name} - {package, "tests"})
-    top_level = sorted(name for name in names if "/" not in name)
+    entries = sorted(os.listdir(folder))  # what HEAD holds at its top level
+    others = [name for name in entries if os.path.isdir(os.path.join(folder, name)) and name not in (package, "tests")]
+    top_level = [name for name in entries if os.path.isfile(os.path.join(folder, name))]
     lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {target.path}",
              "also_copy =", *[f"    {name}" for name in others + top_level],
              "pytest_add_cli_args =", "    -p", "    no:xdist", "    -p", "    no:cacheprovider",
              "    -o", "    addopts=", "    -q",
              "pytest_add_cli_args_test_selection =", *[f"    {name}" for name in target.tests],
-             *([f"    -k", f"    {target.keyword}"] if target.keyword else [])]
+             *(["    -k", f"    {target.keyword}"] if target.keyword else [])]
     with open(os.path.join(folder, "setup.cfg"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
 
