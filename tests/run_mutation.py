@@ -40,10 +40,14 @@ TARGETS = {
     "metrics": Target("util/metrics.py", ("*",), ("tests/util/test_metrics.py",)),
     "prior": Target("model/sccan.py", ("x_prior_mask*",),
                     ("tests/model/test_parity.py", "tests/model/test_fast_path.py"), keyword="prior"),
+    # "transformer" selects test_transformer.py and the transformer's own parity test: the
+    # whole-model parity tests build two ResNets per mutant (about 8 s each on 2 cores).
     "alignment": Target("model/transformer.py", ("*",),
-                        ("tests/model/test_transformer.py", "tests/model/test_parity.py")),
+                        ("tests/model/test_transformer.py", "tests/model/test_parity.py"), keyword="transformer"),
     "episodes": Target("util/dataset.py", ("*",),
-                       ("tests/util/test_dataset_episodes.py", "tests/util/test_dataset_lists.py")),
+                       ("tests/util/test_dataset_episodes.py", "tests/util/test_dataset_lists.py",
+                        "tests/util/test_dataset_base_label.py", "tests/util/test_base_dataset.py",
+                        "tests/util/test_fss_list_cache.py", "tests/util/test_shipped_lists.py")),
     "predictor": Target("util/predictor.py", ("*",), ("tests/util/test_predictor.py",)),
 }
 

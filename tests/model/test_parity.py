@@ -21,14 +21,20 @@ def fixture():
     return torch.load(FIXTURE, weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def models():
-    built = {}
-    for layers in (50, 101):
+class _ReferenceModels(dict):
+    """The fixture's models by depth, each built on first use: a test that needs ResNet-50 only
+    (the transformer's) does not pay for ResNet-101 (mutation testing runs it once per mutant)."""
+
+    def __missing__(self, layers):
         model = SCCAN(Backbone(layers), shot=1, fast_path=False).eval()
         generate_reference_weights(model)
-        built[layers] = model
-    return built
+        self[layers] = model
+        return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return _ReferenceModels()
 
 
 PATHS = pytest.mark.parametrize("fast_path", [False, True], ids=["straightforward", "fast"])
