@@ -92,7 +92,7 @@ def main(argv=None):
                         help="reuse the base learner and the final SCCAN checkpoint of a previous run")
     arguments = parser.parse_args(argv)
     cfg = load_config(arguments.config, arguments.opts)
-    base_cfg = load_config(arguments.base_config, arguments.base_opts)
+    base_cfg = load_config(arguments.base_config, arguments.base_opts, opts_name="--base-opts")
     two_stages = bool(cfg.base_learner)
     if two_stages and base_learner_checkpoint_path(base_cfg) != base_learner_checkpoint_path(cfg):
         raise UserError(f"stage 1 writes its base learner to {base_learner_checkpoint_path(base_cfg)!r} "

@@ -293,6 +293,9 @@ def _yaml_error_message(path: str, text: str, error: yaml.YAMLError) -> str:
 
 def _read_document(path: str) -> dict:
     """The YAML file as a mapping of sections (a repeated key is an error)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder, not a configuration file (config/ holds the YAML "
+                          f"files, e.g. config/pascal/pascal_split0_resnet50.yaml)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"configuration file not found: {path}")
     text = read_text(path, "a configuration file")
@@ -303,7 +306,10 @@ def _read_document(path: str) -> dict:
     except yaml.YAMLError as error:
         raise ConfigError(_yaml_error_message(path, text, error)) from None
     if document is None:
-        document = {}
+        # Every key would take its default, which describes the original's PASCAL layout: a run
+        # would start on data the user never named. An empty file is a mistake, not a config.
+        raise ConfigError(f"{path} is empty (no sections, only comments or blank lines): a config "
+                          f"names at least its data set, e.g. copy config/toy/toy_split0_resnet50.yaml")
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return document
@@ -344,7 +350,8 @@ def _read_sections(path: str, document: dict) -> tuple[dict[str, Any], dict[str,
     return values, sections
 
 
-def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> Config:
+def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None,
+                opts_name: str = "--opts") -> Config:
     """Load a sectioned YAML file into a flat ``Config`` and apply ``--opts`` overrides.
 
     Every top-level key must name a section (a mapping, or empty). Keys of all sections share
@@ -354,6 +361,8 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
     is the file's path unless the file sets it. File values are kept as written (an int stays
     an int where the schema has float). ``opts`` is the flat ``[key, value, key, value, ...]``
     list of ``--opts``; see ``apply_overrides`` for how the values are parsed and checked.
+    ``opts_name``: the option that gave ``opts``, named in the messages (a tool may take two
+    override lists, e.g. tools.toy_demo's ``--base-opts``).
     """
     path = os.fspath(path)
     values, sections = _read_sections(path, _read_document(path))
@@ -367,19 +376,19 @@ def load_config(path: str | os.PathLike, opts: Sequence[Any] | None = None) -> C
 
     config = Config(values, sections, source=path)
     if opts:
-        apply_overrides(config, opts)  # also checks the ranges of the result
+        apply_overrides(config, opts, opts_name)  # also checks the ranges of the result
     else:
         check_ranges(config)
     return config
 
 
-def _origin(config: Config, overridden: Iterable[str] = ()):
+def _origin(config: Config, overridden: Iterable[str] = (), opts_name: str = "--opts"):
     """``origin(key)``: where ``key``'s value came from, for the range messages."""
     overridden = set(overridden)
 
     def origin(key: str) -> str:
         if key in overridden:
-            return " (from --opts)"
+            return f" (from {opts_name})"
         return f" (file {config.source})" if config.source else ""
     return origin
 
@@ -405,7 +414,7 @@ def _parse_override_value(value: Any) -> Any:
         return value
 
 
-def _override_pairs(opts: list, problems: list[str]) -> list[tuple[Any, Any]]:
+def _override_pairs(opts: list, problems: list[str], opts_name: str = "--opts") -> list[tuple[Any, Any]]:
     """Split ``--opts`` items into (key, value) pairs: ``key value`` or ``key=value`` (the
     spelling of mmsegmentation's --cfg-options, which users type out of habit)."""
     pairs = []
@@ -422,7 +431,7 @@ def _override_pairs(opts: list, problems: list[str]) -> list[tuple[Any, Any]]:
             pairs.append((item, opts[position + 1]))
             position += 2
         else:
-            problems.append(f"--opts: key {item!r} has no value (keys and values must alternate)")
+            problems.append(f"{opts_name}: key {item!r} has no value (keys and values must alternate)")
             position += 1
     return pairs
 
@@ -444,7 +453,7 @@ def merge_opts(*override_lists: Sequence[Any]) -> list:
     return [item for pair in merged for item in pair]
 
 
-def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
+def apply_overrides(config: Config, opts: Sequence[Any], opts_name: str = "--opts") -> Config:
     """Apply a flat ``[key, value, ...]`` override list to ``config`` in place and return it.
 
     Keys must be schema keys, each given once. Values are parsed with ``ast.literal_eval`` (raw
@@ -453,41 +462,42 @@ def apply_overrides(config: Config, opts: Sequence[Any]) -> Config:
     resulting configuration must lie in the schema's ranges (``check_ranges``). All problems are
     collected and reported together: unknown keys (with close matches), repeated keys, wrong
     types, values out of range, and a trailing key without a value. Nothing is changed when any
-    override is invalid. A legacy key set to a non-default value warns once.
+    override is invalid. A legacy key set to a non-default value warns once. ``opts_name``: the
+    option the list came from, named in the messages.
     """
     problems: list[str] = []
-    pairs = _override_pairs(list(opts), problems)
+    pairs = _override_pairs(list(opts), problems, opts_name)
 
     updates: dict[str, Any] = {}
     given: dict[Any, Any] = {}
     for key, raw_value in pairs:
         if isinstance(key, str) and key.startswith("-"):
-            problems.append(f"--opts: {key!r} looks like a flag; flags go before --opts "
-                            f"(everything after --opts is read as 'key value' overrides)")
+            problems.append(f"{opts_name}: {key!r} looks like a flag; flags go before {opts_name} "
+                            f"(everything after {opts_name} is read as 'key value' overrides)")
             continue
         if not isinstance(key, str):
-            problems.append(f"--opts: keys must be strings, got {key!r}")
+            problems.append(f"{opts_name}: keys must be strings, got {key!r}")
             continue
         if key in given:
             # The last one would win silently, as PyYAML would let it in a file (an error there).
-            problems.append(f"--opts: duplicate key {key!r} (given {given[key]!r} and then {raw_value!r}); "
+            problems.append(f"{opts_name}: duplicate key {key!r} (given {given[key]!r} and then {raw_value!r}); "
                             f"give each key once")
             continue
         given[key] = raw_value
         if key not in SCHEMA:
-            problems.append(f"--opts: {_unknown_key_message(key, SCHEMA)}")
+            problems.append(f"{opts_name}: {_unknown_key_message(key, SCHEMA)}")
             continue
         try:
-            updates[key] = check_type(key, _parse_override_value(raw_value))
+            updates[key] = check_type(key, _parse_override_value(raw_value), overrides=opts_name)
         except TypeError as error:
-            problems.append(f"--opts {key}: {error}")
+            problems.append(f"{opts_name} {key}: {error}")
 
     if not problems:
-        problems = range_problems({**config, **updates}, _origin(config, updates))
+        problems = range_problems({**config, **updates}, _origin(config, updates, opts_name))
     if problems:
         raise ConfigError("\n".join(problems))
     for key, value in updates.items():
-        _warn_if_legacy(key, value, "--opts")
+        _warn_if_legacy(key, value, opts_name)
         if key not in config:
             config._set(key, value, SCHEMA[key].section)
         config[key] = value

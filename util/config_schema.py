@@ -171,9 +171,11 @@ def _is_float_text(text: str) -> bool:
     return True
 
 
-def check_type(key: str, value: Any, convert: bool = True) -> Any:
+def check_type(key: str, value: Any, convert: bool = True, overrides: str = "") -> Any:
     """``value`` if it has ``key``'s type (an int is accepted for a float and converted when
-    ``convert``; None only for optional keys), else a TypeError saying what was expected."""
+    ``convert``; None only for optional keys), else a TypeError saying what was expected.
+    ``overrides``: the option the value came from (e.g. ``--opts``, whose values are Python
+    literals, not YAML), for the hint of the message; empty for a value of a YAML file."""
     entry = SCHEMA[key]
     if value is None and entry.optional:
         return None
@@ -185,9 +187,12 @@ def check_type(key: str, value: Any, convert: bool = True) -> Any:
     expected = _article(entry.type.__name__) + (" or None" if entry.optional else "")
     hint = ""
     if entry.type is float and isinstance(value, str) and _is_float_text(value):
-        hint = f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 6.0e-5)"
+        hint = (f" ({overrides} reads Python literals: {value} is not a finite number)" if overrides
+                else f" (YAML 1.1 reads {value} as text: write it with a dot, e.g. 6.0e-5)")
     elif entry.type is str and isinstance(value, (bool, int, float)):
-        hint = " (quote it to make it text)"
+        # On a command line the shell removes one level of quotes: "'5'" reaches Python as '5'.
+        hint = (f" (to give it as text, quote it twice: {overrides} {key} \"'{value}'\")" if overrides
+                else " (quote it to make it text)")
     raise TypeError(f"expects {expected}, got {value!r} of type {type(value).__name__}{hint}")
 
 
@@ -227,16 +232,24 @@ def _one_of(*choices) -> Range:
                  else str(choices[0]))
 
 
+# The largest side accepted: at 4097 px each 2048-channel layer4 map (stride 8) already takes
+# 2 GB in float32; a larger value is a typo (an extra digit), found here rather than as an
+# allocation failure deep inside OpenCV or the network.
+MAX_SIDE = 4097
+# The transformer grid: 64 in the paper; at 512 each 256-channel grid map takes 256 MB.
+MAX_FEATURE_SIZE = 512
+
+
 def _stride_8_side(value: int) -> bool:
-    return value >= 9 and (value - 1) % 8 == 0
+    return 9 <= value <= MAX_SIDE and (value - 1) % 8 == 0
 
 
 # The backbone has stride 8 and the logits are (side - 1) / 8 * zoom_factor + 1 pixels (BAM's
 # PSPNet refuses other sides; the original train script asserts (train_h - 1) % 8 == 0); side 9
 # gives one 8-pixel cell, the smallest input every path runs (the validation resize floors sides
 # to multiples of 8, so a val_size below 8 leaves no pixel).
-_SIDE = Range(_stride_8_side, "an int >= 9 with (value - 1) a multiple of 8, the backbone's stride "
-                              "(e.g. 473, 417, 65, 33)")
+_SIDE = Range(_stride_8_side, f"an int 9..{MAX_SIDE} with (value - 1) a multiple of 8, the backbone's "
+                              f"stride (e.g. 473, 417, 65, 33)")
 
 RANGES: dict[str, Range] = {
     "split": _one_of(0, 1, 2, 3),
@@ -268,7 +281,7 @@ RANGES: dict[str, Range] = {
     "base_novel_label": _one_of(0, 255),
     "zoom_factor": _one_of(1, 2, 4, 8),
     # The transformer's grid side: windows tile it (a relation below); >= 1 cell.
-    "feature_size": _at_least(1),
+    "feature_size": Range(lambda value: 1 <= value <= MAX_FEATURE_SIZE, f"an int 1..{MAX_FEATURE_SIZE}"),
     # Shifted blocks pad window_size // 2 on each side of the grid, which then must still be a
     # whole number of windows: true for an even window (and 1, which has no shift), never for an
     # odd one above 1.

@@ -60,6 +60,18 @@ def test_a_yaml_syntax_error_and_a_non_utf8_config_are_one_line(tmp_path):
                     f"re-save it as UTF-8")
     assert files_below(tmp_path) == ["latin.yaml", "tab.yaml"]  # nothing written
 
+    # Not a config at all: an empty file (every key would take the original's PASCAL defaults)
+    # and a folder.
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert_one_line(run("train_sccan.py", "--config", str(empty)),
+                    f"error: {empty} is empty (no sections, only comments or blank lines): a config names "
+                    f"at least its data set, e.g. copy config/toy/toy_split0_resnet50.yaml")
+    assert_one_line(run("test_sccan.py", "--config", str(tmp_path)),
+                    f"error: {tmp_path} is a folder, not a configuration file (config/ holds the YAML files, "
+                    f"e.g. config/pascal/pascal_split0_resnet50.yaml)")
+    assert files_below(tmp_path) == ["empty.yaml", "latin.yaml", "tab.yaml"]
+
 
 def test_list_files_that_are_not_utf8_name_the_file_and_the_line(tmp_path):
     base_list = tmp_path / "train.txt"
@@ -101,8 +113,15 @@ def test_values_out_of_range_are_one_line_before_anything_is_written(tmp_path):
         "each side), got 3 (from --opts)"]))
     assert not save_path.exists()  # no config_0shot.yaml, no log, no folder
     assert_one_line(run("test_sccan.py", "--config", CONFIG, "--opts", "val_size", "10"),
-                    "error: config key val_size: expected an int >= 9 with (value - 1) a multiple of 8, the "
+                    "error: config key val_size: expected an int 9..4097 with (value - 1) a multiple of 8, the "
                     f"backbone's stride (e.g. 473, 417, 65, 33), got 10 (from --opts)")
+    # An extra digit: refused by the range (it was an allocation failure inside OpenCV, exit 1).
+    assert_one_line(run("test_sccan.py", "--config", CONFIG, "--opts", "val_size", "100000001"),
+                    "error: config key val_size: expected an int 9..4097 with (value - 1) a multiple of 8, the "
+                    f"backbone's stride (e.g. 473, 417, 65, 33), got 100000001 (from --opts)")
+    # A tool with two override lists names the one that holds the bad value.
+    assert_one_line(run("-m", "tools.toy_demo", "--base-opts", "shot", "0"),
+                    "error: config key shot: expected an int >= 1, got 0 (from --base-opts)")
 
 
 def test_an_image_too_elongated_for_val_size_names_the_file(toy_data_root, tmp_path):

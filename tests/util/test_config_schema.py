@@ -90,7 +90,38 @@ def test_minimal_config_gets_the_schema_defaults(tmp_path):
     assert config.base_lr == 0.005 and config.feature_dropout == 0.5 and config.layers == 50
     assert config.section_of("base_lr") == "Train" and config.section_of("layers") == "Method"
     assert config.config_file == path and config.local_rank is None
-    assert load_config(write_yaml(tmp_path, "", name="empty.yaml")).to_dict().keys() == SCHEMA.keys()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n", "---\n"])
+def test_an_empty_config_file_is_refused(tmp_path, text):
+    """Every key at its default would describe the original's PASCAL layout, which the user never
+    named: an empty file is a mistake (a wrong file, a failed copy), not a config."""
+    path = write_yaml(tmp_path, text, name="empty.yaml")
+    with pytest.raises(ConfigError, match=rf"^{path} is empty \(no sections, only comments or blank lines\)"):
+        load_config(path)
+
+
+def test_a_folder_given_as_the_config_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^{tmp_path} is a folder, not a configuration file"):
+        load_config(str(tmp_path))
+
+
+def test_override_hints_speak_of_the_option_not_of_yaml(tmp_path):
+    """--opts values are Python literals: YAML 1.1's reading of 6e-5 as text does not apply, and
+    a value meant as text must be quoted twice on a shell command line."""
+    path = write_yaml(tmp_path, "Data:\n  split: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["base_lr", "-inf", "resume", "5"])
+    assert str(error.value).splitlines() == [
+        "--opts base_lr: expects a float, got '-inf' of type str (--opts reads Python literals: -inf is "
+        "not a finite number)",
+        "--opts resume: expects a str, got 5 of type int (to give it as text, quote it twice: "
+        "--opts resume \"'5'\")"]
+    with pytest.raises(ConfigError, match=r"^--base-opts: duplicate key 'shot' .*\n--base-opts epochs: "
+                                          r"expects an int, got 'x' of type str$"):
+        load_config(path, ["shot", "1", "shot", "2", "epochs", "x"], opts_name="--base-opts")
+    with pytest.raises(ConfigError, match=r"^config key val_size: .* got 10 \(from --base-opts\)$"):
+        load_config(path, ["val_size", "10"], opts_name="--base-opts")
 
 
 def test_wrong_typed_file_values_are_errors_naming_file_key_and_type(tmp_path):
@@ -240,9 +271,9 @@ NAN, INF = float("nan"), float("inf")
 RANGE_CASES = {
     "split": ([0, 3], [-1, 4]),
     "shot": ([1, 5], [0, -1]),
-    "train_h": ([9, 17, 473], [8, 10, 1, 0, 472]),
-    "train_w": ([9, 417], [8, 16, -7]),
-    "val_size": ([9, 65], [8, 1, 64, 0]),
+    "train_h": ([9, 17, 473, 4097], [8, 10, 1, 0, 472, 4105, 100001]),
+    "train_w": ([9, 417, 4097], [8, 16, -7, 4105]),
+    "val_size": ([9, 65, 4097], [8, 1, 64, 0, 4105, 100000001]),
     "scale_min": ([1e-3], [0, -0.5, NAN]),
     "scale_max": ([100.0], [0, -1, INF]),
     "rotate_min": ([-180], [-INF, NAN]),
@@ -265,7 +296,7 @@ RANGE_CASES = {
     "layers": ([50, 101], [18, 152]),
     "base_novel_label": ([0, 255], [1, 7]),
     "zoom_factor": ([1, 2, 4, 8], [0, 3, 16]),
-    "feature_size": ([8, 64], [0, -8]),
+    "feature_size": ([8, 64, 512], [0, -8, 513, 640]),
     "window_size": ([1, 2, 8], [0, 3, 5, -2]),
     "feature_dropout": ([0, 1], [-0.1, 1.5]),
     "kshot_trans_dim": ([0], [-1]),
@@ -323,7 +354,7 @@ def test_ranges_are_checked_by_the_loader_for_the_file_and_for_opts(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     lines = str(error.value).splitlines()
-    assert lines == [f"config key val_size: expected an int >= 9 with (value - 1) a multiple of 8, the "
+    assert lines == [f"config key val_size: expected an int 9..4097 with (value - 1) a multiple of 8, the "
                      f"backbone's stride (e.g. 473, 417, 65, 33), got 10 (file {path})",
                      f"config key epochs: expected an int >= 1, got 0 (file {path})"]
     with pytest.raises(ConfigError, match=r"^config key epochs: expected an int >= 1, got 0 \(from --opts\)$"):
