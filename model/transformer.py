@@ -139,11 +139,10 @@ class WindowAttention(nn.Module):
         return x.permute(2, 0, 3, 1, 4)  # (P, B_, h, N, d)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
-        """x: (B_, N, C) window tokens; context: (B_, M, C) or None -> (B_, N, C)."""
+        """The straightforward path: x (B_, N, C) window tokens; context (B_, M, C) or None ->
+        (B_, N, C). The fast path is :meth:`attend`, called by :class:`SCCABlock` when
+        ``fast_path`` is set, which projects only the tokens kept after cropping."""
         batch, tokens, channels = x.shape
-        if self.fast_path:
-            out = self.attend(x, context).transpose(1, 2).reshape(batch, tokens, channels)  # (B_, N, C)
-            return self.proj(out)
         q = self._heads(self.q(x), 1)[0]  # (B_, h, N, d)
         k, v = self._heads(self.kv(x), 2)  # (B_, h, N, d) each
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B_, h, N, N)

@@ -40,10 +40,12 @@ TARGETS = {
     "metrics": Target("util/metrics.py", ("*",), ("tests/util/test_metrics.py",)),
     "prior": Target("model/sccan.py", ("x_prior_mask*",),
                     ("tests/model/test_parity.py", "tests/model/test_fast_path.py"), keyword="prior"),
-    # "transformer" selects test_transformer.py and the transformer's own parity test: the
-    # whole-model parity tests build two ResNets per mutant (about 8 s each on 2 cores).
+    # The keyword selects test_transformer.py, the transformer's own parity test and the fast
+    # path's block and attention tests: the whole-model parity tests build two ResNets per
+    # mutant (about 8 s each on 2 cores).
     "alignment": Target("model/transformer.py", ("*",),
-                        ("tests/model/test_transformer.py", "tests/model/test_parity.py"), keyword="transformer"),
+                        ("tests/model/test_transformer.py", "tests/model/test_parity.py",
+                         "tests/model/test_fast_path.py"), keyword="transformer or block or scca"),
     "episodes": Target("util/dataset.py", ("*",),
                        ("tests/util/test_dataset_episodes.py", "tests/util/test_dataset_lists.py",
                         "tests/util/test_dataset_base_label.py", "tests/util/test_base_dataset.py",

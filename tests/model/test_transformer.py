@@ -1,8 +1,11 @@
 """Pure tensor helpers of the SCCA transformer, on hand-built examples."""
+from unittest import mock
+
+import pytest
 import torch
 
-from model.transformer import (SCCABlock, gather_windows, patch_alignment, window_partition,
-                               window_reverse)
+from model.transformer import (SCCABlock, SCCATransformer, WindowAttention, gather_windows, patch_alignment,
+                               scca_attention, window_partition, window_reverse)
 
 
 def test_window_partition_layout_and_round_trip():
@@ -76,3 +79,55 @@ def test_padded_shift_keeps_output_aligned():
         expected = torch.zeros(size, size, dtype=torch.bool)
         expected[window, window] = True
         assert torch.equal(delta > 1e-6, expected), f"shift={shift}"
+
+
+def _seeded_transformer(window_size=4):
+    torch.manual_seed(0)
+    return SCCATransformer(dim=16, depth=2, num_heads=2, window_size=window_size).eval()
+
+
+def test_a_feature_map_that_windows_do_not_tile_is_refused_naming_its_size():
+    transformer = _seeded_transformer()
+    for height, width in ((8, 6), (6, 8)):  # either side alone is enough
+        with pytest.raises(ValueError, match=rf"^feature map {height}x{width} is not a multiple of the "
+                                             r"window size 4$"):
+            transformer(torch.zeros(1, 16, height, width), torch.zeros(1, 16, height, width),
+                        torch.zeros(1, 1, height, width))
+
+
+def test_set_fast_path_switches_every_attention_and_the_block_takes_it():
+    """Both paths give the same numbers (test_fast_path.py), so a switch that does nothing would
+    pass every equivalence test: count the fused attention calls instead."""
+    transformer = _seeded_transformer()
+    attentions = [module for module in transformer.modules() if isinstance(module, WindowAttention)]
+    assert len(attentions) == 4  # 2 blocks x (query, support)
+    generator = torch.Generator().manual_seed(1)
+    query, support = torch.randn(2, 1, 16, 8, 8, generator=generator)
+    mask = (torch.rand(1, 1, 8, 8, generator=generator) > 0.5).float()
+    calls = {True: 0, False: 0}
+    for enabled in (True, False):
+        assert transformer.set_fast_path(enabled) is transformer
+        assert all(attention.fast_path is enabled for attention in attentions)
+        counted = mock.patch("model.transformer.scca_attention", side_effect=scca_attention)
+        with counted as spy, torch.no_grad():
+            transformer(query, support, mask)
+        calls[enabled] = spy.call_count
+    # the last block skips its support branch: 2 + 1 fused attentions on the fast path
+    assert calls == {True: 3, False: 0}
+
+
+def test_a_batch_is_its_episodes_each_alone():
+    """Every reshape keeps the batch axis apart (a 1-episode batch cannot tell): two episodes
+    together give what each gives alone, on both paths."""
+    transformer = _seeded_transformer()
+    generator = torch.Generator().manual_seed(2)
+    query, support = torch.randn(2, 2, 16, 8, 12, generator=generator)
+    mask = (torch.rand(2, 1, 8, 12, generator=generator) > 0.5).float()
+    mask[1] = 0  # the second episode has no foreground: it falls back to the first window
+    for fast_path in (False, True):
+        transformer.set_fast_path(fast_path)
+        with torch.no_grad():
+            together = transformer(query, support, mask)
+            alone = torch.cat([transformer(query[i:i + 1], support[i:i + 1], mask[i:i + 1]) for i in range(2)])
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+        assert together.shape == (2, 16, 8, 12)
