@@ -1,4 +1,7 @@
 """Pure tensor helpers of the SCCA transformer, on hand-built examples."""
+import ast
+import os
+import re
 from unittest import mock
 
 import pytest
@@ -6,6 +9,7 @@ import torch
 
 from model.transformer import (SCCABlock, SCCATransformer, WindowAttention, gather_windows, patch_alignment,
                                scca_attention, window_partition, window_reverse)
+from tests.support import FIXTURES
 
 
 def test_window_partition_layout_and_round_trip():
@@ -131,3 +135,34 @@ def test_a_batch_is_its_episodes_each_alone():
             alone = torch.cat([transformer(query[i:i + 1], support[i:i + 1], mask[i:i + 1]) for i in range(2)])
         torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
         assert together.shape == (2, 16, 8, 12)
+
+
+def test_the_default_transformer_is_the_original_s_tensor_for_tensor():
+    """The constructor's defaults (dim 256, depth 8, 8 heads, window 8, MLP ratio 1, q/kv biases)
+    describe the paper's transformer: its state_dict is the original's ``transformer.*`` entries
+    (tests/fixtures/sccan_resnet50_state_dict.txt, written from the original's model), with the
+    same shapes. The head count does not show in the shapes: it is the 8 of the default."""
+    expected = {}
+    with open(os.path.join(FIXTURES, "sccan_resnet50_state_dict.txt")) as handle:
+        for line in handle:
+            name, shape, _ = re.fullmatch(r"(\S+) (\(.*\)) (\S+)", line.strip()).groups()
+            if name.startswith("transformer."):
+                expected[name[len("transformer."):]] = ast.literal_eval(shape)
+    transformer = SCCATransformer()
+    assert {name: tuple(tensor.shape) for name, tensor in transformer.state_dict().items()} == expected
+    assert all(module.num_heads == 8 for module in transformer.modules() if isinstance(module, WindowAttention))
+    # nor does the window: 8, and the shifted blocks (odd indices) pad by half of it
+    assert transformer.window_size == 8
+    blocks = transformer.layers[0].blocks
+    assert [(block.window_size, block.shift_size) for block in blocks] == [(8, 0), (8, 4)] * 4
+
+
+def test_a_block_updates_the_support_unless_told_not_to():
+    torch.manual_seed(3)
+    block = SCCABlock(dim=8, num_heads=2, window_size=4, shift=False).eval()
+    query, support = torch.randn(2, 1, 64, 8)
+    mask = torch.ones(1, 64, 1)
+    with torch.no_grad():
+        _, updated = block(query, support, mask, 8, 8)
+        _, kept = block(query, support, mask, 8, 8, update_support=False)
+    assert kept is support and not torch.allclose(updated, support)
