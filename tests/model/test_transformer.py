@@ -155,6 +155,8 @@ def test_the_default_transformer_is_the_original_s_tensor_for_tensor():
     assert transformer.window_size == 8
     blocks = transformer.layers[0].blocks
     assert [(block.window_size, block.shift_size) for block in blocks] == [(8, 0), (8, 4)] * 4
+    # a bare transformer is the straightforward one until set_fast_path (SCCAN sets it)
+    assert not any(module.fast_path for module in transformer.modules() if isinstance(module, WindowAttention))
 
 
 def test_a_block_updates_the_support_unless_told_not_to():
