@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import sys
 
-from util.base_trainer import BASE_RUN_IDENTITY_KEYS, BaseTrainer, check_fresh_base_output
+from model.builder import base_learner_checkpoint_path
+from util.base_trainer import BASE_CHECKPOINT_NAMES, BASE_RESUME, BaseTrainer, check_fresh_base_output
 from util.cli import UserError, run_entry_point
 from util.experiment import base_experiment_dir, check_data_root
+from util.io import check_distinct_paths, check_output_path
 from util.trainer import (claim_output_folder, fit_and_close, parse_training_arguments,
                           precheck_resume, start_training_run, start_under_lock)
 
@@ -39,11 +41,19 @@ def build_trainer(argv=None) -> BaseTrainer:
                         f"(PSPNet's 1x1 pyramid-pooling BatchNorm), got {cfg.batch_size}")
     check_data_root(cfg)  # before anything is written into the output folder
     out_dir = base_experiment_dir(cfg)
+    snapshots, best = os.path.join(out_dir, "snapshot"), base_learner_checkpoint_path(cfg)
+    for where, path, folder in (("config key base_save_path", out_dir, True),
+                                ("the snapshot folder of config key base_save_path", snapshots, True),
+                                ("config key base_learner_weights", best, False)):
+        check_output_path(path, where, folder)
+    check_distinct_paths([(f"the run's {name}", os.path.join(snapshots, name)) for name in BASE_CHECKPOINT_NAMES]
+                         + [("config key base_learner_weights", best)])
+    # The resume checkpoint is read-only here: refused before the lock creates the output folder.
+    precheck_resume(cfg, BASE_RESUME, arguments.allow_config_change)
     lock = claim_output_folder(out_dir, "train.lock", f"{out_dir} (base learner run)")
 
     def start() -> BaseTrainer:
         check_fresh_base_output(cfg, arguments.overwrite)
-        precheck_resume(cfg, BASE_RUN_IDENTITY_KEYS, arguments.allow_config_change)
         context, logger = start_training_run(cfg, "sccan.train_base", out_dir,
                                              os.path.join(out_dir, "snapshot"), "train.log", "config.yaml")
         return BaseTrainer(cfg, context, logger, arguments.allow_config_change)

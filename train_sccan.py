@@ -13,7 +13,8 @@ import sys
 
 from util.cli import run_entry_point
 from util.experiment import check_data_root, experiment_dir, per_shot_name, snapshot_dir
-from util.trainer import (RUN_IDENTITY_KEYS, Trainer, check_fresh_output, claim_output_folder,
+from util.io import check_output_path
+from util.trainer import (SCCAN_RESUME, Trainer, check_fresh_output, claim_output_folder,
                           fit_and_close, parse_training_arguments, precheck_resume, start_training_run,
                           start_under_lock)
 
@@ -30,12 +31,16 @@ def build_trainer(argv=None) -> Trainer:
     """Parse the command line, check the inputs, prepare the output folder, build the trainer."""
     arguments, cfg = parse_arguments(argv)
     check_data_root(cfg)  # before anything is written into the output folder
+    for where, path in (("config key save_path", experiment_dir(cfg)),
+                        ("the snapshot folder of config key save_path", snapshot_dir(cfg))):
+        check_output_path(path, where, folder=True)
+    # The resume checkpoint is read-only here: refused before the lock creates the output folder.
+    precheck_resume(cfg, SCCAN_RESUME, arguments.allow_config_change)
     lock = claim_output_folder(experiment_dir(cfg), per_shot_name(cfg, "train", ".lock"),
                                f"{experiment_dir(cfg)} ({cfg.shot}-shot run)")
 
     def start() -> Trainer:
         check_fresh_output(cfg, arguments.overwrite)
-        precheck_resume(cfg, RUN_IDENTITY_KEYS, arguments.allow_config_change)
         context, logger = start_training_run(cfg, "sccan.train", experiment_dir(cfg), snapshot_dir(cfg),
                                              per_shot_name(cfg, "train", ".log"),
                                              per_shot_name(cfg, "config", ".yaml"))

@@ -27,6 +27,7 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import cv2
 import torch
 
+from tools.benchmarking import check_options_as_config
 from tools.make_toy_dataset import make_toy_dataset
 from util.cli import add_debug_argument, positive_int, run_entry_point
 from util.dataset import SemData
@@ -54,10 +55,13 @@ def main(argv=None) -> int:
                         help="torch/OpenCV threads (1 = one worker on one core)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    # A size is the training crop (train_h = train_w) and the validation size, keys of one range:
+    # checked before the training rows are measured, not at the first validation image.
+    check_options_as_config([{"val_size": ("--sizes", size)} for size in args.sizes])
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    make_toy_dataset(args.data_root, num_images=300, seed=0)
+    make_toy_dataset(args.data_root, num_images=300, seed=0, option="--data-root")
     list_root = os.path.join(args.data_root, "fss_list")
 
     rows = []

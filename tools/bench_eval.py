@@ -35,7 +35,7 @@ if not __package__:  # run as a file: the project's packages are not importable 
 
 import torch
 
-from tools.benchmarking import header, set_strict_fp32
+from tools.benchmarking import check_options_as_config, header, parse_device, set_strict_fp32
 from tools.make_toy_dataset import make_toy_dataset
 from util.cli import add_debug_argument, positive_int, run_entry_point
 from util.config import load_config
@@ -94,19 +94,26 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
+    # Every option before the toy data and the minutes of measurement.
+    device = parse_device(args.device)
+    check_options_as_config(
+        [{"shot": ("--shots", shot), "val_size": ("--size", args.size), "layers": ("--layers", args.layers),
+          "feature_size": ("--feature-size", args.feature_size),
+          "window_size": ("--window-size", args.window_size),
+          "eval_feature_cache_mb": ("--cache-mb", args.cache_mb)} for shot in args.shots]
+        + [{"test_num": ("--test-num", args.test_num)}, {"test_num": ("--episodes", args.episodes)}])
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {args.device}: no CUDA device is available")
     set_strict_fp32(device)
-    make_toy_dataset(args.data_root, num_images=300, seed=0)
+    make_toy_dataset(args.data_root, num_images=300, seed=0, option="--data-root")
     differences = []
     measured, projected = [], []
     for shot in args.shots:
-        cfg = load_config(CONFIG, ["data_root", args.data_root, "train_list", f"{args.data_root}/train.txt",
-                                   "val_list", f"{args.data_root}/val.txt", "list_root",
-                                   f"{args.data_root}/fss_list", "val_size", str(args.size), "shot", str(shot),
+        # Paths quoted: an override is read as a Python literal first (a root named 1 would be an int).
+        root = args.data_root
+        cfg = load_config(CONFIG, ["data_root", repr(root), "train_list", repr(f"{root}/train.txt"),
+                                   "val_list", repr(f"{root}/val.txt"), "list_root",
+                                   repr(f"{root}/fss_list"), "val_size", str(args.size), "shot", str(shot),
                                    "layers", str(args.layers), "feature_size", str(args.feature_size),
                                    "window_size", str(args.window_size)])
         dataset = build_dataset(cfg, "val", show_progress=False)

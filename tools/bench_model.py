@@ -25,7 +25,7 @@ import torch
 from model.backbone import Backbone
 from model.builder import count_parameters
 from model.sccan import SCCAN
-from tools.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
+from tools.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median, parse_device,
                                 peak_memory, reset_peak_memory, set_strict_fp32, timed)
 from util.cli import add_debug_argument, positive_int, run_entry_point
 from util.runtime import autocast, cuda_usable
@@ -88,7 +88,8 @@ def main(argv=None):
         raise ValueError(f"--feature-size {args.feature_size} must be a multiple of --window-size {args.window_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = args.devices or (["cpu"] + (["cuda"] if cuda_usable() else []))
+    devices = [parse_device(name, "--devices") for name in args.devices or
+               (["cpu"] + (["cuda"] if cuda_usable() else []))]  # before any model is built
     print(header("bench_model", argv, f"input {args.size}x{args.size}, feature grid {args.feature_size}x"
                                       f"{args.feature_size} (window {args.window_size}), batch {args.batch}, median of "
                                       f"{args.runs} after {args.warmup} warm-up, variants alternated"))
@@ -101,14 +102,13 @@ def main(argv=None):
             model = SCCAN(Backbone(layers), shot=shot, feature_size=args.feature_size,
                           window_size=args.window_size).eval()
             total, learnable = count_parameters(model)
-            for name in devices:
-                device = torch.device(name)
+            for device in devices:
                 set_strict_fp32(device)
                 model.to(device)
                 inputs = episode_inputs(args.batch, shot, args.size, device)
                 results = time_variants(model, args.variants, inputs, device, args.runs, args.warmup)
                 for variant, (seconds, peak) in results.items():
-                    print(f"| {name} | ResNet-{layers} | {shot} | {args.batch} | {variant} | {seconds:.3f} | "
+                    print(f"| {device} | ResNet-{layers} | {shot} | {args.batch} | {variant} | {seconds:.3f} | "
                           f"{args.batch / seconds:.2f} | {format_memory(peak)} | {total:,} | {learnable:,} |",
                           flush=True)
 

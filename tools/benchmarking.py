@@ -8,9 +8,13 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+
+from util.cli import UserError
+from util.config_schema import range_problems
+from util.runtime import cuda_usable
 
 
 class Variant(NamedTuple):
@@ -40,6 +44,38 @@ def add_variant_argument(parser, default: Sequence[str] = ("reference", "fast"))
                              f"multi-tensor steps, no per-step read); fast = the fast fp32 path "
                              f"(evaluation's default; fast_path_training for training); fast-bf16 = "
                              f"the fast path under bf16 autocast")
+
+
+def parse_device(text: str, option: str = "--device") -> torch.device:
+    """``text`` as a device this machine has (cpu, cuda, cuda:<index>), before any work; else a
+    :class:`UserError` naming ``option``."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{option} {text!r}: not a device; expected cpu, cuda or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{option} {text}: the benchmarks run on cpu, cuda or cuda:<index>")
+    if device.type == "cuda":
+        if not cuda_usable():
+            raise UserError(f"{option} {text}: no usable CUDA device (PyTorch sees none, or "
+                            f"SCCAN_FORCE_CPU=1 is set); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"{option} {text}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return device
+
+
+def check_options_as_config(groups: Iterable[Dict[str, Tuple[str, Any]]]) -> None:
+    """A tool's options that set config keys, checked before any work against the ranges the
+    config's values must meet (util/config_schema.py), each problem naming the tool's option
+    (not --opts). ``groups``: ``{config key: (option, value)}`` mappings whose keys are checked
+    together (relations such as feature_size and window_size)."""
+    problems = []
+    for group in groups:
+        values = {key: value for key, (_, value) in group.items()}
+        problems += range_problems(values, lambda key, group=group: f" (from {group[key][0]})")
+    if problems:
+        raise UserError("; ".join(dict.fromkeys(problems)))
 
 
 def set_strict_fp32(device: torch.device) -> None:

@@ -43,7 +43,8 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import cv2
 import numpy as np
 
-from util.cli import add_debug_argument, run_entry_point
+from util.cli import add_debug_argument, non_negative_int, positive_int, run_entry_point
+from util.io import check_output_path
 
 GENERATOR_VERSION = 2
 NUM_CLASSES = 20
@@ -344,22 +345,29 @@ def _generate_into(directory: str, num_images: int, seed: int) -> dict:
     return meta
 
 
-def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose: bool = False) -> str:
+def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose: bool = False,
+                     option: str = "--out") -> str:
     """Generate the toy dataset into ``out_dir`` (skip if it exists with the same parameters).
 
     Returns ``out_dir``. Raises if ``out_dir`` is a non-empty folder that is not a toy dataset
-    (never overwrites foreign data), or if ``num_images`` is too small for 5-shot folds.
+    (never overwrites foreign data), if it cannot be written (a file, below a file, read-only)
+    or if ``num_images`` is too small for 5-shot folds. ``option``: the caller's name for
+    ``out_dir`` in the messages (bench_data's ``--data-root``).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     parameters = _parameters(num_images, seed)
     meta = _read_meta(out_dir)
     if meta is not None and meta.get("parameters") == parameters:
         if verbose:
             print(f"toy dataset already present in {out_dir} ({parameters}); nothing to do")
         return out_dir
+    check_output_path(out_dir, option, folder=True)  # before the images are drawn, not at the rename
     if os.path.isdir(out_dir) and os.listdir(out_dir) and meta is None:
-        raise FileExistsError(f"{out_dir} exists, is not empty and holds no toy dataset meta.json; refusing to overwrite")
+        raise FileExistsError(f"{option} {out_dir} exists, is not empty and holds no toy dataset meta.json; "
+                              f"refusing to overwrite")
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -395,8 +403,9 @@ def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.make_toy_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/toy", help="output folder (data_root), default data/toy")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0: the README's dataset)")
-    parser.add_argument("--num-images", type=int, default=300,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="generator seed (default 0: the README's dataset)")
+    parser.add_argument("--num-images", type=positive_int, default=300,
                         help="total images (default 300); one third go to val.txt. 5-shot episodes need "
                              f"{MIN_IMAGES_PER_CLASS} images of every class in train and val of every "
                              "fold, which takes at least about 240 images (seed 0); fewer are refused "

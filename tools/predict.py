@@ -22,9 +22,11 @@ if not __package__:  # run as a file: the project's packages are not importable 
     raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
 
 import numpy as np
+import torch
 
 from util.cli import USER_ERROR_TYPES, UserError, error_message, run_entry_point
 from util.config import config_argparser, load_config
+from util.io import check_output_path, first_same_path, same_path
 from util.predictor import Predictor, read_rgb, read_supports
 from util.runtime import progress_bar
 from util.visualisation import prediction_overlay, write_png
@@ -80,23 +82,78 @@ def query_files(entries) -> list:
     return files
 
 
+OUTPUT_KINDS = ("mask", "overlay", "prob")
+
+
 def output_names(files) -> list:
-    """One output stem per query: the file's stem, numbered where two queries share one."""
-    names, seen = [], {}
-    for path in files:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    """One output stem per query: the file's stem, numbered where two queries share one; a
+    number never takes another query's own stem (a.jpg, b/a.jpg and a_2.jpg: a, a_3, a_2)."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in files]
+    taken, names, counts = set(stems), [], {}
+    for stem in stems:
+        if stem not in counts:
+            counts[stem] = 1
+            names.append(stem)
+            continue
+        name = stem
+        while name in taken:
+            counts[stem] += 1
+            name = f"{stem}_{counts[stem]}"
+        taken.add(name)
+        names.append(name)
     return names
+
+
+def output_files(out: str, name: str, save_prob: bool) -> dict:
+    """The files written for the query of output stem ``name``."""
+    return {kind: os.path.join(out, f"{name}_{kind}.png") for kind in OUTPUT_KINDS
+            if kind != "prob" or save_prob}
+
+
+def check_arguments(arguments) -> None:
+    """The options that do not need any file, before anything is read or built."""
+    if not 0.0 < arguments.threshold < 1.0:  # NaN too
+        raise UserError(f"--threshold {arguments.threshold:g}: expected a probability strictly between 0 "
+                        f"and 1 (0.5 is the argmax)")
+    if arguments.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: PyTorch sees no CUDA GPU on this machine; use --device cpu")
+    check_output_path(arguments.out, "--out", folder=True)
+
+
+def check_outputs(arguments, files, names, images, masks) -> None:
+    """No output may be an input or be read as one: --out may not be a --query folder (the next
+    run would take this run's masks for queries), and no file written may be a query, a support
+    or the config or checkpoint."""
+    for entry in arguments.query:
+        if os.path.isdir(entry) and same_path(entry, arguments.out):
+            raise UserError(f"--out {arguments.out} is also the --query folder {entry}: the masks and "
+                            f"overlays written there would be taken for queries by the next run; give "
+                            f"--out another folder")
+    outputs = [((kind, path), written) for path, name in zip(files, names)
+               for kind, written in output_files(arguments.out, name, arguments.save_prob).items()]
+    inputs = ([("--config", arguments.config), ("--weight", arguments.weight)]
+              + [(f"support {index} image", image) for index, image in enumerate(images, 1)]
+              + [(f"support {index} mask", mask) for index, mask in enumerate(masks, 1)]
+              + [("--query", path) for path in files])
+    clash = first_same_path(outputs, inputs)
+    if clash is not None:
+        (kind, query), written, (other, other_path), is_input = clash
+        which = (f"which is {other} {other_path}: writing it would destroy that input" if is_input else
+                 f"where the {other[0]} of query {other[1]} goes too: one would replace the other")
+        raise UserError(f"--out {arguments.out}: the {kind} of query {query} would be written to {written}, "
+                        f"{which}; give --out another folder")
 
 
 def main(argv=None):
     arguments = parse_arguments(argv)
+    check_arguments(arguments)
     cfg = load_config(arguments.config, arguments.opts)
     # Inputs first: a wrong file is reported before the model is built.
     images, masks = zip(*(split_support(text) for text in arguments.support))
     pictures, labels = read_supports(images, masks)
     files = query_files(arguments.query)
+    names = output_names(files)
+    check_outputs(arguments, files, names, images, masks)
     predictor = Predictor(cfg, arguments.weight, device=arguments.device, threshold=arguments.threshold,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
     predictor.set_support(pictures, labels)
@@ -106,7 +163,7 @@ def main(argv=None):
 
     results, failures = [], []
     bar = progress_bar(len(files), "queries", show=len(files) > 1)
-    for path, name in zip(files, output_names(files)):
+    for path, name in zip(files, names):
         try:
             results.append(predict_one(predictor, arguments, path, name))
         except USER_ERROR_TYPES + (RuntimeError,) as error:
@@ -131,11 +188,9 @@ def predict_one(predictor: Predictor, arguments, path: str, name: str) -> dict:
 
     image = read_rgb(path, "query")
     mask, probability = predictor.predict(image, return_probability=True)
-    written = {"mask": os.path.join(arguments.out, f"{name}_mask.png"),
-               "overlay": os.path.join(arguments.out, f"{name}_overlay.png")}
+    written = output_files(arguments.out, name, arguments.save_prob)
     write_png(written["mask"], mask.astype(np.uint8) * 255)
     if arguments.save_prob:
-        written["prob"] = os.path.join(arguments.out, f"{name}_prob.png")
         write_png(written["prob"], np.rint(probability * 255).astype(np.uint8))
     fraction = float(mask.mean())
     supports = predictor.support_pictures

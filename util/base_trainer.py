@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Subset
 from model import poly_learning_rate
 from model.backbone import initialise_random_backbone
 from model.builder import base_learner_checkpoint_path
-from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet, base_class_count
 from util.base_dataset import build_base_dataset
 from util.cli import UserError
@@ -34,12 +33,12 @@ from util.io import atomic_torch_save
 from util.metrics import EPSILON, intersection_and_union
 from util.runtime import (autocast, gather_from_ranks, get_rng_states, limit_opencv_threads,
                           progress_bar, set_seed)
-from util.trainer import (NonFiniteLossWatch, TrainingState, build_train_loader, distributed_network,
-                          load_resume_checkpoint, refuse_to_overwrite,
+from util.trainer import (NonFiniteLossWatch, ResumeFormat, TrainingState, build_train_loader,
+                          distributed_network, load_resume_checkpoint, refuse_to_overwrite,
                           restore_training_state, training_checkpoint)
 
 __all__ = ["BaseTrainer", "build_base_model", "build_base_optimizer", "check_fresh_base_output",
-           "sync_batch_norm_when_distributed", "BASE_CHECKPOINT_NAMES"]
+           "sync_batch_norm_when_distributed", "BASE_CHECKPOINT_NAMES", "BASE_RESUME"]
 
 # A checkpoint of another dataset, fold or depth cannot be resumed under this config.
 BASE_RUN_IDENTITY_KEYS = ("data_set", "split", "layers")
@@ -64,6 +63,18 @@ def build_base_optimizer(model: PSPNet, cfg) -> torch.optim.SGD:
     groups = [{"params": list(module.parameters())} for module in (model.encoder, model.ppm, model.cls)]
     return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
+
+
+def _base_skeleton(cfg):
+    # The structure of build_base_model's PSPNet without reading the ImageNet backbone file.
+    model = PSPNet(layers=cfg.layers, classes=base_class_count(cfg.data_set), zoom_factor=cfg.zoom_factor,
+                   pretrained_backbone=False, ignore_label=cfg.ignore_label)
+    return model, {"optimizer": build_base_optimizer(model, cfg)}
+
+
+BASE_RESUME = ResumeFormat("train_base.py", "pspnet", BASE_RESUME_KEYS, BASE_RUN_IDENTITY_KEYS,
+                           lambda cfg: os.path.join(base_experiment_dir(cfg), "snapshot", "latest.pth"),
+                           _base_skeleton)
 
 
 def check_fresh_base_output(cfg, overwrite: bool) -> None:
@@ -147,11 +158,8 @@ class BaseTrainer:
     def resume(self, path: str) -> None:
         """Continue a run from a checkpoint written here (exactly) or from BAM's best.pth (at
         the epoch after its label, without the RNG states)."""
-        checkpoint = load_resume_checkpoint(
-            path, BASE_RESUME_KEYS, os.path.join(self.snapshot_dir, "latest.pth"),
-            "train_base.py", self.cfg, BASE_RUN_IDENTITY_KEYS, self.logger, self.allow_config_change)
-        load_model_weights(self.model, checkpoint)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        checkpoint = load_resume_checkpoint(path, BASE_RESUME, self.cfg, self.logger, self.model,
+                                            {"optimizer": self.optimizer}, self.allow_config_change)
         self.state = restore_training_state(checkpoint, path, self.logger, self.context)
 
     # ------------------------------------------------------------------------- checkpoints

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["UserError", "USER_ERROR_TYPES", "DEBUG_ENVIRONMENT_VARIABLE", "add_debug_argument",
-           "positive_int", "error_message", "wants_debug", "run_entry_point"]
+           "positive_int", "non_negative_int", "error_message", "wants_debug", "run_entry_point"]
 
 DEBUG_ENVIRONMENT_VARIABLE = "SCCAN_DEBUG"
 EXIT_USER_ERROR = 2
@@ -35,15 +35,24 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (``--episodes 0`` would evaluate nothing and report zeros)."""
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (``--episodes 0`` would evaluate nothing and report zeros)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (e.g. numpy's seeds)."""
+    return _int_at_least(text, 0, "a non-negative integer")
 
 
 # torch re-raises an error of a DataLoader worker with the worker's whole traceback as its message.

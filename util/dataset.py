@@ -96,6 +96,9 @@ EXPECTED_LAYOUT = {
 # lists it wrote (the ones shipped in lists/<data_set>/fss_list).
 ORIGINAL_DATA_ROOTS = {"pascal": "../data/VOCdevkit2012/VOC2012", "coco": "../data/MSCOCO2014"}
 
+# The config key of each mode's base list, for the messages.
+BASE_LIST_KEYS = {"train": "train_list", "val": "val_list"}
+
 PathPair = Tuple[str, str]
 
 
@@ -158,11 +161,12 @@ def resolve_path(path: str, data_root: str, data_set: Optional[str] = None) -> s
     return os.path.join(data_root, path)
 
 
-def read_pair_list(list_path: str) -> List[Tuple[str, str, int]]:
+def read_pair_list(list_path: str, warn_repeats: bool = True) -> List[Tuple[str, str, int]]:
     """Read ``<image path> <label path>`` lines -> ``[(image, label, line_number), ...]`` (paths unresolved).
 
     Blank lines are skipped; any other line without exactly two fields is an error naming the
-    file and the line number.
+    file and the line number. Repeated lines are kept, as the original keeps them (each copy is
+    its own query and support candidate), with a warning naming their line numbers.
     """
     pairs = []
     # UTF-8 (a stray byte is an error naming the file and the line); universal newlines, as open().
@@ -172,12 +176,30 @@ def read_pair_list(list_path: str) -> List[Tuple[str, str, int]]:
             if not fields:
                 continue
             if len(fields) != 2:
+                spaces = " (list paths cannot contain spaces)" if len(fields) > 2 else ""
                 raise ValueError(
-                    f"{list_path}:{line_number}: malformed list line {line.rstrip()!r}; "
-                    "expected '<image path> <label path>'"
+                    f"{list_path}:{line_number}: malformed list line {line.rstrip()!r}: {len(fields)} "
+                    f"field{'s' * (len(fields) > 1)}, expected '<image path> <label path>'{spaces}"
                 )
             pairs.append((fields[0], fields[1], line_number))
+    if warn_repeats:
+        _warn_repeated_lines(list_path, pairs)
     return pairs
+
+
+def _warn_repeated_lines(list_path: str, pairs: Sequence[Tuple[str, str, int]]) -> None:
+    line_numbers: Dict[PathPair, List[int]] = {}
+    for image, label, line_number in pairs:
+        line_numbers.setdefault((image, label), []).append(line_number)
+    repeated = [(pair, numbers) for pair, numbers in line_numbers.items() if len(numbers) > 1]
+    if not repeated:
+        return
+    shown = "; ".join(f"lines {', '.join(map(str, numbers))}: '{image} {label}'"
+                      for (image, label), numbers in repeated[:3])
+    more = f" (and {len(repeated) - 3} more repeated pairs)" if len(repeated) > 3 else ""
+    warnings.warn(f"{list_path} repeats lines: {shown}{more}; every copy is used (a query and a support "
+                  f"candidate of its own, as in the original): remove the repeats to count each image once",
+                  stacklevel=3)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -274,8 +296,8 @@ def derive_sub_class_file_list(
     sub_class_file_list: Dict[int, List[PathPair]] = {c: [] for c in sorted(class_list)}
     without_class = []
     for image_path, label_path, line_number in tqdm(
-        read_pair_list(data_list_path), desc=f"deriving the class lists of {os.path.basename(data_list_path)}",
-        disable=not show_progress,
+        read_pair_list(data_list_path, warn_repeats=False),  # the caller's load_fss_lists warns
+        desc=f"deriving the class lists of {os.path.basename(data_list_path)}", disable=not show_progress,
     ):
         label = _read_list_label(label_path, data_root, data_set, f"{data_list_path}:{line_number}")
         counted = _counted_classes(label, _label_classes(label), class_set)
@@ -318,14 +340,14 @@ def write_fss_lists(
 
 
 def load_fss_lists(
-    data_list_path: str, sub_class_file_list_path: str
+    data_list_path: str, sub_class_file_list_path: str, warn_repeats: bool = True
 ) -> Tuple[List[PathPair], Dict[int, List[PathPair]]]:
     """Read FSS lists written by `write_fss_lists` or by BAM/SCCAN (paths unresolved).
 
     The dict literal is parsed with `ast.literal_eval` (never `eval`): the files are shared
     between users and must not execute code.
     """
-    data_list = [(image, label) for image, label, _ in read_pair_list(data_list_path)]
+    data_list = [(image, label) for image, label, _ in read_pair_list(data_list_path, warn_repeats)]
     text = read_text(sub_class_file_list_path, "a list file")
     try:
         parsed = ast.literal_eval(text)
@@ -405,9 +427,28 @@ def _source_changed(record: Optional[dict], source_path: Optional[str]) -> bool:
     return record.get("sha1") != _file_fingerprint(source_path)
 
 
-def _write_source_record(list_path: str, source_key: str, source_path: str) -> None:
+def _write_source_record(list_path: str, source_key: str, source_path: str, data_root: str,
+                         classes: Sequence[int]) -> None:
+    # The labels under data_root and the class list decide the lists as much as the source's
+    # text does: recorded, so that lists built for other data or another fold are rebuilt.
     atomic_write_json(list_path + SOURCE_RECORD_SUFFIX,
-                      {source_key: os.path.abspath(source_path), "sha1": _file_fingerprint(source_path)}, indent=None)
+                      {source_key: os.path.abspath(source_path), "sha1": _file_fingerprint(source_path),
+                       "data_root": os.path.abspath(data_root), "classes": [int(c) for c in classes]}, indent=None)
+
+
+def _built_for_other_data(record: Optional[dict], data_root: str, classes: Sequence[int]) -> Optional[str]:
+    """How a list's record differs from ``data_root`` and ``classes`` (' was built from data_root
+    ...'), or None. A record of an earlier version, without them, differs too."""
+    if record is None:
+        return None
+    recorded_root = record.get("data_root")
+    if recorded_root is None:
+        return " records no data_root (written by an earlier version)"
+    if not isinstance(recorded_root, str) or os.path.realpath(recorded_root) != os.path.realpath(data_root):
+        return f" was built from data_root {recorded_root!r}, not the configured {os.path.abspath(data_root)!r}"
+    if record.get("classes") != [int(c) for c in classes]:
+        return f" was built for the classes {record.get('classes')}, not {list(classes)}"
+    return None
 
 
 def _default_list_root(data_set: str) -> str:
@@ -596,8 +637,11 @@ class SemData(Dataset):
         self.list_root = list_root if list_root else _default_list_root(data_set)
         self.data_list_path, self.sub_class_file_list_path = fss_list_paths(self.list_root, mode, split)
 
-        self._prepare_fss_lists(data_list, show_progress)
-        raw_data_list, raw_sub_lists = load_fss_lists(self.data_list_path, self.sub_class_file_list_path)
+        self._check_list_paths(data_list)
+        built = self._prepare_fss_lists(data_list, show_progress)
+        # Repeated lines of lists built here were named in the base list, with its line numbers.
+        raw_data_list, raw_sub_lists = load_fss_lists(self.data_list_path, self.sub_class_file_list_path,
+                                                      warn_repeats=not built)
         self.data_list: List[PathPair] = [self._resolve_pair(pair) for pair in raw_data_list]
         self.sub_class_file_list: Dict[int, List[PathPair]] = {
             c: [self._resolve_pair(pair) for pair in items] for c, items in raw_sub_lists.items()
@@ -605,27 +649,78 @@ class SemData(Dataset):
         self._check_lists()
 
     # ----------------------------------------------------------------------------- construction
-    def _prepare_fss_lists(self, base_list: Optional[str], show_progress: bool) -> None:
+    def _check_list_paths(self, base_list: Optional[str]) -> None:
+        """Refuse, before any list is read or built, a base list that is a folder and a list_root
+        (or a folder or file below it) that is a file where a folder belongs, or the reverse."""
+        key = BASE_LIST_KEYS[self.mode]
+        if base_list and os.path.isdir(base_list):
+            raise ValueError(f"{key} {base_list!r}{relative_to_cwd(base_list)} is a folder, not a base list: "
+                             f"expected a text file of '<image path> <label path>' lines; expected layout: "
+                             f"{EXPECTED_LAYOUT[self.data_set]}")
+        what = (f"list_root is the folder of the FSS lists (<list_root>/{self.mode}/"
+                f"{os.path.basename(self.data_list_path)} and {os.path.basename(self.sub_class_file_list_path)})")
+        folder = os.path.dirname(self.data_list_path)
+        for path in (folder, self.list_root):
+            if os.path.exists(path) and not os.path.isdir(path):
+                named = "" if path == self.list_root else f": {path}"
+                raise ValueError(f"list_root {self.list_root!r}{named} is a file, not a folder; {what}")
+        parent = os.path.abspath(folder)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ValueError(f"list_root {self.list_root!r}: {parent} is a file, not a folder; {what}")
+        for path in (self.data_list_path, self.sub_class_file_list_path):
+            for file in (path, path + SOURCE_RECORD_SUFFIX):
+                if os.path.exists(file) and not os.path.isfile(file):
+                    raise ValueError(f"{file} (below list_root {self.list_root!r}) is a folder, not a list "
+                                     f"file: remove it, or set list_root to another folder")
+
+    def _check_list_folder_writable(self) -> None:
+        # Before building (minutes for COCO), not when the lists are written after it.
+        parent = os.path.abspath(os.path.dirname(self.data_list_path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"list_root {self.list_root!r}: cannot write the FSS lists there ({parent} is "
+                                  f"read-only or not yours): set list_root to a writable folder")
+
+    def _prepare_fss_lists(self, base_list: Optional[str], show_progress: bool) -> bool:
         """Make sure both FSS list files exist, writing only what is missing or was built here.
 
         A list without a ``.source.json`` record (shipped from the original repository) is never
         rewritten. A ``data_list`` whose ``sub_class_file_list`` is missing gets it derived from
         itself (`derive_sub_class_file_list`), which is exact; only when both are missing are they
-        built from the base list. Lists built here are rebuilt when their source has changed.
+        built from the base list. Lists built here are rebuilt when their source has changed, or
+        when they were built from another data_root or for other classes (their record says).
+        Returns whether the lists were built from the base list now.
         """
+        key = BASE_LIST_KEYS[self.mode]
         data_path, sub_path = self.data_list_path, self.sub_class_file_list_path
         data_record = _read_source_record(data_path)
         sub_record = _read_source_record(sub_path)
         has_data, has_sub = os.path.isfile(data_path), os.path.isfile(sub_path)
+        base_exists = bool(base_list) and os.path.isfile(base_list)
         if has_data and _source_changed(data_record, base_list):
             warnings.warn(f"{data_path} was built from another version of {base_list}; "
                           f"rebuilding the FSS lists", stacklevel=3)
             # Both files were written together from the base list, so both are stale.
             has_data = has_sub = False
-        if has_data and has_sub and _source_changed(sub_record, data_path):
-            warnings.warn(f"{sub_path} was derived from another version of {data_path}; deriving it again",
-                          stacklevel=3)
-            has_sub = False
+        other_data = _built_for_other_data(data_record, self.data_root, self.class_list) if has_data else None
+        if other_data is not None:
+            if base_exists:
+                warnings.warn(f"{data_path}{other_data}; rebuilding the FSS lists", stacklevel=3)
+                has_data = has_sub = False
+            elif data_record.get("data_root") is not None:  # a real difference, not an older record
+                raise FileNotFoundError(
+                    f"{data_path}{other_data}, and {key} {base_list!r}, needed to rebuild it, "
+                    f"{'is not set' if not base_list else 'does not exist'}: set {key}, or set list_root "
+                    f"to another folder for this data")
+        if has_data and has_sub:
+            reason = (f" was derived from another version of {data_path}" if _source_changed(sub_record, data_path)
+                      else _built_for_other_data(sub_record, self.data_root, self.class_list))
+            if reason is not None:
+                warnings.warn(f"{sub_path}{reason}; deriving it again", stacklevel=3)
+                has_sub = False
         if has_sub and not has_data:
             if sub_record is None:
                 raise FileNotFoundError(
@@ -636,25 +731,32 @@ class SemData(Dataset):
             has_sub = False  # derived from a data_list that is gone
 
         if not has_data:
-            if base_list is None or not os.path.isfile(base_list):
+            if not base_exists:
                 raise FileNotFoundError(
-                    f"base list {base_list!r} not found (needed to build the missing FSS lists "
-                    f"{data_path}); expected layout: {EXPECTED_LAYOUT[self.data_set]}"
+                    f"{key} {base_list!r}{relative_to_cwd(base_list)} not found (the base list, needed to build "
+                    f"the missing FSS lists {data_path}); expected layout: {EXPECTED_LAYOUT[self.data_set]}"
                 )
+            if not read_pair_list(base_list, warn_repeats=False):  # make_fss_lists warns
+                raise ValueError(f"{key} {base_list!r} is empty (no '<image path> <label path>' lines): the FSS "
+                                 f"lists are built from it; expected layout: {EXPECTED_LAYOUT[self.data_set]}")
+            self._check_list_folder_writable()
             built_data_list, built_sub_lists = make_fss_lists(
                 self.data_root, base_list, self.class_list, filter_intersection=(self.mode == "train"),
                 show_progress=show_progress, data_set=self.data_set,
             )
             write_fss_lists(data_path, sub_path, built_data_list, built_sub_lists)
-            _write_source_record(data_path, "base_list", base_list)
+            _write_source_record(data_path, "base_list", base_list, self.data_root, self.class_list)
             if sub_record is not None:
                 os.remove(sub_path + SOURCE_RECORD_SUFFIX)
-        elif not has_sub:
+            return True
+        if not has_sub:
+            self._check_list_folder_writable()
             derived = derive_sub_class_file_list(
                 self.data_root, data_path, self.class_list, show_progress=show_progress, data_set=self.data_set
             )
             atomic_write_text(sub_path, _sub_class_file_list_text(derived))
-            _write_source_record(sub_path, "data_list", data_path)
+            _write_source_record(sub_path, "data_list", data_path, self.data_root, self.class_list)
+        return False
 
     def _resolve_pair(self, pair: PathPair) -> PathPair:
         return (resolve_path(pair[0], self.data_root, self.data_set),
@@ -662,7 +764,11 @@ class SemData(Dataset):
 
     def _check_lists(self) -> None:
         if not self.data_list:
-            raise ValueError(f"{self.data_list_path}: empty data list (no image has a class of {self.class_list})")
+            record = _read_source_record(self.data_list_path) or {}
+            source = (f" of {BASE_LIST_KEYS[self.mode]} {record['base_list']!r}"
+                      if isinstance(record.get("base_list"), str) else "")
+            raise ValueError(f"{self.data_list_path}: empty data list (no image{source} has a class of "
+                             f"{self.class_list} covering {MIN_CLASS_PIXELS} pixels of its label)")
         # The original's support loop never ends when a class has too few distinct images
         # (it must find `shot` of them that differ from the query); fail at construction instead.
         counts = {c: len(self.sub_class_file_list.get(c, [])) for c in self.class_list}
@@ -723,8 +829,17 @@ class SemData(Dataset):
             )
         query_label = label
         label = binarize_label(label, class_chosen)
+        # The original draws the class among the query label's classes and the supports among
+        # the images where it covers 2048 pixels: an episode without it (a replayed file, a label
+        # changed since the lists were built) would be scored against an empty mask.
+        if not (label == 1).any():
+            raise ValueError(f"query label {label_path!r} has no pixel of the episode's class {class_chosen}")
         support_images, support_labels = zip(*(read_support(*pair, class_chosen, self.ann_type, self.data_set)
                                                for pair in supports))
+        for (_, support_label_path), support_label in zip(supports, support_labels):
+            if not (support_label == 1).any():
+                raise ValueError(f"support label {support_label_path!r} has no pixel of the episode's class "
+                                 f"{class_chosen}")
 
         raw_label = label.copy()
         transform = self.transform if self.transform is not None else transform_module.ToTensor()

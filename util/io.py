@@ -15,13 +15,13 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from util.cli import UserError
 
-__all__ = ["DiskFullError", "OutputFolderLock", "atomic_write", "check_output_path", "atomic_write_bytes",
-           "atomic_write_text", "atomic_write_json", "atomic_copy", "atomic_torch_save",
-           "read_text", "remove_stale_partial_files", "strip_module_prefix"]
+__all__ = ["DiskFullError", "OutputFolderLock", "atomic_write", "check_output_path", "check_distinct_paths",
+           "first_same_path", "same_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "atomic_copy", "atomic_torch_save", "read_text", "remove_stale_partial_files", "strip_module_prefix"]
 
 # Write failures that mean "no room", whatever layer reports them: the file system (ENOSPC), a
 # quota (EDQUOT) or the process's file-size limit (EFBIG).
@@ -165,16 +165,15 @@ def atomic_copy(source: str, destination: str) -> None:
 
 def check_output_path(path: str, option: str, folder: bool = False) -> None:
     """Refuse, before any work, an output the run could not write at its end: a file path that
-    is an existing folder (or a folder path that is a file), or one whose nearest existing
-    parent folder is not writable (a read-only file system, another user's folder). Names the
-    path as the user gave it."""
+    is an existing folder (or a folder path that is a file), one below a file, or one whose
+    nearest existing parent folder is not writable (a read-only file system, another user's
+    folder). Names the path as the user gave it, after ``option`` (the option or config key)."""
     if not path:
         return
     if not folder and os.path.isdir(path):
-        raise UserError(f"{option} {path}: is a folder; give a file name (e.g. "
-                        f"{os.path.join(path, 'result.json')})")
+        raise UserError(f"{option} {path}: is a folder, not a file; give a file path")
     if folder and os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"{option} {path}: is a file; give a folder")
+        raise UserError(f"{option} {path}: is a file, not a folder; give a folder path")
     parent = os.path.abspath(path if folder and os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -183,6 +182,61 @@ def check_output_path(path: str, option: str, folder: bool = False) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot write there ({parent} is read-only or not "
                         f"yours); choose another path")
+
+
+def _path_identity(path: str) -> tuple:
+    """What makes two paths one file: the device and inode of an existing one, else the
+    resolved, case-folded (where the file system ignores case) text."""
+    try:
+        status = os.stat(path)
+        return "inode", status.st_dev, status.st_ino
+    except (OSError, ValueError):
+        return "name", os.path.normcase(os.path.realpath(path))
+
+
+def same_path(first: str, second: str) -> bool:
+    """Whether two paths name the same file or folder: through links, '..', another spelling
+    or (on a case-insensitive file system) another case; paths that do not exist yet are
+    compared as resolved text."""
+    return _path_identity(first) == _path_identity(second)
+
+
+def first_same_path(outputs: Sequence[Tuple[Any, Optional[str]]], inputs: Sequence[Tuple[Any, Optional[str]]] = ()
+                    ) -> Optional[Tuple[Any, str, Tuple[Any, str], bool]]:
+    """The first output of ``outputs`` (``(label, path)`` pairs) that is the same file as one of
+    ``inputs`` or as an earlier output: ``(label, path, (other label, other path), is_input)``,
+    or None. Empty paths are skipped; each path is looked at once (thousands of queries)."""
+    seen_inputs = {}
+    for label, path in inputs:
+        if path:
+            seen_inputs.setdefault(_path_identity(path), (label, path))
+    seen_outputs = {}
+    for label, path in outputs:
+        if not path:
+            continue
+        identity = _path_identity(path)
+        if identity in seen_inputs:
+            return label, path, seen_inputs[identity], True
+        if identity in seen_outputs:
+            return label, path, seen_outputs[identity], False
+        seen_outputs[identity] = (label, path)
+    return None
+
+
+def check_distinct_paths(outputs: Sequence[Tuple[str, Optional[str]]],
+                         inputs: Sequence[Tuple[str, Optional[str]]] = ()) -> None:
+    """Refuse, before any work, an output that is one of the command's inputs (writing it would
+    destroy the input) or another of its outputs (one would silently replace the other).
+    ``outputs`` and ``inputs``: ``(what, path)`` pairs, ``what`` naming the option as the user
+    gave it (``--output``, ``the chart of --output``); empty paths are skipped."""
+    clash = first_same_path(outputs, inputs)
+    if clash is None:
+        return
+    what, path, (other_what, other_path), is_input = clash
+    consequence = (f"writing it would overwrite that input; give {what} another path" if is_input else
+                   "one output would replace the other; give them different paths")
+    raise UserError(f"{what} {path} is the same file as {other_what}"
+                    f"{'' if other_path == path else ' ' + other_path}: {consequence}")
 
 
 def _tensor_bytes(content: Any) -> int:
@@ -205,53 +259,168 @@ def atomic_torch_save(content: Any, destination: str) -> None:
                  expected_bytes=_tensor_bytes(content))
 
 
+# A lock file younger than this that holds no complete owner yet is being written by a run that
+# is starting (where hard links are not available and the file is created, then filled): held.
+LOCK_SETTLE_SECONDS = 10.0
+# Process ids are positive and below 2**22 on Linux (pid_max); 0 and negative ones would make
+# os.kill address a whole process group.
+_MAX_PID = 2 ** 31 - 1
+# Where os.link is not supported (some network and FUSE file systems, FAT).
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS,
+                  getattr(errno, "ENOTSUP", errno.EPERM), getattr(errno, "EOPNOTSUPP", errno.EPERM)}
+
+
 class OutputFolderLock:
     """A run's claim on its output files: ``path`` (e.g. ``<exp>/train_1shot.lock``) holds the
-    owner's process id, host and start time while the run lives.
+    owner's process id, host and start time (JSON) while the run lives.
 
+    The file appears with its whole content at once (written beside it, then hard-linked to its
+    name, which fails if the name exists), so a reader never sees a lock without its owner.
     :meth:`acquire` refuses, with a :class:`UserError`, while another live process on this host
     holds the lock (or a process on another host: its liveness cannot be checked, so the message
     says which file to delete once that run is over); a lock left by a dead process (kill -9) is
-    taken over. The same process may acquire again (a run resumed in the process that was
-    stopped). :meth:`release` deletes the file if it is still this process's."""
+    taken over. A lock whose content is not an owner (empty, not JSON, a folder, unreadable) is
+    refused with the file named and what to do; one just created and still empty is held. The
+    same process may acquire again (a run resumed in the process that was stopped).
+    :meth:`release` deletes the file if it is still this process's."""
 
     def __init__(self, path: str, what: str):
         self.path, self.what = path, what
 
-    def _owner(self) -> Optional[dict]:
+    # ------------------------------------------------------------------------------ reading
+    @staticmethod
+    def _parse(data: bytes) -> Optional[dict]:
+        """The owner recorded in ``data``, or None when it is not one."""
         try:
-            with open(self.path) as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
+            owner = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return None
+        if not isinstance(owner, dict):
+            return None
+        pid, host = owner.get("pid"), owner.get("host")
+        if (isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= _MAX_PID
+                or not isinstance(host, str) or not host):
+            return None
+        started = owner.get("started")
+        return {"pid": pid, "host": host, "started": started if isinstance(started, str) else "at an unknown time"}
+
+    def _read(self) -> Tuple[Optional[bytes], Optional[os.stat_result]]:
+        """The lock file's bytes and status, (None, None) if it has gone; a lock that cannot be
+        read is a :class:`UserError` saying what to do."""
+        delete = f"if no run uses {self.what}, delete it and start again"
+        try:
+            status = os.stat(self.path)
+            if os.path.isdir(self.path):
+                raise UserError(f"the lock file {self.path} is a folder: {delete}")
+            with open(self.path, "rb") as handle:
+                return handle.read(4096), status
+        except FileNotFoundError:
+            return None, None
+        except OSError as error:
+            raise UserError(f"cannot read the lock file {self.path} ({error.strerror or error}): "
+                            f"{delete}") from None
+
+    def _owner_or_refusal(self, data: bytes, status: os.stat_result) -> dict:
+        owner = self._parse(data)
+        if owner is not None:
+            return owner
+        try:
+            json.loads(data.decode("utf-8"))
+            unfinished = False  # JSON, but not an owner
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            unfinished = True  # empty or half written
+        age = time.time() - status.st_mtime
+        if unfinished and age < LOCK_SETTLE_SECONDS:
+            raise UserError(f"{self.what} is being claimed by another run right now (its lock file "
+                            f"{self.path} was created {max(age, 0):.0f} s ago and holds no owner yet): "
+                            f"wait for that run to finish, or write elsewhere")
+        shown = data.decode("utf-8", "replace").strip()
+        problem = ("is empty" if not shown else
+                   f"does not name its run ({shown if len(shown) <= 80 else shown[:77] + '...'!r})")
+        raise UserError(f"the lock file {self.path} {problem}; expected JSON with the pid, host and "
+                        f"start time of the run using {self.what}: if no run uses it, delete the "
+                        f"lock file and start again")
+
+    def _owner(self) -> Optional[dict]:
+        """The recorded owner, None when there is none (no file, unreadable, malformed)."""
+        try:
+            data, _ = self._read()
+        except UserError:
+            return None
+        return None if data is None else self._parse(data)
+
+    # ------------------------------------------------------------------------------ writing
+    def _create(self, me: dict) -> bool:
+        """Create the lock file holding ``me``; False if it exists."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        # The '.partial' name of atomic_write: a left-over of a killed process is cleaned up.
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(self.path)}.{os.getpid()}.", suffix=".partial", dir=folder)
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(me, handle)
+            os.chmod(temporary, _FILE_MODE)
+            try:
+                os.link(temporary, self.path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as error:
+                if error.errno not in _NO_HARD_LINKS:
+                    raise
+            return self._create_in_place(me)
+        finally:
+            try:
+                os.remove(temporary)
+            except FileNotFoundError:
+                pass
+
+    def _create_in_place(self, me: dict) -> bool:
+        # Without hard links the file exists, empty, for a moment before its content: a reader
+        # holds an empty young lock as taken (_owner_or_refusal).
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(me, handle)
+        return True
 
     def acquire(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(3):
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None or self._stale(owner):
-                    self._remove()
-                    continue
-                if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
-                    return
-                where = (f"process {owner.get('pid')}" if owner.get("host") == me["host"] else
-                         f"process {owner.get('pid')} on host {owner.get('host')}; delete "
-                         f"{self.path} if that run has ended")
-                raise UserError(f"{self.what} is in use by another run ({where}, started "
-                                f"{owner.get('started')}): wait for it to finish, or write "
-                                f"elsewhere") from None
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(me, handle)
-            return
+            if self._create(me):
+                return
+            data, status = self._read()
+            if data is None:  # its run released it meanwhile
+                continue
+            owner = self._owner_or_refusal(data, status)
+            if owner["pid"] == me["pid"] and owner["host"] == me["host"]:
+                return
+            if self._stale(owner):
+                self._remove_if_unchanged(status)
+                continue
+            where = (f"process {owner['pid']}" if owner["host"] == me["host"] else
+                     f"process {owner['pid']} on host {owner['host']}; delete "
+                     f"{self.path} if that run has ended")
+            raise UserError(f"{self.what} is in use by another run ({where}, started "
+                            f"{owner['started']}): wait for it to finish, or write elsewhere")
         raise UserError(f"could not take the lock {self.path}: it keeps reappearing")
 
     @staticmethod
     def _stale(owner: dict) -> bool:
-        return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
+        return owner["host"] == socket.gethostname() and not _pid_alive(owner["pid"])
+
+    def _remove_if_unchanged(self, status: os.stat_result) -> None:
+        # Another starting run may have taken the stale lock over since it was read: only the
+        # file that was read (same inode) is removed.
+        try:
+            now = os.stat(self.path)
+            if (now.st_ino, now.st_dev, now.st_mtime_ns) == (status.st_ino, status.st_dev, status.st_mtime_ns):
+                os.remove(self.path)
+        except FileNotFoundError:
+            pass
 
     def _remove(self) -> None:
         try:
@@ -261,7 +430,7 @@ class OutputFolderLock:
 
     def release(self) -> None:
         owner = self._owner()
-        if owner is not None and owner.get("pid") == os.getpid():
+        if owner is not None and owner["pid"] == os.getpid() and owner["host"] == socket.gethostname():
             self._remove()
 
 

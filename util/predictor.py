@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.builder import build_model
-from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoint
+from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoint, stored_config
 from util.cli import UserError
 from util.config import Config, load_config
 from util.dataset import transform_supports
@@ -225,18 +225,19 @@ def load_checkpoint_model(cfg: Config, checkpoint, log: Callable[[str], None] = 
     with (the checkpoint's stored config, else the config's ``shot``)."""
     name = os.fspath(checkpoint) if _is_path(checkpoint) else "checkpoint"
     loaded = load_checkpoint(name) if _is_path(checkpoint) else checkpoint
-    state = extract_state_dict(loaded)
+    state = extract_state_dict(loaded, name)
+    # Its values are used below (the shot as a number): a damaged one is refused, not guessed.
+    saved = stored_config(loaded, name, INPUT_AND_MODEL_KEYS + ("shot",))
     model = build_model(cfg, backbone_from_checkpoint=True)
     check_state_dict(model, state, source=name)
     model.load_state_dict(state, strict=True)
-    saved = loaded.get("config") if isinstance(loaded, Mapping) else None
-    if isinstance(saved, Mapping):
+    if saved is not None:
         differences = [f"{key} {saved[key]!r} (config: {cfg[key]!r})" for key in INPUT_AND_MODEL_KEYS
                        if key in saved and saved[key] != cfg[key]]
         if differences:
             log(f"note: {name} was trained with " + ", ".join(differences) +
                 f"; predicting with the config's values ({cfg.config_file})")
-    training_shot = int(saved["shot"]) if isinstance(saved, Mapping) and "shot" in saved else int(cfg.shot)
+    training_shot = int(saved["shot"]) if saved is not None and "shot" in saved else int(cfg.shot)
     return model, training_shot
 
 
@@ -345,10 +346,10 @@ class Predictor:
         """The foreground mask (H, W) bool of a query (path or RGB array) at its own size; with
         ``return_probability`` also the foreground probability (H, W) float32 in [0, 1] (the
         softmax of the two outputs; with a base learner, of BAM's merged scores)."""
+        cut = _logit(self.threshold if threshold is None else threshold)  # refused before any work
         x, frame = self.prepare_query(query)
         mapped = logits_to_original(self.logits(x).float(), frame, self.mapping)[0]  # (2, H, W)
         difference = mapped[1] - mapped[0]  # (H, W)
-        cut = _logit(self.threshold if threshold is None else threshold)
         mask = (difference > cut).cpu().numpy()
         if not return_probability:
             return mask

@@ -4,9 +4,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 import random
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -85,13 +87,83 @@ def cuda_rng_state_for_this_device(saved, device_index: int) -> Optional[torch.T
     return saved
 
 
+RNG_STATE_KEYS = ("torch", "numpy", "python")
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def rng_states_problem(states) -> Optional[str]:
+    """What makes ``states`` (a checkpoint's copy of :func:`get_rng_states`) unusable by
+    :func:`set_rng_states` (a missing generator, a state a generator refuses), or None."""
+    if not isinstance(states, Mapping):
+        return (f"RNG states: expected a dict of the states {', '.join(map(repr, RNG_STATE_KEYS))}, "
+                f"got {type(states).__name__}")
+    missing = [key for key in RNG_STATE_KEYS if key not in states]
+    if missing:
+        return (f"RNG states lack {', '.join(map(repr, missing))} (expected "
+                f"{', '.join(map(repr, RNG_STATE_KEYS))}, as get_rng_states saves them)")
+    state = states["torch"]
+    if not isinstance(state, torch.Tensor) or state.device.type == "meta":
+        return (f"RNG state 'torch': expected a byte tensor with data, got {type(state).__name__}" +
+                (" on the meta device" if isinstance(state, torch.Tensor) else ""))
+    # Each state is tried on a fresh generator: the process's own ones stay untouched.
+    try:
+        torch.Generator().set_state(state.to(device="cpu", dtype=torch.uint8))
+    except RuntimeError:
+        return (f"RNG state 'torch': {state.numel()} values are not a state of torch's CPU generator "
+                f"({torch.get_rng_state().numel()} bytes)")
+    numpy_state, python_state = states["numpy"], states["python"]
+    # The generators accept some out-of-range values and draw wrongly from them later.
+    if isinstance(numpy_state, Mapping) and not (
+            _whole(numpy_state.get("position"), 0, 624) and _whole(numpy_state.get("has_gauss"), 0, 1)
+            and _real(numpy_state.get("cached_gaussian"))):
+        return (f"RNG state 'numpy': expected 'position' 0..624, 'has_gauss' 0 or 1 and a finite "
+                f"'cached_gaussian', got {numpy_state.get('position')!r}, {numpy_state.get('has_gauss')!r} "
+                f"and {numpy_state.get('cached_gaussian')!r}")
+    if isinstance(python_state, Mapping) and not (python_state.get("gauss_next") is None or
+                                                  _real(python_state.get("gauss_next"))):
+        return (f"RNG state 'python': 'gauss_next' is {python_state.get('gauss_next')!r}, expected None "
+                f"or a number")
+    try:
+        keys = numpy_state["keys"]
+        keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        np.random.RandomState().set_state(("MT19937", keys.astype(np.uint32), numpy_state["position"],
+                                           numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        return (f"RNG state 'numpy': expected 'keys' (624 values), 'position', 'has_gauss' and "
+                f"'cached_gaussian' of numpy's MT19937 ({type(error).__name__}: {error})")
+    try:
+        random.Random().setstate((python_state["version"], tuple(python_state["state"]),
+                                  python_state["gauss_next"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        return (f"RNG state 'python': expected 'version', 'state' (625 numbers) and 'gauss_next' of "
+                f"random.getstate() ({type(error).__name__}: {error})")
+    cuda = states.get("cuda")
+    for item in cuda if isinstance(cuda, (list, tuple)) else [] if cuda is None else [cuda]:
+        if not isinstance(item, torch.Tensor) or item.device.type == "meta":
+            return (f"RNG state 'cuda': expected a byte tensor with data (or a list of them), got "
+                    f"{type(item).__name__}")
+    return None
+
+
 def set_rng_states(states: dict) -> None:
-    """Restore what :func:`get_rng_states` captured (tensors on any device, CUDA's when usable)."""
+    """Restore what :func:`get_rng_states` captured (tensors on any device, CUDA's when usable).
+    States a generator would refuse are a ValueError before any generator is changed."""
+    problem = rng_states_problem(states)
+    if problem:
+        raise ValueError(problem)
     torch.set_rng_state(_host_bytes(states["torch"], "torch"))
     numpy_state = states["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].cpu().numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"],
-                         numpy_state["cached_gaussian"]))
+    keys = numpy_state["keys"]
+    keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state(("MT19937", keys.astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     python_state = states["python"]
     random.setstate((python_state["version"], tuple(python_state["state"]),
                      python_state["gauss_next"]))

@@ -17,8 +17,9 @@ import atexit
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,8 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from model import build_optimizers, poly_learning_rate
-from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from model import build_model, build_optimizers, poly_learning_rate
+from model.checkpoint import (CHECKPOINT_KINDS, CheckpointError, check_optimizer_state, check_state_dict,
+                              checkpoint_kind, describe_value, extract_state_dict, load_checkpoint,
+                              stored_config)
 from util.best_checkpoint import BestCheckpoint, epoch_label, format_epoch_label, half_epoch_index
 from util.cli import UserError
 from util.config import config_argparser, config_from_arguments, save_config
@@ -36,15 +39,16 @@ from util.experiment import (build_dataset, build_experiment_model, build_val_lo
                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
 from util.io import OutputFolderLock, atomic_torch_save, remove_stale_partial_files
 from util.runtime import (autocast, check_amp, gather_from_ranks, get_logger, get_rng_states,
-                          init_distributed, limit_opencv_threads, progress_bar, set_rng_states,
-                          set_seed)
+                          init_distributed, limit_opencv_threads, progress_bar, rng_states_problem,
+                          set_rng_states, set_seed)
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossWatch", "TrainingState", "Trainer", "check_fresh_output",
            "fix_batch_norm", "refuse_to_overwrite", "load_resume_checkpoint", "restore_training_state",
            "training_checkpoint", "parse_training_arguments", "start_training_run", "fit_and_close",
            "build_train_loader", "check_saved_config", "claim_output_folder", "distributed_network",
            "precheck_resume", "start_under_lock", "fast_optimizer_steps", "place_optimizer_state",
-           "rng_states_of_this_rank"]
+           "rng_states_of_this_rank", "ResumeFormat", "SCCAN_RESUME", "check_resume_checkpoint",
+           "training_state_problem"]
 
 # A checkpoint trained for another of these cannot be resumed under this config.
 RUN_IDENTITY_KEYS = ("data_set", "split", "layers", "shot")
@@ -75,9 +79,60 @@ class TrainingState:
                 "best_epoch": self.best.epoch, "best_path": self.best.path}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingState":
+    def from_dict(cls, values: dict, source: str = "checkpoint") -> "TrainingState":
+        """The state a checkpoint's ``training_state`` records; a CheckpointError naming
+        ``source`` when it is unusable (:func:`training_state_problem`)."""
+        problem = training_state_problem(values)
+        if problem:
+            raise CheckpointError(f"{source}: {problem}")
         return cls(values["epoch"], values["iteration"],
                    BestCheckpoint(values["best_miou"], values["best_epoch"], values["best_path"]))
+
+
+TRAINING_STATE_FIELDS = ("epoch", "iteration", "best_miou", "best_epoch", "best_path", "rng")
+
+
+def _in_range(value, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+def training_state_problem(values, epochs: Optional[int] = None) -> Optional[str]:
+    """What makes a checkpoint's ``training_state`` unusable, or None: a missing or mistyped
+    field, an epoch outside 0..``epochs`` (the config's; a negative one would train epoch -4, one
+    past the end would train nothing and write the final checkpoint), RNG states a generator
+    refuses."""
+    if not isinstance(values, Mapping):
+        return f"its training_state is {describe_value(values)}, expected a dict"
+    missing = [name for name in TRAINING_STATE_FIELDS if name not in values]
+    if missing:
+        return (f"its training_state lacks {', '.join(map(repr, missing))} (expected "
+                f"{', '.join(TRAINING_STATE_FIELDS)}: a damaged file?)")
+    epoch = values["epoch"]
+    last = math.inf if epochs is None else epochs
+    if type(epoch) is not int or not 0 <= epoch <= last:
+        expected = "an int >= 0" if epochs is None else f"an int 0..{epochs} (config key epochs {epochs})"
+        return f"its training_state epoch is {epoch!r}, expected {expected}"
+    if type(values["iteration"]) is not int or values["iteration"] < 0:
+        return f"its training_state iteration is {values['iteration']!r}, expected an int >= 0"
+    if not _in_range(values["best_miou"], 0, 1):
+        return f"its training_state best_miou is {values['best_miou']!r}, expected a number 0..1"
+    if not _in_range(values["best_epoch"], -1, math.inf):
+        return f"its training_state best_epoch is {values['best_epoch']!r}, expected an epoch label >= -1"
+    if not isinstance(values["best_path"], str):
+        return f"its training_state best_path is {describe_value(values['best_path'])}, expected a path"
+    problem = rng_states_problem(values["rng"])
+    if problem:
+        return f"its training_state rng: {problem}"
+    by_rank = values.get("rng_by_rank")
+    if by_rank is not None:
+        if not isinstance(by_rank, (list, tuple)) or not by_rank:
+            return (f"its training_state rng_by_rank is {describe_value(by_rank)}, expected a list of "
+                    f"every rank's RNG states")
+        for rank, states in enumerate(by_rank):
+            problem = rng_states_problem(states)
+            if problem:
+                return f"its training_state rng_by_rank[{rank}]: {problem}"
+    return None
 
 
 def fix_batch_norm(module: torch.nn.Module) -> None:
@@ -107,32 +162,128 @@ def check_fresh_output(cfg, overwrite: bool) -> None:
                         os.path.join(snapshot_dir(cfg), names[0]), "save_path")
 
 
-def load_resume_checkpoint(path: str, required_keys, latest: str, script: str, cfg,
-                           identity_keys, logger, allow_config_change: bool = False) -> dict:
-    """Read a checkpoint to resume from: it must hold ``required_keys`` (else an error naming
-    ``latest``, the file ``script`` writes every epoch) and belong to the same run as ``cfg``
-    (its recorded ``identity_keys``).
+@dataclass(frozen=True)
+class ResumeFormat:
+    """The training checkpoints a script resumes from, and how it checks them."""
+    script: str                      # the script that writes them
+    kind: str                        # the kind of their weights (model/checkpoint.CHECKPOINT_KINDS)
+    required_keys: Tuple[str, ...]   # the keys a resume reads
+    identity_keys: Tuple[str, ...]   # config keys that must equal the saved config's
+    latest: Callable[[Any], str]     # cfg -> the checkpoint the script writes every epoch
+    # cfg -> (model, {checkpoint key: optimizer}) with the trainer's structure, for checks only:
+    # built on the CPU without reading any file.
+    skeleton: Callable[[Any], Tuple[torch.nn.Module, Dict[str, torch.optim.Optimizer]]]
 
-    The checkpoint is read onto the CPU whatever the training device: its RNG states must stay
-    CPU byte tensors, ``load_state_dict`` copies the weights onto the model's device, and
-    :func:`place_optimizer_state` moves the optimizer state where the steps need it."""
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    missing = [key for key in required_keys if not (isinstance(checkpoint, dict) and key in checkpoint)]
+
+def _sccan_skeleton(cfg):
+    values = cfg.to_dict()
+    if values.get("base_learner"):
+        # Only the structure of the base learner's head is needed: a path that cannot exist makes
+        # build_model skip reading the base learner (the trainer's own build reads and checks it).
+        values["base_learner_weights"] = os.path.join(os.devnull, "base_learner_not_read.pth")
+    model = build_model(values, backbone_from_checkpoint=True)
+    sgd, adamw = build_optimizers(model, cfg.base_lr, cfg.momentum, cfg.weight_decay, cfg.transformer_lr)
+    return model, {"optimizer": sgd, "optimizer_swin": adamw}
+
+
+SCCAN_RESUME = ResumeFormat("train_sccan.py", "sccan", RESUME_KEYS, RUN_IDENTITY_KEYS,
+                            lambda cfg: os.path.join(snapshot_dir(cfg), per_shot_name(cfg, "latest", ".pth")),
+                            _sccan_skeleton)
+
+
+def _as_resume_error(error: CheckpointError) -> CheckpointError:
+    text = str(error)
+    return CheckpointError(text if text.startswith("resume: ") else f"resume: {text}")
+
+
+def read_resume_checkpoint(path: str, spec: ResumeFormat, cfg, mmap: bool = False):
+    """The checkpoint at ``path`` (config key resume), read onto the CPU; errors say what to give."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"resume: {path} is a folder; give the checkpoint file to continue from, "
+                              f"such as {spec.latest(cfg)}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"resume: checkpoint {path!r} not found (config key resume); "
+                                f"{spec.script} writes {spec.latest(cfg)} every epoch")
+    try:
+        return load_checkpoint(path, map_location="cpu", mmap=mmap)
+    except CheckpointError as error:
+        raise _as_resume_error(error) from None
+
+
+def check_resume_checkpoint(checkpoint, path: str, spec: ResumeFormat, cfg, model, optimizers: dict,
+                            allow_config_change: bool = False) -> Tuple[Optional[dict], list]:
+    """Everything a resume reads, checked before it is used (and, by :func:`precheck_resume`,
+    before a run writes anything): a training checkpoint of ``spec``'s kind (not a bare state_dict,
+    nor another script's), of the same run as ``cfg`` (:func:`check_saved_config`), whose epoch
+    label and training state are usable with ``cfg``'s epochs, whose weights fit ``model``
+    (keys, shapes, number types, finite) and whose optimizer states fit ``optimizers``
+    (structure, shapes, finite). Returns ``(saved config or None, changed run-shaping keys)``;
+    every error is one CheckpointError starting 'resume: ' and naming the file."""
+    try:
+        return _check_resume(checkpoint, path, spec, cfg, model, optimizers, allow_config_change)
+    except CheckpointError as error:
+        raise _as_resume_error(error) from None
+
+
+def _check_resume(checkpoint, path, spec, cfg, model, optimizers, allow_config_change):
+    state_dict = extract_state_dict(checkpoint, path)
+    missing = [key for key in spec.required_keys if key not in checkpoint]
     if missing:
         what = "a bare state_dict (weights only)" if "state_dict" in missing else \
             f"a checkpoint without {', '.join(repr(key) for key in missing)}"
         raise CheckpointError(
             f"resume: {path} is {what}; resume needs a training checkpoint with "
-            f"{', '.join(repr(key) for key in required_keys)} such as {latest} (written by "
-            f"{script} every epoch)")
-    saved = checkpoint.get("config")
-    if not isinstance(saved, dict):
+            f"{', '.join(repr(key) for key in spec.required_keys)} such as {spec.latest(cfg)} (written by "
+            f"{spec.script} every epoch)")
+    found = checkpoint_kind(state_dict)
+    if found and found != spec.kind:
+        raise CheckpointError(f"{path} is {CHECKPOINT_KINDS[found]}, not "
+                              f"{CHECKPOINT_KINDS[spec.kind].split(' (')[0]}: {spec.script} resumes "
+                              f"its own training checkpoints, such as {spec.latest(cfg)}")
+    saved = stored_config(checkpoint, path, spec.identity_keys)
+    changed = check_saved_config(path, saved, cfg, spec.identity_keys, allow_config_change) \
+        if saved is not None else []
+    # The label of the 0-based epoch the checkpoint ended: all that the original's checkpoints
+    # record of their progress (without a training_state the resume starts after it).
+    label = checkpoint["epoch"]
+    finite = _in_range(label, -math.inf, math.inf) and math.isfinite(label)
+    if not finite or not 0 <= math.floor(label) + 1 <= cfg.epochs:
+        raise CheckpointError(
+            f"{path}: its epoch label is {label!r}, expected a number -1..{cfg.epochs - 1} (the "
+            f"0-based epoch it ended; config key epochs {cfg.epochs})")
+    training = checkpoint.get("training_state")
+    if training is not None:
+        problem = training_state_problem(training, cfg.epochs)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
+    check_state_dict(model, state_dict, source=path)
+    names = {parameter: name for name, parameter in model.named_parameters()}
+    for key, optimizer in optimizers.items():
+        check_optimizer_state(checkpoint[key], optimizer, path, key, names)
+    return saved, changed
+
+
+def load_resume_checkpoint(path: str, spec: ResumeFormat, cfg, logger, model, optimizers: dict,
+                           allow_config_change: bool = False) -> dict:
+    """Read and check (:func:`check_resume_checkpoint`) a checkpoint to resume from, then load its
+    weights into ``model`` and its optimizer states into ``optimizers`` ({checkpoint key:
+    optimizer}); returns the checkpoint, whose training state :func:`restore_training_state`
+    restores.
+
+    The checkpoint is read onto the CPU whatever the training device: its RNG states must stay
+    CPU byte tensors, ``load_state_dict`` copies the weights onto the model's device, and
+    :func:`place_optimizer_state` moves the optimizer state where the steps need it."""
+    checkpoint = read_resume_checkpoint(path, spec, cfg)
+    saved, changed = check_resume_checkpoint(checkpoint, path, spec, cfg, model, optimizers,
+                                             allow_config_change)
+    if saved is None:
         logger.warning(f"{path} records no config: its dataset, fold and shot cannot be "
                        f"checked against this config (the backbone depth is)")
-        return checkpoint
-    changed = check_saved_config(path, saved, cfg, identity_keys, allow_config_change)
-    if changed:
+    elif changed:
         logger.warning(f"resuming {path} with changed keys (--allow-config-change): {', '.join(changed)}")
+    model.load_state_dict(extract_state_dict(checkpoint, path), strict=True)
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(checkpoint[key])
     return checkpoint
 
 
@@ -156,25 +307,23 @@ def check_saved_config(path: str, saved: dict, cfg, identity_keys, allow_config_
     return changed
 
 
-def precheck_resume(cfg, identity_keys, allow_config_change: bool) -> None:
-    """Before a run writes anything: the saved config of the checkpoint to resume must fit
-    (:func:`check_saved_config`). The file is memory-mapped, so its tensors are not read; a file
-    that cannot be read so is left to the full load, which reports it."""
-    if not cfg.resume or not os.path.isfile(cfg.resume):
+def precheck_resume(cfg, spec: ResumeFormat, allow_config_change: bool) -> None:
+    """Before a run writes anything (its config, log, folders): the checkpoint to resume
+    (config key resume) passes every check of :func:`check_resume_checkpoint`, against a model
+    and optimizers of ``spec``'s structure. The file is memory-mapped, so only the tensors the
+    checks read (for finite values) are read; the trainer's load reads it again."""
+    if not cfg.resume:
         return
-    try:
-        checkpoint = torch.load(cfg.resume, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 -- an old-format or damaged file: the full load explains it
-        return
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if isinstance(saved, dict):
-        check_saved_config(cfg.resume, saved, cfg, identity_keys, allow_config_change)
+    checkpoint = read_resume_checkpoint(cfg.resume, spec, cfg, mmap=True)
+    model, optimizers = spec.skeleton(cfg)
+    check_resume_checkpoint(checkpoint, cfg.resume, spec, cfg, model, optimizers, allow_config_change)
 
 
 def restore_training_state(checkpoint: dict, path: str, logger, context=None) -> "TrainingState":
     """The bookkeeping and RNG states of a checkpoint written here (exact continuation); for a
     checkpoint of the original code, which has only its epoch label, the next epoch. Under DDP
-    each rank restores its own states (``rng_by_rank``) when the world size is unchanged."""
+    each rank restores its own states (``rng_by_rank``) when the world size is unchanged. The
+    checkpoint has passed :func:`check_resume_checkpoint`."""
     training = checkpoint.get("training_state")
     if training is None:
         state = TrainingState()
@@ -183,7 +332,7 @@ def restore_training_state(checkpoint: dict, path: str, logger, context=None) ->
         logger.warning(f"{path} has no training state (RNG, best mIoU): resuming at "
                        f"epoch {state.epoch + 1} without exact continuation")
     else:
-        state = TrainingState.from_dict(training)
+        state = TrainingState.from_dict(training, path)
         set_rng_states(rng_states_of_this_rank(training, context, path, logger))
     logger.info(f"resumed from {path} at epoch {state.epoch}, iteration {state.iteration}, "
                 f"best mIoU {state.best.miou:.4f}")
@@ -365,12 +514,9 @@ class Trainer:
     def resume(self, path: str) -> None:
         """Continue the run of a training checkpoint written by this trainer (exactly) or by the
         original train.py (from its epoch label, without the RNG states)."""
-        latest = os.path.join(self.snapshot_dir, per_shot_name(self.cfg, "latest", ".pth"))
-        checkpoint = load_resume_checkpoint(path, RESUME_KEYS, latest, "train_sccan.py", self.cfg,
-                                            RUN_IDENTITY_KEYS, self.logger, self.allow_config_change)
-        load_model_weights(self.model, checkpoint)
-        self.sgd.load_state_dict(checkpoint["optimizer"])
-        self.adamw.load_state_dict(checkpoint["optimizer_swin"])
+        checkpoint = load_resume_checkpoint(path, SCCAN_RESUME, self.cfg, self.logger, self.model,
+                                            {"optimizer": self.sgd, "optimizer_swin": self.adamw},
+                                            self.allow_config_change)
         self.state = restore_training_state(checkpoint, path, self.logger, self.context)
 
     # ------------------------------------------------------------------------- checkpoints
@@ -407,7 +553,10 @@ class Trainer:
             if best.improves(result["mIoU"]):
                 previous = best.replace(self.snapshot_dir, self.cfg.shot, label, result["mIoU"])
                 self.save(os.path.basename(best.path), label)
-                if self.context.is_main and previous and os.path.exists(previous):
+                # Only a best checkpoint of this run's snapshot folder is replaced: a path
+                # recorded in a resumed checkpoint may name another run's file.
+                if self.context.is_main and previous and os.path.exists(previous) and \
+                        os.path.dirname(os.path.abspath(previous)) == os.path.abspath(self.snapshot_dir):
                     os.remove(previous)
                 self.logger.info(f"new best mIoU {result['mIoU']:.4f}: {best.path}")
             self.model.train()

@@ -1,10 +1,12 @@
-"""Checkpoint loading (model/checkpoint.py): released dict format, module. prefix, shape errors."""
+"""Checkpoint loading (model/checkpoint.py): released dict format, module. prefix, shape errors, and
+the refusal of contents that are not weights (structure, number types, stored config)."""
 import pytest
 import torch
 
 from model.backbone import Backbone
-from model.checkpoint import CheckpointError, load_model_weights
+from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights, stored_config
 from model.sccan import SCCAN
+from tests.support.toy_experiment import CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,92 @@ def test_pickled_objects_are_refused(pair, tmp_path):
     torch.save({"state_dict": {}, "payload": object()}, path)
     with pytest.raises(CheckpointError, match="Python objects other than tensors"):
         load_model_weights(pair[1], path)
+
+
+# --------------------------------------- contents: kind, structure, number types, stored config
+def _last_error(call, *arguments) -> str:
+    with pytest.raises(CheckpointError) as error:
+        call(*arguments)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (torch.zeros(3), "holds a tensor of shape (3,) (float32), not weights"),
+    ([{"a.weight": torch.zeros(1)}], "holds a list of 1 item, not weights"),
+    ({}, "holds an empty dict, no weights"),
+    ({"state_dict": torch.zeros(3)}, "its 'state_dict' is a tensor of shape (3,) (float32), expected a dict"),
+    ({1: torch.zeros(1)}, "key 1 is an int, not a parameter name"),
+    ({"a.weight": torch.zeros(1), "b.weight": 5}, "b.weight is an int (5), expected a tensor"),
+    ({"state_dict": {"a.weight": "hello"}}, "('state_dict'): a.weight is text 'hello', expected a tensor"),
+    ({"a.weight": torch.eye(3).to_sparse()}, "a.weight is a sparse_coo tensor; weights are dense tensors"),
+    ({"model": {"a.weight": torch.zeros(1)}, "epoch": 3},
+     "holds no weights (top-level keys: 'model', 'epoch'); expected a state_dict (parameter names -> "
+     "tensors) or a training checkpoint (a dict with 'state_dict'); its 'model' entry holds 1 tensor"),
+], ids=["tensor", "list", "empty", "state_dict-tensor", "int-key", "int-value", "text-value", "sparse",
+        "nested"])
+def test_a_file_without_a_state_dict_is_refused_at_load_naming_it(tmp_path, content, fragment):
+    """Every file the project reads holds weights: anything else is refused when it is read, by
+    a message naming the file, whatever reads it (resume, test, predictor, base learner)."""
+    path = str(tmp_path / "odd.pth")
+    torch.save(content, path)
+    message = _last_error(load_checkpoint, path)
+    assert message.startswith(path) and fragment in message, message
+
+
+def test_empty_files_and_folders_are_named_for_what_they_are(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert _last_error(load_checkpoint, str(tmp_path / "empty.pth")) == (
+        f"{tmp_path / 'empty.pth'} is empty (0 bytes), not a PyTorch checkpoint (an interrupted save, "
+        f"copy or download?)")
+    assert _last_error(load_checkpoint, str(tmp_path)) == f"{tmp_path} is a folder, not a checkpoint file"
+
+
+def test_none_of_the_models_keys_gives_the_keys_and_a_shared_prefix(pair):
+    model = pair[1]
+    state = model.state_dict()
+    message = _last_error(load_model_weights, model, {"conv.weight": torch.zeros(1), "fc.bias": torch.zeros(1)})
+    assert message == ("checkpoint holds none of SCCAN's weights (2 tensors; keys: 'conv.weight', "
+                       "'fc.bias'); expected a SCCAN checkpoint")
+    message = _last_error(load_model_weights, model, {f"model.{key}": value for key, value in state.items()})
+    assert message.startswith("checkpoint: every key carries the prefix 'model.' (e.g. 'model.")
+    assert "which SCCAN's names lack" in message and len(message) < 400
+    assert _last_error(load_model_weights, model, {"state_dict": {}}) == \
+        "checkpoint holds an empty state_dict, none of SCCAN's weights"
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_tensors_of_another_number_type_are_refused(pair, dtype):
+    """load_state_dict would cast them silently (a complex tensor loses its imaginary part)."""
+    model = pair[1]
+    state = dict(model.state_dict())
+    key = "cls_meta.3.weight"
+    state[key] = torch.zeros(state[key].shape, dtype=dtype)
+    message = _last_error(load_model_weights, model, state, "cpu", "mine.pth")
+    name = str(dtype).replace("torch.", "")
+    assert message == (f"mine.pth does not fit SCCAN: keys of another number type: {key}: checkpoint "
+                       f"{name} vs model float32")
+
+
+def test_weights_of_another_float_precision_still_load():
+    model = torch.nn.Linear(2, 2)
+    load_model_weights(model, {key: value.half() for key, value in model.state_dict().items()})
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ("hello", "its 'config' is text 'hello', expected the training config (a dict of config keys)"),
+    ({"shot": "one"}, "its stored training config is damaged: config key shot expects an int, got 'one'"),
+    ({"shot": 0}, "its stored training config is damaged: config key shot: expected an int >= 1, got 0"),
+    ({"shot": True}, "config key shot expects an int, got True of type bool"),
+    ({"layers": 34}, "config key layers: expected 50 or 101, got 34"),
+], ids=["text", "shot-text", "shot-0", "shot-bool", "layers-34"])
+def test_a_damaged_stored_config_is_refused_by_the_predictor(tmp_path, config, fragment):
+    """tools.predict uses the stored shot as a number and compares the input and model keys."""
+    from util.config import load_config
+    from util.predictor import load_checkpoint_model
+
+    path = str(tmp_path / "run.pth")
+    torch.save({"epoch": 1, "state_dict": {"transformer.weight": torch.zeros(1)}, "config": config}, path)
+    message = _last_error(load_checkpoint_model, load_config(CONFIG), path)
+    assert message.startswith(f"{path}: ") and fragment in message, message
+    assert stored_config({"config": {"shot": 5, "data_set": "pascal"}}, path, ("shot",))["shot"] == 5
+    assert stored_config({"epoch": 1}, path, ("shot",)) is None

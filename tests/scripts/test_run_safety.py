@@ -333,3 +333,41 @@ def test_predict_skips_a_bad_query_names_it_and_fails_at_the_end(toy, sccan_stat
     assert str(queries / "broken.jpg") in errors[2] and "is a truncated JPEG" in errors[2]
     assert sorted(os.listdir(out)) == ["good0_mask.png", "good0_overlay.png", "good1_mask.png",
                                        "good1_overlay.png"]
+
+
+# ------------------------------------------------------------ episode files and FSS list folders
+def test_an_episode_file_is_checked_completely_before_the_evaluation(toy, tmp_path):
+    with open(os.path.join(toy["root"], "val.txt")) as handle:
+        pairs = [[os.path.join(toy["root"], part) for part in line.split()] for line in handle][:3]
+    episodes = [{"query": pairs[0], "class_chosen": 1, "supports": [pairs[1]]},
+                {"query": pairs[1], "class_chosen": 1, "supports": [pairs[2]], "note": "hand-edited"}]
+    episode_file = tmp_path / "episodes.json"
+    episode_file.write_text(json.dumps({"meta": {"data_set": "pascal", "split": 0, "shot": 1}, "episodes": episodes}))
+    output = tmp_path / "result.json"
+    # FSS lists not built yet, in the test's folder: the file is refused before they are
+    opts = toy_opts(toy["root"], str(tmp_path / "exp"), list_root=str(tmp_path / "fss"))
+    result = run("test_sccan.py", "--config", CONFIG, "--all-foreground", "--episodes-from", str(episode_file),
+                 "--output", str(output), "--opts", *opts)
+    last = assert_user_error(result)
+    assert last == (f"error: {episode_file}: episode 1 has unknown key(s) ['note']: an episode has exactly query, "
+                    f"class_chosen and supports (episodes written by test_sccan.py --dump-episodes)")
+    assert sorted(os.listdir(tmp_path)) == ["episodes.json"]  # no result, no chart, no run folder, no lists
+    # A replay draws no episodes: recording one would silently write nothing.
+    result = run("test_sccan.py", "--config", CONFIG, "--all-foreground", "--episodes-from", str(episode_file),
+                 "--dump-episodes", str(tmp_path / "again.json"), "--output", str(output), "--opts", *opts)
+    assert assert_user_error(result) == (
+        f"error: --dump-episodes {tmp_path / 'again.json'} with --episodes-from: a replayed run draws no episodes "
+        f"of its own to record (they are those of {episode_file}); copy that file instead")
+    assert sorted(os.listdir(tmp_path)) == ["episodes.json"]
+
+
+def test_a_list_root_that_is_a_file_is_refused_before_any_list_is_built(toy, tmp_path):
+    a_file = tmp_path / "lists.txt"
+    a_file.write_text("kept\n")
+    result = run("test_sccan.py", "--config", CONFIG, "--all-foreground", "--output", str(tmp_path / "result.json"),
+                 "--opts", *toy_opts(toy["root"], str(tmp_path / "exp"), list_root=str(a_file)))
+    last = assert_user_error(result)
+    assert last == (f"error: list_root '{a_file}' is a file, not a folder; list_root is the folder of the FSS lists "
+                    f"(<list_root>/val/data_list_0.txt and sub_class_file_list_0.txt)")
+    assert "building FSS lists" not in result.stderr  # refused before reading the labels of val_list
+    assert sorted(os.listdir(tmp_path)) == ["lists.txt"] and a_file.read_text() == "kept\n"

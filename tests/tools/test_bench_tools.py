@@ -6,9 +6,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support.cuda import cuda_device, cuda_test
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 from tools import bench_amp, bench_eval, bench_model, bench_train
+from util.cli import run_entry_point
 from util.config import load_config
 from util.experiment import build_experiment_model
 
@@ -146,3 +148,55 @@ def test_tools_have_help(tool, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"python -m tools.{tool}: error: ")  # a required option or the unknown one
     assert "required: --config" in last or last.endswith("unrecognized arguments: --no-such-option")
+
+
+# ------------------------------------------------------------------ options checked before work
+def _no_work(*args, **kwargs):
+    raise AssertionError("the toy data was made before the options were checked")
+
+
+def test_bench_eval_names_a_bad_option_before_any_work(monkeypatch, capsys):
+    """An unknown device was a traceback, a GPU request on a machine without one exit status 1,
+    a negative cache refused after minutes of measurement, sizes out of range said 'from --opts'."""
+    result = run("-m", "tools.bench_eval", "--device", "foo")  # as a user runs it
+    assert_user_error(result)
+    assert result.stderr.strip() == "error: --device 'foo': not a device; expected cpu, cuda or cuda:<index>"
+    monkeypatch.setattr(bench_eval, "make_toy_dataset", _no_work)
+    side = "an int 9..4097 with (value - 1) a multiple of 8, the backbone's stride (e.g. 473, 417, 65, 33)"
+    for options, expected in [
+            (["--device", "cuda"], "--device cuda: no usable CUDA device (PyTorch sees none, or SCCAN_FORCE_CPU=1 "
+                                   "is set); use --device cpu"),  # the suite sets it around CPU tests
+            (["--device", "mps"], "--device mps: the benchmarks run on cpu, cuda or cuda:<index>"),
+            (["--cache-mb", "-1"], "config key eval_feature_cache_mb: expected a finite value >= 0 (0 = off), "
+                                   "got -1.0 (from --cache-mb)"),
+            (["--size", "10"], f"config key val_size: expected {side}, got 10 (from --size)"),
+            (["--window-size", "3"], "config key window_size: expected 1 or an even int >= 2 (shifted windows pad "
+                                     "half a window on each side), got 3 (from --window-size)"),
+            (["--feature-size", "6", "--window-size", "4"],
+             "config keys feature_size and window_size: expected feature_size a multiple of window_size (windows "
+             "tile the transformer grid), got feature_size 6, window_size 4 (from --feature-size) (from "
+             "--window-size)")]:
+        assert run_entry_point(bench_eval.main, options) == 2
+        assert capsys.readouterr().err.strip() == f"error: {expected}"
+    # bench_model takes several devices: each is checked before the first model is built
+    from tools import bench_model
+
+    monkeypatch.setattr(bench_model, "SCCAN", _no_work)
+    assert run_entry_point(bench_model.main, ["--devices", "cpu", "foo"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --devices 'foo': not a device; expected cpu, cuda or cuda:<index>"
+
+
+def test_bench_data_checks_its_sizes_and_data_root_before_any_work(tmp_path, monkeypatch, capsys):
+    from tools import bench_data
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    assert run_entry_point(bench_data.main, ["--data-root", str(a_file), "--sizes", "33"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --data-root {a_file}: is a file, not a folder; give a "
+                                               f"folder path")
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no half-made dataset beside it
+    monkeypatch.setattr(bench_data, "make_toy_dataset", _no_work)
+    assert run_entry_point(bench_data.main, ["--sizes", "33", "10"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: config key val_size: expected an int 9..4097 with (value - 1) a multiple of 8, the backbone's "
+        "stride (e.g. 473, 417, 65, 33), got 10 (from --sizes)")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tools import make_toy_dataset as toy
+from util.cli import UserError
 from util.dataset import SemData, get_class_lists
 
 CLASSES = range(1, 21)
@@ -153,3 +154,27 @@ def test_refuses_foreign_folders_and_too_few_images(tmp_path):
         toy.make_toy_dataset(str(tmp_path / "tiny"), num_images=12, seed=0)
     assert not (tmp_path / "tiny").exists()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".toy_")]  # temp folders cleaned up
+
+
+def test_out_and_seed_are_checked_before_any_image_is_drawn(tmp_path, capsys):
+    """--out a file (or below one) was found at the final rename, after the whole dataset was
+    drawn; --seed -1 was numpy's message without the option."""
+    from tests.scripts.test_cli_errors import assert_user_error, run
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    result = run("-m", "tools.make_toy_dataset", "--out", str(a_file))  # as a user runs it
+    assert_user_error(result)
+    assert result.stderr.strip() == f"error: --out {a_file}: is a file, not a folder; give a folder path"
+    with pytest.raises(UserError) as refused:
+        toy.make_toy_dataset(str(a_file / "toy"), option="--data-root")
+    assert str(refused.value) == f"--data-root {a_file / 'toy'}: {a_file} is a file, not a folder"
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and a_file.read_text() == "kept"
+    for option, value, expected in (("--seed", "-1", "expected a non-negative integer, got -1"),
+                                    ("--num-images", "0", "expected a positive integer, got 0")):
+        with pytest.raises(SystemExit) as exit_status:
+            toy.main(["--out", str(tmp_path / "toy"), option, value])
+        assert exit_status.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == \
+            f"python -m tools.make_toy_dataset: error: argument {option}: {expected}"
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]

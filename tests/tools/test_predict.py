@@ -1,6 +1,7 @@
 """python -m tools.predict: the files it writes, its summary lines, and every input mistake as
 one line ``error: ...`` with exit status 2."""
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -126,10 +127,53 @@ def test_the_cli_writes_masks_overlays_and_probabilities(files, tmp_path, capsys
 
 
 def test_a_threshold_outside_the_open_unit_interval(files, tmp_path, capsys):
-    """1 itself is refused (every pixel would be background); one case, as each builds the model."""
-    message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"], "--threshold", "1"))
-    assert message == "error: threshold must lie strictly between 0 and 1, got 1.0"
+    """1 itself is refused (every pixel would be background), and NaN, before the model is built
+    (the checkpoint is not even looked at)."""
+    for value in ("1", "nan"):
+        message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"], "--threshold",
+                                            value, weight=str(tmp_path / "none.pth")))
+        assert message == (f"error: --threshold {float(value):g}: expected a probability strictly between 0 "
+                           f"and 1 (0.5 is the argmax)")
     assert not (tmp_path / "o").exists()
+
+
+def test_out_must_be_a_folder_that_can_be_written(files, tmp_path, capsys):
+    """Refused before the checkpoint is read (here it does not exist)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    for out, expected in ((a_file, f"error: --out {a_file}: is a file, not a folder; give a folder path"),
+                          (a_file / "o", f"error: --out {a_file / 'o'}: {a_file} is a file, not a folder")):
+        message = _error(capsys, _arguments(files, out, "--query", files["queries"],
+                                            weight=str(tmp_path / "none.pth")))
+        assert message == expected
+    assert a_file.read_text() == "kept"
+
+
+def test_no_output_overwrites_an_input_or_becomes_a_query(files, tmp_path, capsys):
+    """--out the --query folder: the next run would take this run's masks for queries; a query
+    named like another query's output (a.png and a_mask.png in one folder) would be overwritten."""
+    queries = tmp_path / "q"
+    queries.mkdir()
+    odd = os.path.join(files["queries"], "odd.png")
+    for name in ("a.png", "a_mask.png"):
+        shutil.copy(odd, queries / name)
+    before = sorted(os.listdir(queries))
+    message = _error(capsys, _arguments(files, queries / ".." / "q", "--query", str(queries),
+                                        weight=str(tmp_path / "none.pth")))
+    assert message == (f"error: --out {queries / '..' / 'q'} is also the --query folder {queries}: the masks "
+                       f"and overlays written there would be taken for queries by the next run; give --out "
+                       f"another folder")
+    message = _error(capsys, _arguments(files, queries, "--query", str(queries / "a.png"),
+                                        str(queries / "a_mask.png"), weight=str(tmp_path / "none.pth")))
+    assert message == (f"error: --out {queries}: the mask of query {queries / 'a.png'} would be written to "
+                       f"{queries / 'a_mask.png'}, which is --query {queries / 'a_mask.png'}: writing it would "
+                       f"destroy that input; give --out another folder")
+    assert sorted(os.listdir(queries)) == before
+
+
+def test_output_names_never_collide():
+    names = predict.output_names(["a/q.jpg", "b/q.jpg", "c/q_2.jpg", "q_2.png", "d/q.jpg"])
+    assert names == ["q", "q_3", "q_2", "q_2_2", "q_4"]
 
 
 def _error(capsys, argv):

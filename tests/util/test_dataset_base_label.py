@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.support.datasets import block_label, write_mini_dataset
-from util.dataset import SemData, base_remap_label, get_class_lists, read_label
-from util.transform import build_train_transform
+from util.dataset import SemData, base_remap_label, get_class_lists, read_label, transform_with_base_label
+from util.transform import ToTensor, build_train_transform
 
 FOLD0_BASE = get_class_lists("pascal", 0)[0]  # 6..20
 
@@ -20,6 +20,29 @@ def test_base_remap_of_a_hand_made_label():
     expected = np.array([[0, 1, 2, 255],
                          [0, 0, 15, 1]], np.uint8)  # base class c -> c - 5 (its index + 1)
     np.testing.assert_array_equal(base_remap_label(label, FOLD0_BASE), expected)
+
+
+def test_one_label_map_carries_both_labels_through_a_transform_for_every_base_class():
+    """transform_with_base_label on a hand-made label holding the first and the last base class
+    (indices 1 and 15, the swapped pair's neighbours), the ignore label and a padding value: the
+    episode label is 1 on the chosen class only, the base label the plain remap, for each choice."""
+    label = np.array([[0, 6, 7, 20],
+                      [255, 3, 13, 20]], np.uint8)  # 3 is a novel class of fold 0
+    image = np.zeros((2, 4, 3), np.float32)
+
+    def pad_corner(image, label):  # a transform that moves nothing but writes a padding value
+        image, label = ToTensor()(image, label)
+        label[0, 0] = 250
+        return image, label
+
+    for chosen in (6, 7, 13, 20):
+        _, episode_label, base_label = transform_with_base_label(pad_corner, image, label, chosen, FOLD0_BASE)
+        expected_episode = np.where(label == chosen, 1, np.where(label == 255, 255, 0))
+        expected_episode[0, 0] = 250
+        expected_base = base_remap_label(label, FOLD0_BASE).astype(np.int64)
+        expected_base[0, 0] = 250
+        np.testing.assert_array_equal(episode_label.numpy(), expected_episode, err_msg=f"chosen {chosen}")
+        np.testing.assert_array_equal(base_label.numpy(), expected_base, err_msg=f"chosen {chosen}")
 
 
 def _mixed_dataset(root):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import warnings
 
 import cv2
 import numpy as np
@@ -212,9 +214,16 @@ def test_unreadable_label_while_building_lists(tmp_path):
 def test_lists_for_another_data_root_give_a_clear_error(tmp_path):
     root = str(tmp_path / "a")
     base = all_fold0_train_classes_dataset(root)
-    SemData(0, 1, root, base, list_root=str(tmp_path / "lists"), show_progress=False)
+    built = SemData(0, 1, root, base, list_root=str(tmp_path / "lists"), show_progress=False)
     other = tmp_path / "b"
     other.mkdir()
+    # Built here: the record names the data_root, and without the base list there is no rebuilding.
+    with pytest.raises(FileNotFoundError, match=rf"data_list_0\.txt was built from data_root '{root}', not the "
+                                                rf"configured '{other}', and train_list None, needed to rebuild "
+                                                rf"it, is not set: set train_list, or set list_root"):
+        SemData(0, 1, str(other), None, list_root=str(tmp_path / "lists"), show_progress=False)
+    # Dropped in without a record (the shipped lists): the first entry is looked for.
+    os.remove(built.data_list_path + ".source.json")
     with pytest.raises(FileNotFoundError, match="first entry of .*data_list_0.txt"):
         SemData(0, 1, str(other), None, list_root=str(tmp_path / "lists"), show_progress=False)
 
@@ -233,3 +242,101 @@ def test_lists_are_built_once_and_reused(tmp_path, monkeypatch):
     second = SemData(0, 1, root, base, list_root=list_root, show_progress=False)
     assert second.data_list == first.data_list and second.sub_class_file_list == first.sub_class_file_list
     assert len(first) == 30
+
+
+def _refuse_building(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("lists built before the check")
+
+    monkeypatch.setattr(dataset_module, "make_fss_lists", fail)
+
+
+def test_list_lines_with_more_than_two_fields_say_that_paths_cannot_contain_spaces(tmp_path):
+    base = tmp_path / "val.txt"
+    base.write_text("JPEGImages/a.jpg SegmentationClassAug/a.png\nwith space/b.jpg with space/b.png\n")
+    with pytest.raises(ValueError) as error:
+        read_pair_list(str(base))
+    assert str(error.value) == (f"{base}:2: malformed list line 'with space/b.jpg with space/b.png': 4 fields, "
+                                f"expected '<image path> <label path>' (list paths cannot contain spaces)")
+    base.write_text("JPEGImages/a.jpg\n")
+    with pytest.raises(ValueError) as error:
+        read_pair_list(str(base))
+    assert str(error.value) == f"{base}:1: malformed list line 'JPEGImages/a.jpg': 1 field, expected '<image path> <label path>'"
+
+
+def test_repeated_list_lines_are_kept_as_the_original_does_with_a_warning_naming_them(tmp_path):
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    with open(base) as handle:
+        first = handle.readline()
+    with open(base, "a") as handle:
+        handle.write(first + first)  # lines 31 and 32 repeat line 1
+    list_root = os.path.join(root, "lists")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = SemData(0, 1, root, base, list_root=list_root, show_progress=False)
+    repeats = [str(warning.message) for warning in caught if "repeats lines" in str(warning.message)]
+    assert repeats == [f"{base} repeats lines: lines 1, 31, 32: '{first.strip()}'; every copy is used (a query and "
+                       f"a support candidate of its own, as in the original): remove the repeats to count each "
+                       f"image once"]
+    pair = tuple(os.path.join(root, part) for part in first.split())
+    assert data.data_list.count(pair) == 3 and data.sub_class_file_list[6].count(pair) == 3
+    # The cached data list keeps them: named again on every later run, with its own line numbers.
+    with pytest.warns(UserWarning, match=r"train/data_list_0\.txt repeats lines: lines 1, 31, 32"):
+        SemData(0, 1, root, base, list_root=list_root, show_progress=False)
+
+
+def test_empty_and_folder_base_lists_are_named_by_their_config_key(tmp_path, monkeypatch):
+    root = str(tmp_path)
+    all_fold0_train_classes_dataset(root)
+    _refuse_building(monkeypatch)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match=rf"^train_list '{re.escape(str(empty))}' is empty \(no '<image path> "
+                                         r"<label path>' lines\): the FSS lists are built from it"):
+        SemData(0, 1, root, str(empty), list_root=str(tmp_path / "lists"), show_progress=False)
+    with pytest.raises(ValueError, match=rf"^val_list '{re.escape(root)}' is a folder, not a base list: expected "
+                                         r"a text file of '<image path> <label path>' lines"):
+        SemData(0, 1, root, root, mode="val", list_root=str(tmp_path / "lists"), show_progress=False)
+    assert not (tmp_path / "lists").exists()
+
+
+def test_a_base_list_without_a_test_class_names_the_list(tmp_path):
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)  # fold 0's base classes only
+    with pytest.raises(ValueError, match=rf"val/data_list_0\.txt: empty data list \(no image of val_list "
+                                         rf"'{re.escape(base)}' has a class of \[1, 2, 3, 4, 5\] covering 2048 pixels"):
+        SemData(0, 1, root, base, mode="val", list_root=str(tmp_path / "lists"), show_progress=False)
+
+
+def test_a_list_root_that_is_a_file_or_holds_folders_for_files_is_refused_before_building(tmp_path, monkeypatch):
+    root = str(tmp_path / "data")
+    base = all_fold0_train_classes_dataset(root)
+    _refuse_building(monkeypatch)
+    a_file = tmp_path / "lists.txt"
+    a_file.write_text("kept")
+    expected = "list_root is the folder of the FSS lists (<list_root>/train/data_list_0.txt and sub_class_file_list_0.txt)"
+    for list_root, named in ((a_file, f"list_root '{a_file}' is a file"),
+                             (a_file / "fss", f"list_root '{a_file / 'fss'}': {a_file} is a file")):
+        with pytest.raises(ValueError) as error:
+            SemData(0, 1, root, base, list_root=str(list_root), show_progress=False)
+        assert str(error.value) == f"{named}, not a folder; {expected}"
+    (tmp_path / "fss" / "train" / "data_list_0.txt").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"fss/train/data_list_0\.txt \(below list_root '.*fss'\) is a folder, "
+                                         r"not a list file"):
+        SemData(0, 1, root, base, list_root=str(tmp_path / "fss"), show_progress=False)
+    assert a_file.read_text() == "kept"
+
+
+def test_a_class_counts_from_exactly_2048_pixels(tmp_path):
+    """The original's rule (make_dataset): a class joins an image's classes when it covers at
+    least 2 x 32 x 32 = 2048 pixels; one pixel fewer and the image is not listed for it."""
+    label = np.zeros((64, 96), np.uint8)
+    label.reshape(-1)[:2048] = 6           # exactly 2048 px
+    label.reshape(-1)[3000:3000 + 2047] = 7  # one short
+    base_list = write_mini_dataset(str(tmp_path), [("edge", label, None)])
+    data_list, sub_class_file_list = make_fss_lists(str(tmp_path), base_list, [6, 7], filter_intersection=False,
+                                                    show_progress=False)
+    pair = ("JPEGImages/edge.jpg", "SegmentationClassAug/edge.png")
+    assert [tuple(entry) for entry in data_list] == [pair]
+    assert [tuple(entry) for entry in sub_class_file_list[6]] == [pair] and sub_class_file_list[7] == []

@@ -1,12 +1,15 @@
 """The FSS list cache follows changes of its source; dropped-in (shipped) lists are never rewritten,
 and a missing class list is derived from its data list."""
+import json
 import os
 import shutil
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.support.datasets import all_fold0_train_classes_dataset, block_label
 from util import dataset as dataset_module
 from util.dataset import SemData, fss_list_paths, get_class_lists, load_fss_lists, make_fss_lists, write_fss_lists
 
@@ -124,3 +127,82 @@ def test_a_class_list_without_its_data_list_is_an_error(toy_data_root, tmp_path)
     os.remove(built.data_list_path + ".source.json")
     with pytest.raises(FileNotFoundError, match=r"sub_class_file_list_0\.txt exists but .*data_list_0\.txt does not"):
         _dataset(toy_data_root, os.path.join(toy_data_root, "val.txt"), list_root)
+
+
+def _train_dataset(root, base_list, list_root):
+    return SemData(split=0, shot=1, data_root=str(root), data_list=str(base_list), data_set="pascal",
+                   mode="train", list_root=str(list_root), show_progress=False)
+
+
+@pytest.fixture
+def two_roots(tmp_path):
+    """Two data roots with the same base list text; under the second, c6_a's label shows class 7."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    all_fold0_train_classes_dataset(str(first), extra=[("c6_c", block_label([6]), None)])
+    shutil.copytree(first, second)
+    cv2.imwrite(str(second / "SegmentationClassAug" / "c6_a.png"), block_label([7]))
+    return first, second
+
+
+def _pair(root, name):
+    return (os.path.join(str(root), "JPEGImages", f"{name}.jpg"),
+            os.path.join(str(root), "SegmentationClassAug", f"{name}.png"))
+
+
+def test_lists_built_from_another_data_root_are_rebuilt(two_roots, tmp_path):
+    first, second = two_roots
+    list_root = tmp_path / "fss"
+    _train_dataset(first, first / "train.txt", list_root)
+    with pytest.warns(UserWarning, match=rf"train/data_list_0\.txt was built from data_root '{first}', not the "
+                                         rf"configured '{second}'; rebuilding the FSS lists"):
+        rebuilt = _train_dataset(second, second / "train.txt", list_root)
+    assert _pair(second, "c6_a") in rebuilt.sub_class_file_list[7]
+    assert _pair(second, "c6_a") not in rebuilt.sub_class_file_list[6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # recorded now: no second rebuild
+        _train_dataset(second, second / "train.txt", list_root)
+
+
+def test_a_class_list_derived_under_another_data_root_is_derived_again(two_roots, tmp_path):
+    first, second = two_roots
+    list_root = tmp_path / "fss"
+    built = _train_dataset(first, first / "train.txt", list_root)
+    os.remove(built.data_list_path + ".source.json")  # a dropped-in data list, never rewritten
+    os.remove(built.sub_class_file_list_path)
+    _train_dataset(first, first / "train.txt", list_root)  # derives the class lists under the first root
+    with open(built.data_list_path, "rb") as handle:
+        data_list_bytes = handle.read()
+    with pytest.warns(UserWarning, match=rf"sub_class_file_list_0\.txt was built from data_root '{first}', not "
+                                         rf"the configured '{second}'; deriving it again"):
+        derived = _train_dataset(second, second / "train.txt", list_root)
+    assert _pair(second, "c6_a") in derived.sub_class_file_list[7]
+    with open(built.data_list_path, "rb") as handle:
+        assert handle.read() == data_list_bytes
+
+
+def _as_written_by_an_earlier_version(record):
+    del record["data_root"], record["classes"]
+
+
+def _for_other_classes(record):  # e.g. COCO lists built with the other use_split_coco
+    record["classes"] = [1, 5, 9]
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_as_written_by_an_earlier_version, r"records no data_root \(written by an earlier version\)"),
+    (_for_other_classes, r"was built for the classes \[1, 5, 9\], not \[6, 7, "),
+], ids=["earlier_version", "other_classes"])
+def test_lists_whose_record_names_other_classes_or_no_data_root_are_rebuilt(tmp_path, edit, reason):
+    root = tmp_path / "data"
+    base = all_fold0_train_classes_dataset(str(root))
+    built = _train_dataset(root, base, tmp_path / "fss")
+    record_path = built.data_list_path + ".source.json"
+    with open(record_path) as handle:
+        record = json.load(handle)
+    edit(record)
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    with pytest.warns(UserWarning, match=rf"data_list_0\.txt {reason}.*rebuilding the FSS lists"):
+        _train_dataset(root, base, tmp_path / "fss")
+    with open(record_path) as handle:
+        assert json.load(handle)["data_root"] == str(root)

@@ -28,7 +28,7 @@ from util.transform import test_Resize, validation_resize_shape
 
 @pytest.fixture(scope="module")
 def tiny(toy_data_root, tmp_path_factory):
-    """The toy config at the tests' tiny size (65 px, 8x8 grid) and a seeded random model."""
+    """The toy config at the tests' tiny size (val_size 33, 8x8 grid) and a seeded random model."""
     folder = tmp_path_factory.mktemp("predictor")
     cfg = load_config(CONFIG, toy_opts(toy_data_root, str(folder / "exp"), list_root=str(folder / "fss")))
     torch.manual_seed(0)
@@ -112,6 +112,28 @@ def test_protocol_mapping_is_off_where_the_resize_floored_a_side():
     assert (wrong & ~_boundary_band(rectangle, 2)).sum() > 100
 
 
+def test_exact_mapping_of_a_smaller_output_inverts_the_resize_on_a_ramp():
+    """An output smaller than the canvas (zoom_factor < 8) is first brought to the canvas with
+    align_corners=True, then the picture's part is resized with half-pixel centres. A ramp
+    (each value its column's coordinate) makes both steps visible: the first maps ramp values
+    k * (S - 1) / (w - 1) onto the canvas columns exactly, the second puts original column j at
+    content coordinate (j + 0.5) * cw / W - 0.5, clamped to the content (a formula written here,
+    not the code's)."""
+    canvas, small, (height, width), content = 65, 9, (20, 30), (40, 64)
+    ramp = torch.arange(small, dtype=torch.float64) * (canvas - 1) / (small - 1)
+    logits = ramp.view(1, 1, 1, small).expand(1, 1, small, small).contiguous()
+    mapped = logits_to_original(logits, QueryFrame((height, width), content, canvas), "exact")
+    assert mapped.shape == (1, 1, height, width)
+    columns = np.clip((np.arange(width) + 0.5) * content[1] / width - 0.5, 0, content[1] - 1)
+    np.testing.assert_allclose(mapped[0, 0].numpy(), np.broadcast_to(columns, (height, width)), atol=1e-9)
+    # the same along the rows, with the transposed ramp
+    mapped = logits_to_original(logits.transpose(-2, -1), QueryFrame((height, width), content, canvas), "exact")
+    rows = np.clip((np.arange(height) + 0.5) * content[0] / height - 0.5, 0, content[0] - 1)
+    np.testing.assert_allclose(mapped[0, 0].numpy(), np.broadcast_to(rows[:, None], (height, width)), atol=1e-9)
+    with pytest.raises(ValueError, match=r"^mapping must be one of \('exact', 'protocol'\), got 'nearest'$"):
+        logits_to_original(logits, QueryFrame((height, width), content, canvas), "nearest")
+
+
 # ----------------------------------------------------------------------------- geometry
 @pytest.mark.parametrize("height,width", [(37, 53), (64, 48), (120, 41), (41, 120), (65, 65), (200, 131),
                                           (3, 5), (2, 2), (1, 1)],
@@ -135,6 +157,40 @@ def test_a_too_elongated_query_is_a_clear_error(tiny):
         predictor.prepare_query(np.zeros((2, 200, 3), np.uint8))
     with pytest.raises(PredictorError, match="call set_support"):
         predictor.predict(np.zeros((20, 20, 3), np.uint8))
+
+
+def test_the_threshold_is_strict_and_a_call_s_threshold_overrides_the_predictor_s(tiny):
+    predictor = Predictor.from_model(tiny["model"], tiny["cfg"], device="cpu", threshold=0.5)
+    image, label = _episode_files(tiny["root"], 245)
+    predictor.set_support([image], [label])
+    query = np.random.default_rng(7).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    for threshold in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(PredictorError, match=rf"^threshold must lie strictly between 0 and 1, got {threshold}$"):
+            predictor.predict(query, threshold=threshold)
+    _, probability = predictor.predict(query, return_probability=True)
+    low, high = np.quantile(probability, [0.3, 0.7])  # the random model's probabilities lie near 0.5
+    strict = Predictor.from_model(tiny["model"], tiny["cfg"], device="cpu", threshold=float(high))
+    strict.set_support([image], [label])
+    assert np.array_equal(strict.predict(query), probability > high)
+    overridden = strict.predict(query, threshold=float(low))
+    assert np.array_equal(overridden, probability > low) and overridden.sum() > (probability > high).sum()
+    # "above the threshold": equal logits (probability exactly 0.5) are background at 0.5
+    predictor.logits = lambda x: torch.zeros(x.shape[0], 2, x.shape[-2], x.shape[-1])
+    mask, probability = predictor.predict(query, return_probability=True)
+    assert (probability == 0.5).all() and not mask.any()
+
+
+def test_the_query_frame_follows_the_config_s_resized_val(tiny):
+    """resized_val: True scales every query to the tiny canvas (val_size 33: 30 -> 33, floored to
+    32; 20 * 33 / 30 = 22 -> 16); False keeps a query that fits the canvas at its size, down to
+    1 px."""
+    kept = copy.deepcopy(tiny["cfg"])
+    kept.resized_val = False
+    query = np.zeros((20, 30, 3), np.uint8)
+    assert Predictor.from_model(tiny["model"], tiny["cfg"], device="cpu").prepare_query(query)[1].content == (16, 32)
+    predictor = Predictor.from_model(tiny["model"], kept, device="cpu")
+    assert predictor.prepare_query(query)[1].content == (20, 30)
+    assert predictor.prepare_query(np.zeros((1, 5, 3), np.uint8))[1].content == (1, 5)
 
 
 # ------------------------------------------------------------ the evaluation pipeline
