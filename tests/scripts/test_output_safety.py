@@ -74,8 +74,8 @@ def test_test_sccan_outputs_and_the_chart_overwrite_nothing(tmp_path, inputs, ca
          f"--output {tmp_path}/./episodes.json is the same file as --episodes-from {inputs['episodes']}: writing "
          f"it would overwrite that input; give --output another path"),
         (["--episodes-from", inputs["episodes"], "--dump-episodes", inputs["episodes"]],
-         f"--dump-episodes {inputs['episodes']} is the same file as --episodes-from: writing it would overwrite "
-         f"that input; give --dump-episodes another path"),
+         f"--dump-episodes {inputs['episodes']} with --episodes-from: a replayed run draws no episodes of its own "
+         f"to record (they are those of {inputs['episodes']}); copy that file instead"),
         (["--output", result, "--dump-episodes", str(tmp_path / "result.png")],
          f"--dump-episodes {tmp_path / 'result.png'} is the same file as the chart of --output (<name>.png): one "
          f"output would replace the other; give them different paths"),

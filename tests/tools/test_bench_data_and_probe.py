@@ -89,7 +89,7 @@ def test_bench_data_rows_are_the_rates_of_the_loaded_episodes(toy_data_root, mon
 
     monkeypatch.setattr(SemData, "__getitem__", timed_load)
     threads = torch.get_num_threads(), cv2.getNumThreads()
-    arguments = ["--data-root", toy_data_root, "--episodes", "2", "--sizes", "24", "16", "--split", "1",
+    arguments = ["--data-root", toy_data_root, "--episodes", "2", "--sizes", "25", "17", "--split", "1",
                  "--threads", "1"]
     try:
         bench_data.main(arguments)
@@ -113,7 +113,7 @@ def test_bench_data_rows_are_the_rates_of_the_loaded_episodes(toy_data_root, mon
         rate = 2 / sum(cost for _, _, cost in timed)
         expected[(dataset.mode, dataset.shot, size)] = (rate, 1000.0 / rate)
     assert set(expected) == {(mode, shot, size) for mode in ("train", "val") for shot in (1, 5)
-                             for size in (24, 16)}
+                             for size in (25, 17)}
 
     rows = _table_rows(output.out)
     assert rows.keys() == expected.keys()
