@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from model.builder import precheck_base_learner
 from util.cli import run_entry_point
 from util.experiment import check_data_root, experiment_dir, per_shot_name, snapshot_dir
 from util.io import check_output_path
@@ -34,8 +35,9 @@ def build_trainer(argv=None) -> Trainer:
     for where, path in (("config key save_path", experiment_dir(cfg)),
                         ("the snapshot folder of config key save_path", snapshot_dir(cfg))):
         check_output_path(path, where, folder=True)
-    # The resume checkpoint is read-only here: refused before the lock creates the output folder.
+    # The checkpoints are read-only here: refused before the lock creates the output folder.
     precheck_resume(cfg, SCCAN_RESUME, arguments.allow_config_change)
+    precheck_base_learner(cfg)  # the model is built from it on resume too
     lock = claim_output_folder(experiment_dir(cfg), per_shot_name(cfg, "train", ".lock"),
                                f"{experiment_dir(cfg)} ({cfg.shot}-shot run)")
 

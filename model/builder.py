@@ -49,24 +49,51 @@ def load_base_learner(cfg, backbone: Optional[Backbone]) -> nn.Module:
     it, except where a full ensemble checkpoint is loaded next (``backbone`` None): that one
     holds ``learner_base`` too, so the head's structure is enough. The PSPNet itself lives in
     model/pspnet.py (BAM's base learner)."""
-    from model.pspnet import PSPNet, base_class_count, pspnet_backbone_state
+    from model.pspnet import pspnet_backbone_state
 
     path = base_learner_checkpoint_path(cfg)
     if not os.path.isfile(path) and backbone is not None:
-        raise FileNotFoundError(
-            f"base learner checkpoint {path!r} not found (config keys base_learner: True, "
-            f"base_learner_weights): train it with '{base_learner_training_command(cfg)}' or put "
-            f"BAM's released base learner there")
-    pspnet = PSPNet(int(config_value(cfg, "layers")), base_class_count(config_value(cfg, "data_set")),
-                    pretrained_backbone=False)
+        raise _missing_base_learner(cfg, path)
+    pspnet = _base_learner_network(cfg)
     if not os.path.isfile(path):
         return _frozen_head(pspnet)
-    state = extract_state_dict(load_checkpoint(path))
-    check_state_dict(pspnet, state, source=path)
+    state = _checked_base_learner_state(pspnet, path)
     pspnet.load_state_dict(state, strict=True)
     if backbone is not None:
         backbone.load_state_dict(pspnet_backbone_state(state, prefix="body."), strict=True)
     return _frozen_head(pspnet)
+
+
+def precheck_base_learner(cfg) -> None:
+    """Before a training run writes anything: the base learner a ``base_learner: True`` config
+    reads exists, is a PSPNet checkpoint of the fold's structure and holds finite weights (read
+    memory-mapped; the model build reads it again)."""
+    if not config_value(cfg, "base_learner"):
+        return
+    path = base_learner_checkpoint_path(cfg)
+    if not os.path.isfile(path):
+        raise _missing_base_learner(cfg, path)
+    _checked_base_learner_state(_base_learner_network(cfg), path, mmap=True)
+
+
+def _missing_base_learner(cfg, path: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"base learner checkpoint {path!r} not found (config keys base_learner: True, "
+        f"base_learner_weights): train it with '{base_learner_training_command(cfg)}' or put "
+        f"BAM's released base learner there")
+
+
+def _base_learner_network(cfg) -> nn.Module:
+    from model.pspnet import PSPNet, base_class_count
+
+    return PSPNet(int(config_value(cfg, "layers")), base_class_count(config_value(cfg, "data_set")),
+                  pretrained_backbone=False)
+
+
+def _checked_base_learner_state(pspnet: nn.Module, path: str, mmap: bool = False) -> dict:
+    state = extract_state_dict(load_checkpoint(path, mmap=mmap))
+    check_state_dict(pspnet, state, source=path)  # names, shapes, number types, finite values
+    return state
 
 
 def _frozen_head(pspnet: nn.Module) -> nn.Module:

@@ -72,7 +72,7 @@ from tools.parallel import run_tasks
 from tools.preparation import (PrepareError, add_output_arguments, first_few, read_id_list, report_count,
                                write_list_unless_present)
 from util.cli import run_entry_point
-from util.io import atomic_copy
+from util.io import atomic_copy, check_output_path
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LISTS_DIR = os.path.join(REPOSITORY_ROOT, "lists", "pascal")
@@ -461,6 +461,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _run(argv: Sequence[str]) -> None:
     arguments = parse_arguments(argv)
+    # Before the labels are converted (minutes), not when the lists are written at the end.
+    check_output_path(arguments.lists_dir, "--lists-dir", folder=True)
+    check_output_path(arguments.out_root, "--out-root", folder=True)
     prepare_pascal(
         voc_root=arguments.voc,
         sbd_root=arguments.sbd,

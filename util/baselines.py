@@ -134,6 +134,9 @@ def build_predictor(cfg, choice: str, device: torch.device, weight: Optional[str
         if choice == "untrained":
             return _with_meta_scores(model), "untrained model"
         return FeatureMatching(model.backbone, "prior", threshold=0.7), "training-free prior baseline"
+    if weight and os.path.isdir(weight):
+        raise FileNotFoundError(f"--weight {weight!r} is a folder, not a checkpoint file (e.g. "
+                                f"<folder>/snapshot/train_epoch_<e>_<mIoU>.pth)")
     if weight and not os.path.isfile(weight):
         raise FileNotFoundError(f"--weight {weight!r}: no such checkpoint file")
     if not weight and not cfg.weight:

@@ -169,6 +169,8 @@ def test_weights_not_found_messages(toy, tmp_path):
     missing = str(tmp_path / "nope.pth")
     assert_user_error(run("test_sccan.py", "--config", CONFIG, "--weight", missing, "--opts", *toy["opts"]),
                       f"--weight {missing!r}", absent=("pass --weight",))
+    assert_user_error(run("test_sccan.py", "--config", CONFIG, "--weight", str(tmp_path), "--opts", *toy["opts"]),
+                      f"--weight {str(tmp_path)!r} is a folder, not a checkpoint file")
     last = assert_user_error(run("test_sccan.py", "--config", CONFIG, "--opts", *toy["opts"]),
                              "weights not found", "final_1shot.pth", "--weight PATH")
     assert_names_a_readme_section(last)
@@ -236,6 +238,15 @@ def test_tools_report_user_errors_in_one_line(tmp_path):
                           repr(str(tmp_path / "none"))), "data_root")
     assert_user_error(run("-m", "tools.prepare_pascal", "--voc", str(tmp_path / "none"), "--sbd", str(tmp_path)),
                       "missing folder", "none")
+    # Output places are checked before the labels are converted (minutes on the real datasets).
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    for tool, inputs in (("tools.prepare_pascal", ["--voc", str(tmp_path / "none"), "--sbd", str(tmp_path)]),
+                         ("tools.prepare_coco", ["--coco-root", str(tmp_path / "none")])):
+        result = run("-m", tool, *inputs, "--lists-dir", str(a_file))
+        assert result.returncode == 2 and result.stderr.strip() == (
+            f"error: --lists-dir {a_file}: is a file, not a folder; give a folder path"), result.stderr
+    assert a_file.read_text() == "kept"
 
 
 def test_tools_run_as_files_say_how_to_run_them():

@@ -68,6 +68,11 @@ def test_checkpoints_with_non_finite_weights_are_refused(toy, sccan_state, tmp_p
     result = run("test_sccan.py", "--config", CONFIG, "--weight", path, "--opts",
                  *_opts(toy, tmp_path / "exp", base_learner=True, base_learner_weights=base_path))
     assert_user_error(result, base_path, "cls.4.bias has 16 NaN/inf value(s)")
+    # a training run that would read it is refused before its folder, config and log exist
+    result = run("train_sccan.py", "--config", CONFIG, "--opts",
+                 *_opts(toy, tmp_path / "train", base_learner=True, base_learner_weights=base_path))
+    assert_user_error(result, base_path, "cls.4.bias has 16 NaN/inf value(s)")
+    assert not (tmp_path / "train").exists()
 
 
 def test_a_checkpoint_of_the_wrong_kind_says_what_it_is_and_where_it_belongs(toy, sccan_state, tmp_path):

@@ -153,8 +153,11 @@ def test_output_has_the_query_size_and_probabilities_in_unit_range(tiny, height,
 
 def test_a_too_elongated_query_is_a_clear_error(tiny):
     predictor = Predictor.from_model(tiny["model"], tiny["cfg"], device="cpu")
-    with pytest.raises(PredictorError, match="too elongated"):
+    with pytest.raises(PredictorError, match=r"^query is 2x200 \(height x width\): too elongated for the network "
+                                             r"input of 33 px"):
         predictor.prepare_query(np.zeros((2, 200, 3), np.uint8))
+    with pytest.raises(PredictorError, match=r"^query: expected an RGB array \(H, W, 3\)"):
+        predictor.prepare_query(np.zeros((4, 4, 2), np.uint8))
     with pytest.raises(PredictorError, match="call set_support"):
         predictor.predict(np.zeros((20, 20, 3), np.uint8))
 
