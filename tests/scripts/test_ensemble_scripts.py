@@ -60,6 +60,8 @@ def stand_in_base_learner(monkeypatch):
         return StandInBaseLearner()
 
     monkeypatch.setattr(model.builder, "load_base_learner", load)
+    # train_sccan.py checks the base learner's file before it writes anything: there is none
+    monkeypatch.setattr(train_sccan, "precheck_base_learner", lambda cfg: None)
     return calls
 
 
