@@ -1,6 +1,7 @@
 """Damaged or wrongly encoded data files stop a run in one line naming the file and what it
 should be, with exit status 2 and nothing written: label values that are no class of the dataset,
-colour (palette) labels, 16-bit labels, truncated images. Run as a user would (subprocesses)."""
+colour (palette) labels, 16-bit labels, truncated images. Run as a user would, from the repository root
+(in this process: tests/support/entry_points.py)."""
 import os
 import shutil
 

@@ -1,6 +1,7 @@
 """A bad config, list or --opts is one line ``error: ...`` (exit status 2) before anything is written.
 
-One subprocess per class of mistake, run as a user would (from the repository root): a file the
+One run per class of mistake, as a user would run it from the repository root (in this process,
+tests/support/entry_points.py; the relative-path case in a subprocess from another folder): a file the
 YAML parser rejects or that is not UTF-8, a key given twice in --opts, values outside what the
 network and the pipeline can take; each checks the exact line, the status and that the output
 folder was not created. The many siblings of each class are unit-tested in-process
@@ -14,6 +15,7 @@ import sys
 import pytest
 
 from tests.support import REPOSITORY_ROOT
+from tests.support.entry_points import run_in_process
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.cli import error_message
 from util.config import load_config
@@ -22,11 +24,8 @@ from util.experiment import check_data_root
 from util.transform import test_Resize
 
 
-def run(*arguments):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("SCCAN_DEBUG", None)
-    return subprocess.run([sys.executable, *arguments], cwd=REPOSITORY_ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+#: A script or tool run as ``python ARGUMENTS...`` would run it (here: in this process).
+run = run_in_process
 
 
 def assert_one_line(result, expected: str) -> None:

@@ -1,7 +1,8 @@
 """Nothing silently wrong, nothing lost: checkpoints of the wrong kind or with non-finite weights
 are refused in one line, a run holds its output folder against a second run, a save that runs out
 of room says so in one line and keeps the previous checkpoint, stale temporary files of killed
-saves are cleaned up. Each class runs the scripts as a user would (subprocesses)."""
+saves are cleaned up. Each class runs the scripts as a user would, from the repository root (in
+this process, tests/support/entry_points.py, where no other process or injected fault is needed)."""
 import errno
 import io
 import json
@@ -18,6 +19,7 @@ from model import build_model
 from model.pspnet import PSPNet
 from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support import REPOSITORY_ROOT
+from tests.support.entry_points import run_subprocess
 from tests.support.toy_experiment import BASE_CONFIG, CONFIG, reduced_train_list, toy_opts
 from util.config import load_config
 from util.io import DiskFullError, OutputFolderLock, atomic_torch_save, remove_stale_partial_files
@@ -233,7 +235,7 @@ sys.exit(run_entry_point(train_sccan.main, sys.argv[1:]))
 
 def test_training_that_runs_out_of_room_stops_with_one_line(toy, tmp_path):
     out = tmp_path / "exp"
-    result = run("-c", INJECT, "--config", CONFIG, "--opts", *_opts(toy, out, epochs=2, batch_size=8))
+    result = run_subprocess("-c", INJECT, "--config", CONFIG, "--opts", *_opts(toy, out, epochs=2, batch_size=8))
     latest = out / "snapshot" / "latest_1shot.pth"
     assert_user_error(result, f"no room to write {latest}", "the previous latest_1shot.pth is intact",
                       "MiB needed")
