@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from util import transform as transform_module
-from util.io import atomic_write_json, atomic_write_text, read_text
+from util.io import atomic_write_json, atomic_write_text, read_text, relative_to_cwd
 from util.image_files import ImageFileError, describe_classes, read_image_file, read_label_file
 
 __all__ = [
@@ -124,15 +124,6 @@ def get_class_lists(data_set: str, split: int, use_split_coco: bool = False) -> 
         val_classes = list(range(20 * split + 1, 20 * split + 21))
     train_classes = [c for c in class_list if c not in val_classes]
     return train_classes, val_classes
-
-
-def relative_to_cwd(path) -> str:
-    """' (relative to the working directory <cwd>)' for a relative ``path``, else ''. Paths in a
-    config are not resolved against the repository: a script run from another folder reads
-    them from there, and the messages say so."""
-    if path is None or os.path.isabs(os.fspath(path)):
-        return ""
-    return f" (relative to the working directory {os.getcwd()})"
 
 
 def _strip_root(path: str, root: str) -> Optional[str]:

@@ -23,9 +23,9 @@ import cv2
 from torch.utils.data import DataLoader, Dataset
 
 from util.cli import error_message
-from util.dataset import get_class_lists, relative_to_cwd
-from util.image_files import read_image_file, read_label_file
-from util.io import atomic_write_json, read_text
+from util.dataset import get_class_lists
+from util.image_files import file_problem, read_image_file, read_label_file
+from util.io import atomic_write_json, read_text, relative_to_cwd
 from util.runtime import limit_opencv_threads
 
 __all__ = ["RecordingDataset", "ReplayDataset", "EpisodeRecorder", "check_episodes_fit",
@@ -291,22 +291,6 @@ def check_episodes_fit(path: str, episodes: Sequence[dict], test_classes: Sequen
                              f"the config's shot is {shot}{dumped}")
 
 
-def _file_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be an episode's image or label, or None. Relative paths are read from
-    the working directory, as the dataset reads them."""
-    if not os.path.exists(path):
-        return f"does not exist{relative_to_cwd(path)}"
-    if os.path.isdir(path):
-        return "is a folder, not an image file"
-    if not os.path.isfile(path):
-        return "is not a regular file"
-    if not os.access(path, os.R_OK):
-        return "cannot be read (no permission)"
-    if not cv2.haveImageReader(path):  # reads the signature only
-        return "is not an image file OpenCV can read"
-    return None
-
-
 def _header_size(path: str) -> Optional[Tuple[int, int]]:
     """(height, width) from the file's header (no decoding), or None where Pillow cannot tell."""
     from PIL import Image
@@ -344,7 +328,7 @@ def check_episode_files(path: str, episodes: Sequence[dict]) -> None:
             where = f"{path}: episode {number}, {field}"
             for kind, file in (("image", image), ("label", label)):
                 if file not in file_problems:
-                    file_problems[file] = _file_problem(file)
+                    file_problems[file] = file_problem(file)
                 if file_problems[file] is not None:
                     error = FileNotFoundError if not os.path.exists(file) else ValueError
                     raise error(f"{where}: {kind} {file!r} {file_problems[file]}")

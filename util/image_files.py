@@ -19,7 +19,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
-__all__ = ["ImageFileError", "truncation_problem", "colour_problem", "label_value_problem",
+from util.io import relative_to_cwd
+
+__all__ = ["ImageFileError", "file_problem", "truncation_problem", "colour_problem", "label_value_problem",
            "read_image_file", "read_label_file", "describe_classes", "LABEL_READ_FLAGS"]
 
 # Keep the stored depth and the colour channels, so that 16-bit and colour labels can be told
@@ -37,6 +39,24 @@ _TAIL_BYTES = 1024
 
 class ImageFileError(ValueError):
     """An image or label file that exists but cannot be used as it is."""
+
+
+def file_problem(path) -> Optional[str]:
+    """Why ``path`` cannot be an image or label file, or None, from the file system and the
+    file's signature (nothing is decoded). Relative paths are read from the working directory,
+    as the dataset reads them, and the reason says so."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return f"does not exist{relative_to_cwd(path)}"
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if not os.path.isfile(path):
+        return "is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (no permission)"
+    if not cv2.haveImageReader(path):  # reads the signature only
+        return "is not an image file OpenCV can read"
+    return None
 
 
 def truncation_problem(path: str) -> Optional[str]:

@@ -434,6 +434,15 @@ class OutputFolderLock:
             self._remove()
 
 
+def relative_to_cwd(path) -> str:
+    """' (relative to the working directory <cwd>)' for a relative ``path``, else ''. Paths in a
+    config are not resolved against the repository: a script run from another folder reads
+    them from there, and the messages say so."""
+    if path is None or os.path.isabs(os.fspath(path)):
+        return ""
+    return f" (relative to the working directory {os.getcwd()})"
+
+
 def strip_module_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     """Remove the ``module.`` prefix that DistributedDataParallel puts on every key."""
     return {key[len("module."):] if key.startswith("module.") else key: value

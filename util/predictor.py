@@ -37,7 +37,7 @@ from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoi
 from util.cli import UserError
 from util.config import Config, load_config
 from util.dataset import transform_supports
-from util.image_files import colour_problem, truncation_problem
+from util.image_files import colour_problem, file_problem, truncation_problem
 from util.runtime import default_device
 from util.transform import build_val_transform, validation_resize_shape
 
@@ -64,14 +64,16 @@ def _is_path(source) -> bool:
 
 
 def _read_file(path, what: str, flags: int) -> np.ndarray:
-    is_file = os.path.isfile(path)
-    image = cv2.imread(os.fspath(path), flags) if is_file else None
-    truncated = truncation_problem(os.fspath(path)) if is_file else None
+    # A cut-short download is named as such even where its first bytes are all that is left.
+    truncated = truncation_problem(os.fspath(path)) if os.path.isfile(path) else None
     if truncated is not None:
         raise PredictorError(f"{what} {os.fspath(path)!r} is {truncated}")
-    if image is None:
-        reason = "no such file" if not os.path.exists(path) else "not an image file OpenCV can read"
-        raise PredictorError(f"{what} {os.fspath(path)!r}: {reason}")
+    problem = file_problem(path)
+    if problem is not None:
+        raise PredictorError(f"{what} {os.fspath(path)!r} {problem}")
+    image = cv2.imread(os.fspath(path), flags)
+    if image is None:  # a signature OpenCV knows, a body it cannot decode
+        raise PredictorError(f"{what} {os.fspath(path)!r} could not be decoded as an image")
     return image
 
 

@@ -217,7 +217,7 @@ def test_unreadable_files(files, tmp_path, capsys):
     assert "broken.jpg" in message and "is a truncated JPEG" in message
     message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
                                         support=f"{tmp_path / 'nope.jpg'}:{files['mask']}"))
-    assert "support 1 image" in message and "nope.jpg" in message and "no such file" in message
+    assert "support 1 image" in message and "nope.jpg" in message and "does not exist" in message
     message = _error(capsys, _arguments(files, tmp_path / "o", "--query", str(tmp_path / "absent")))
     assert "--query" in message and "absent" in message
     message = _error(capsys, _arguments(files, tmp_path / "o", "--query", files["queries"],
@@ -255,7 +255,7 @@ def test_the_module_as_a_user_runs_it():
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
-        "error: support 1 image 'missing.jpg': no such file"
+        f"error: support 1 image 'missing.jpg' does not exist (relative to the working directory {REPOSITORY_ROOT})"
 
 
 def test_support_pairs_split_where_both_files_exist(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from tests.support.datasets import SMALL, all_fold0_train_classes_dataset, block_label
+from tests.support.datasets import SMALL, all_fold0_train_classes_dataset, block_label, write_mini_dataset
 from util.dataset import SemData, fill_bounding_boxes, get_class_lists
 from util.transform import ToTensor, build_train_transform, build_val_transform
 
@@ -261,16 +261,21 @@ def test_missing_data_root_and_base_list(tmp_path):
         SemData(0, 1, str(tmp_path / "nowhere"), None, data_set="coco", list_root=str(tmp_path / "lists"))
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"data_set": "toy"}, "data_set"), ({"split": 5}, "split"), ({"mode": "test"}, "mode"),
-    ({"ann_type": "polygon"}, "ann_type"),
+@pytest.mark.parametrize("kwargs, message", [
+    ({"data_set": "toy"}, "unknown data_set 'toy'; allowed: 'pascal', 'coco'"),
+    ({"split": 5}, "unknown split 5; allowed: 0, 1, 2, 3"),
+    ({"mode": "test"}, "unknown mode 'test'; allowed: 'train', 'val'"),
+    ({"ann_type": "polygon"}, "unknown ann_type 'polygon'; allowed: 'mask', 'bbox'"),
+    ({"shot": 0}, "shot must be a positive int, got 0"),
+    ({"shot": 1.0}, "shot must be a positive int, got 1.0"),
+    ({"base_label": True, "mode": "val"}, "base_label serves the base learner's training label: mode 'train' only"),
 ])
-def test_unknown_options_are_rejected(tmp_path, kwargs, word):
+def test_unknown_options_are_rejected(tmp_path, kwargs, message):
     arguments = dict(split=0, shot=1, data_root=str(tmp_path), data_list=None, list_root=str(tmp_path))
     arguments.update(kwargs)
     with pytest.raises(ValueError) as error:
         SemData(**arguments)
-    assert word in str(error.value) and repr(list(kwargs.values())[0]) in str(error.value)
+    assert str(error.value) == message
 
 
 def test_too_few_images_per_class_fails_at_construction(tmp_path):
@@ -302,3 +307,35 @@ def test_size_mismatch_and_unreadable_files_at_load(tmp_path):
     os.remove(os.path.join(root, "SegmentationClassAug", "c8_a.png"))
     with pytest.raises(FileNotFoundError, match=r"cannot read label .*c8_a\.png"):
         data.load_episode(data.sub_class_file_list[8][1], 8, [data.sub_class_file_list[8][0]])
+
+
+def test_episode_refusals_name_the_file_its_size_and_the_class_exactly(tmp_path):
+    """The checks of ``load_episode`` on non-square files (a swapped height/width shows), an
+    episode class missing from the query or a support label, and a label value that is no PASCAL
+    class, in the query and in a support."""
+    root = str(tmp_path)
+    odd = block_label([6])
+    odd[0, 0] = 42
+    base = all_fold0_train_classes_dataset(root, extra=[("wide", block_label([6, 9]), (70, 128, 3))])
+    data = SemData(0, 1, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
+    write_mini_dataset(root, [("odd", odd, None)], list_name="odd.txt")  # after the lists: they refuse it
+
+    def pair(name):
+        return (os.path.join(root, "JPEGImages", f"{name}.jpg"), os.path.join(root, "SegmentationClassAug", f"{name}.png"))
+
+    wide, six, seven = pair("wide"), pair("c6_a"), pair("c7_a")
+    for call, message in (
+            (lambda: data.load_episode(wide, 6, [six]),
+             f"query image and label sizes differ: {wide[0]!r} is 70x128, {wide[1]!r} is 64x128"),
+            (lambda: data.load_episode(six, 6, [wide]),
+             f"support image and label sizes differ: {wide[0]!r} is 70x128, {wide[1]!r} is 64x128"),
+            (lambda: data.load_episode(six, 7, [seven]),
+             f"query label {six[1]!r} has no pixel of the episode's class 7"),
+            (lambda: data.load_episode(seven, 7, [six]),
+             f"support label {six[1]!r} has no pixel of the episode's class 7")):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == message
+    for query, supports in ((pair("odd"), [six]), (six, [pair("odd")])):
+        with pytest.raises(ValueError, match=r"odd\.png.* has values 42 outside 0 \(background\), 1\.\.20"):
+            data.load_episode(query, 6, supports)

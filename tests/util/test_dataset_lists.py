@@ -340,3 +340,53 @@ def test_a_class_counts_from_exactly_2048_pixels(tmp_path):
     pair = ("JPEGImages/edge.jpg", "SegmentationClassAug/edge.png")
     assert [tuple(entry) for entry in data_list] == [pair]
     assert [tuple(entry) for entry in sub_class_file_list[6]] == [pair] and sub_class_file_list[7] == []
+
+
+def test_deriving_class_lists_warns_once_naming_the_entries_without_a_class(tmp_path, capsys):
+    """derive_sub_class_file_list (a data_list whose class list is gone): entries whose label has
+    no class of the fold covering 2048 pixels are listed in one warning (the first five line
+    numbers), a repeated line is not warned about here (the caller's load_fss_lists does), and a
+    data_list whose entries all have a class gives no warning at all. The progress bar names the
+    list unless ``show_progress`` is off."""
+    small = np.zeros((64, 64), np.uint8)
+    small[:40, :40] = 6  # 1600 px: present, not counted
+    entries = [(f"none{index}", small, None) for index in range(6)] + [("six", block_label([6]), None)]
+    root = str(tmp_path)
+    write_mini_dataset(root, entries)
+    data_list = tmp_path / "data_list_0.txt"
+    lines = [f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n" for name, _, _ in entries]
+    data_list.write_text("".join(lines + lines[-1:]))  # the last entry twice
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        derived = dataset_module.derive_sub_class_file_list(root, str(data_list), [7, 6], data_set="pascal")
+    six = ("JPEGImages/six.jpg", "SegmentationClassAug/six.png")
+    assert derived == {6: [six, six], 7: []}
+    assert [str(warning.message) for warning in caught] == [
+        f"{data_list}: 6 entries (lines [1, 2, 3, 4, 5]...) have no class of [6, 7] covering 2048 pixels "
+        f"in their label; these labels differ from the ones the list was built from"]
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds a frame of its own
+        assert caught[0].filename == __file__  # stacklevel 2: the caller's line
+    assert "deriving the class lists of data_list_0.txt" in capsys.readouterr().err
+
+    data_list.write_text(lines[-1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dataset_module.derive_sub_class_file_list(root, str(data_list), [6], show_progress=False,
+                                                         data_set="pascal") == {6: [six]}
+    assert caught == [] and capsys.readouterr().err == ""
+
+
+def test_list_building_checks_label_values_against_the_dataset(tmp_path, capsys):
+    """A label value that is no class of the dataset (42 in PASCAL) stops the building of the
+    lists, named by its list line; the progress bar names the base list."""
+    label = block_label([6])
+    label[0, 0] = 42
+    root = str(tmp_path)
+    base = write_mini_dataset(root, [("six", block_label([6]), None), ("odd", label, None)])
+    with pytest.raises(ValueError, match=r"train\.txt:2: .*odd\.png.*42"):
+        make_fss_lists(root, base, [6], filter_intersection=False, data_set="pascal")
+    assert "building FSS lists from train.txt" in capsys.readouterr().err
+    data_list = tmp_path / "data_list_0.txt"
+    data_list.write_text("JPEGImages/odd.jpg SegmentationClassAug/odd.png\n")
+    with pytest.raises(ValueError, match=r"data_list_0\.txt:1: .*odd\.png.*42"):
+        dataset_module.derive_sub_class_file_list(root, str(data_list), [6], show_progress=False, data_set="pascal")

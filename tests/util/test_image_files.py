@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from util.image_files import (ImageFileError, colour_problem, label_value_problem, read_image_file,
-                              read_label_file, truncation_problem)
+from util.image_files import (ImageFileError, colour_problem, file_problem, label_value_problem,
+                              read_image_file, read_label_file, truncation_problem)
 
 
 @pytest.fixture
@@ -130,3 +130,18 @@ def test_colour_problem_only_for_differing_colour_channels(label):
     assert colour_problem(four) is None
     four[0, 0, 1] += 1
     assert "4 channels" in colour_problem(four)
+
+
+def test_file_problem_says_why_a_path_is_no_image_file_without_decoding_it(tmp_path, monkeypatch):
+    """Shared by the episode-file check and the predictor: missing (a relative path says from
+    where it was looked up), a folder, a file of another kind; an image's signature is enough."""
+    monkeypatch.chdir(tmp_path)
+    assert file_problem("missing.png") == f"does not exist (relative to the working directory {tmp_path})"
+    assert file_problem(tmp_path / "missing.png") == "does not exist"
+    assert file_problem(tmp_path) == "is a folder, not an image file"
+    (tmp_path / "notes.png").write_text("not an image")
+    assert file_problem("notes.png") == "is not an image file OpenCV can read"
+    cv2.imwrite(str(tmp_path / "mask.png"), np.zeros((4, 5), np.uint8))
+    with open(tmp_path / "mask.png", "r+b") as handle:
+        handle.truncate(40)  # the signature stays; the body is gone
+    assert file_problem("mask.png") is None

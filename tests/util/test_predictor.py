@@ -65,7 +65,7 @@ def test_read_rgb_and_read_mask_accept_arrays_and_files(tmp_path):
         read_rgb(rgb / 255.0, "query")
     with pytest.raises(PredictorError, match="channels with different values"):
         read_mask(rgb, "support 1 mask")
-    with pytest.raises(PredictorError, match="no such file"):
+    with pytest.raises(PredictorError, match="does not exist"):
         read_rgb(str(tmp_path / "missing.jpg"), "query")
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(PredictorError, match="not an image file"):
