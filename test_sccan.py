@@ -10,7 +10,7 @@ Seed 123 at start-up, then one run per seed (321, 322, ...): test_num episodes (
 and writes them as JSON, with a bar chart of the per-class IoU beside it (PNG). A model with a
 base learner (``base_learner: True``) is scored as its ensemble and as its meta learner alone,
 on the same episodes. ``--gfss`` runs BAM's generalised
-few-shot test instead (util/gfss.py): every val image as a query, base and novel classes,
+few-shot test instead (evaluation/gfss.py): every val image as a query, base and novel classes,
 ``merge``/``merge_tau`` from the config; it reports mIoU_n, mIoU_b, mIoU_t and per-class IoU.
 """
 from __future__ import annotations
@@ -18,16 +18,16 @@ from __future__ import annotations
 import os
 import sys
 
-from util.baselines import add_predictor_arguments, build_predictor
+from evaluation.baselines import add_predictor_arguments, build_predictor
 from util.cli import UserError, positive_int, run_entry_point
 from util.config import config_argparser, load_config
-from util.episodes import EpisodeRecorder, build_episode_loader, read_episode_file, save_episodes
-from util.evaluation import EvaluationProtocol, run_seeds, summarise_runs
-from util.experiment import build_dataset, default_result_path, tensorboard_writer, test_class_ids
-from util.gfss import check_gfss_request, run_generalised_test
+from evaluation.episodes import EpisodeRecorder, build_episode_loader, read_episode_file, save_episodes
+from evaluation.protocol import EvaluationProtocol, run_seeds, summarise_runs
+from experiment.build import build_dataset, default_result_path, tensorboard_writer, test_class_ids
+from evaluation.gfss import check_gfss_request, run_generalised_test
 from util.io import atomic_write_json, check_distinct_paths, check_output_path
 from util.runtime import get_logger, init_distributed, set_seed
-from util.visualisation import VisualisationWriter, class_iou_chart, write_png
+from evaluation.visualisation import VisualisationWriter, class_iou_chart, write_png
 
 STARTUP_SEED = 123
 

@@ -8,19 +8,19 @@
 The best weights go to initmodel/PSPNet/<dataset>/split<i>/resnet<L>/best.pth (config key
 base_learner_weights) in BAM's format, so BAM's released base learners and these are
 interchangeable; the log, config and latest/final checkpoints go to
-exp/<dataset>/PSPNet/split<i>/resnet<L>/ (base_save_path). The loop is util/base_trainer.py.
+exp/<dataset>/PSPNet/split<i>/resnet<L>/ (base_save_path). The loop is engine/base_trainer.py.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-from model.builder import base_learner_checkpoint_path
-from util.base_trainer import BASE_CHECKPOINT_NAMES, BASE_RESUME, BaseTrainer, check_fresh_base_output
+from experiment.models import base_learner_checkpoint_path
+from engine.base_trainer import BASE_CHECKPOINT_NAMES, BASE_RESUME, BaseTrainer, check_fresh_base_output
 from util.cli import UserError, run_entry_point
-from util.experiment import base_experiment_dir, check_data_root
+from experiment.build import base_experiment_dir, check_data_root
 from util.io import check_distinct_paths, check_output_path
-from util.trainer import (claim_output_folder, fit_and_close, parse_training_arguments,
+from engine.trainer import (claim_output_folder, fit_and_close, parse_training_arguments,
                           precheck_resume, start_training_run, start_under_lock)
 
 

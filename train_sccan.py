@@ -5,17 +5,17 @@
 
 One process on CPU or one GPU needs no launcher; under torchrun each process trains on its own
 GPU (NCCL) or on the CPU (gloo) with a DistributedSampler. Only rank 0 logs, validates and writes.
-The training loop itself is util/trainer.py.
+The training loop itself is engine/trainer.py.
 """
 from __future__ import annotations
 
 import sys
 
-from model.builder import precheck_base_learner
+from experiment.models import precheck_base_learner
 from util.cli import run_entry_point
-from util.experiment import check_data_root, experiment_dir, per_shot_name, snapshot_dir
+from experiment.build import check_data_root, experiment_dir, per_shot_name, snapshot_dir
 from util.io import check_output_path
-from util.trainer import (SCCAN_RESUME, Trainer, check_fresh_output, claim_output_folder,
+from engine.trainer import (SCCAN_RESUME, Trainer, check_fresh_output, claim_output_folder,
                           fit_and_close, parse_training_arguments, precheck_resume, start_training_run,
                           start_under_lock)
 

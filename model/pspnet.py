@@ -32,11 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.backbone import Backbone, DilatedResNet, load_backbone_weights
-from model.checkpoint import CheckpointError
-from util.dataset import get_class_lists
-from util.io import strip_module_prefix
+from model.checkpoint import CheckpointError, strip_module_prefix
 
-__all__ = ["PPM", "PSPNet", "PYRAMID_BINS", "base_class_count", "pspnet_backbone_state"]
+__all__ = ["PPM", "PSPNet", "PYRAMID_BINS", "pspnet_backbone_state"]
 
 PYRAMID_BINS = (1, 2, 3, 6)
 BACKBONE_LAYERS = ("layer0", "layer1", "layer2", "layer3", "layer4")
@@ -44,12 +42,6 @@ BACKBONE_LAYERS = ("layer0", "layer1", "layer2", "layer3", "layer4")
 # the ImageNet files initmodel/resnet<L>_v2.pth); indices 2, 5, 8 are ReLUs, 9 the max-pool.
 STEM_NAMES = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
 _STEM_KEY = re.compile(r"^layer0\.(\d+)\.(.+)$")
-
-
-def base_class_count(data_set: str) -> int:
-    """Output classes of the base learner: background + the base classes of a fold (PASCAL 15,
-    COCO 60: 16 and 61, as BAM's PSPNet)."""
-    return len(get_class_lists(data_set, 0)[0]) + 1
 
 
 class PPM(nn.Module):

@@ -11,13 +11,12 @@ from model.aspp import ASPP
 from model.backbone import Backbone
 from model.ensemble import (build_kshot_reweighting, build_merge_conv, ensemble_merge, kshot_weights,
                             low_feature_level, scene_differences)
+from model.constants import COSINE_EPS, IGNORE_LABEL
 from model.loss import weighted_dice_loss
 from model.transformer import SCCATransformer
 
 PROTOTYPE_EPS = 5e-4
-COSINE_EPS = 1e-7
 PER_IMAGE_BACKBONE_PIXELS = 300 * 300
-IGNORE_LABEL = 255
 
 
 def resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -309,7 +308,7 @@ class SCCAN(nn.Module):
         """The frozen backbone's features of the supports s_x (B, K, 3, H, W): four levels, each
         (B*K, C, h, w). Passed back to :meth:`forward` or :meth:`ensemble_outputs` as
         ``support_features``, they serve several queries of the same supports without a second
-        backbone pass (util/predictor.py)."""
+        backbone pass (evaluation/predictor.py)."""
         return self._backbone(s_x.flatten(0, 1))
 
     def _meta_forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor, support_features=None):

@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.constants import COSINE_EPS
+
 ALIGNMENT_EPS = 5e-4   # added to the support patch foreground count (original constant)
-COSINE_EPS = 1e-7
 UNIT_EPS = 1e-12       # F.normalize's floor: a zero vector stays zero (its cosine logits are 0)
 
 

@@ -24,6 +24,8 @@ import tempfile
 import pytest
 import torch
 
+from model.backbone import Backbone
+from model.sccan import SCCAN
 from tests.support.machine import available_memory_bytes, machine_summary, usable_cores, workers_for
 from tests.support.toy_experiment import CONFIG, toy_opts
 from tools.make_toy_dataset import make_toy_dataset
@@ -117,14 +119,14 @@ LONGEST_MODULES = (
     "tests/scripts/test_cli_errors.py",
     "tests/tools/test_toy_demo.py",
     "tests/util/test_evaluation_speed.py",
-    "tests/tools/test_bench_tools.py",
+    "tests/benchmarks/test_bench_tools.py",
     "tests/scripts/test_bad_data_files.py",
     "tests/scripts/test_config_errors.py",
     "tests/scripts/test_test_sccan.py",
     "tests/model/test_fast_path.py",
     "tests/model/test_gradient_layout.py",
     "tests/scripts/test_ensemble_scripts.py",
-    "tests/util/test_predictor.py",
+    "tests/evaluation/test_predictor.py",
     "tests/tools/test_gpu_check.py",
     "tests/model/test_parity.py",
 )
@@ -138,3 +140,10 @@ def pytest_collection_modifyitems(config, items):
         return rank.get(module, len(LONGEST_MODULES))
 
     items.sort(key=order)  # stable: the order within a module and of the rest is kept
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A 2-shot SCCAN on a random ResNet-50 with a 16x16 feature grid (one per module)."""
+    torch.manual_seed(0)
+    return SCCAN(Backbone(50), shot=2, feature_size=16)

@@ -37,7 +37,7 @@ class Target:
 TARGETS = {
     "ensemble": Target("model/ensemble.py", ("*",),
                        ("tests/model/test_ensemble.py", "tests/model/test_ensemble_parity.py")),
-    "metrics": Target("util/metrics.py", ("*",), ("tests/util/test_metrics.py",)),
+    "metrics": Target("evaluation/metrics.py", ("*",), ("tests/evaluation/test_metrics.py",)),
     "prior": Target("model/sccan.py", ("x_prior_mask*",),
                     ("tests/model/test_parity.py", "tests/model/test_fast_path.py"), keyword="prior"),
     # The keyword selects test_transformer.py, the transformer's own parity test and the fast
@@ -52,10 +52,10 @@ TARGETS = {
                         "tests/util/test_fss_list_cache.py", "tests/util/test_shipped_lists.py")),
     # The mapping of a prediction back to the user's image (the target) and the threshold;
     # each mutant of the rest (file reading, checkpoint loading) would cost a model build.
-    "predictor": Target("util/predictor.py",
+    "predictor": Target("evaluation/predictor.py",
                         ("x_logits_to_original*", "x__logit*", "x_support_label*",
                          "xǁPredictorǁ_frame*", "xǁPredictorǁprepare_query*", "xǁPredictorǁpredict*"),
-                        ("tests/util/test_predictor.py",)),
+                        ("tests/evaluation/test_predictor.py",)),
 }
 
 

@@ -11,9 +11,9 @@ the 8-minute budget (a step that finds the budget spent is recorded as failed, n
    ensemble, its meta learner, the baselines, ``--gfss``, the episode recorder and pictures,
    train_base.py, 5-shot, ``fast_path_training``, single-process NCCL DDP); counts from a JUnit
    file;
-2. the CUDA rows of BENCHMARKS.md: tools/bench_model.py (eval forward, ResNet-50 1-shot, batch 8,
+2. the CUDA rows of BENCHMARKS.md: benchmarks/bench_model.py (eval forward, ResNet-50 1-shot, batch 8,
    473x473: the fp32 reference against the fast path and fast + bf16, peak memory) and
-   tools/bench_train.py (a training iteration at 473x473, the same variants); tools/bench_eval.py
+   benchmarks/bench_train.py (a training iteration at 473x473, the same variants); benchmarks/bench_eval.py
    (the cached evaluation) once it can time a GPU (a ``--device`` option), else skipped with the
    reason;
 3. with two or more GPUs, a 2-process NCCL run of train_sccan.py under torchrun (a toy epoch with
@@ -48,8 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
-    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
+    import _as_module  # noqa: F401  (tools/_as_module.py: says how to run it, exits)
 
 import torch
 
@@ -305,8 +304,8 @@ def nccl_figures(save_path: str) -> Callable[[str], Figures]:
 
 # ------------------------------------------------------------------------------- the checks
 def bench_eval_times_a_gpu() -> bool:
-    """Whether tools/bench_eval.py has a ``--device`` option (it timed the CPU only before)."""
-    completed = subprocess.run([PYTHON, "-m", "tools.bench_eval", "--help"], cwd=REPOSITORY_ROOT,
+    """Whether benchmarks/bench_eval.py has a ``--device`` option (it timed the CPU only before)."""
+    completed = subprocess.run([PYTHON, "-m", "benchmarks.bench_eval", "--help"], cwd=REPOSITORY_ROOT,
                                capture_output=True, text=True, timeout=60)
     return completed.returncode == 0 and "--device" in completed.stdout
 
@@ -321,12 +320,12 @@ def gpu_steps(log_dir: str, scratch: str, quick: bool, device_count: int) -> Lis
                    f"--junitxml={junit}"], 300, junit_figures(junit)),
              Step("bench model", "eval forward, ResNet-50 1-shot, batch 8, 473x473: fp32 reference, fast, "
                   "fast + bf16, peak memory (target: fast-bf16 >= 3x reference at <= its memory)",
-                  [PYTHON, "-m", "tools.bench_model", "--devices", "cuda", "--layers", "50", "--shots", "1",
+                  [PYTHON, "-m", "benchmarks.bench_model", "--devices", "cuda", "--layers", "50", "--shots", "1",
                    "--batch", "8", "--variants", "reference", "fast", "fast-bf16", "--runs", "5"], 90,
                   benchmark_figures("s/forward", 3.0), benchmarks_skipped),
              Step("bench train", "a training iteration, batch 8, 473x473, 64x64 grid, window 8, 8 loader "
                   "workers (target: fast-bf16 >= 2x reference at <= its memory)",
-                  [PYTHON, "-m", "tools.bench_train", "--config", TOY_CONFIG, "--variants", "reference",
+                  [PYTHON, "-m", "benchmarks.bench_train", "--config", TOY_CONFIG, "--variants", "reference",
                    "fast-steps", "fast", "fast-bf16", "--opts", "train_h", "473", "train_w", "473",
                    "feature_size", "64", "window_size", "8", "batch_size", "8", "workers", "8"], 150,
                   benchmark_figures("s/iteration", 2.0), benchmarks_skipped)]
@@ -338,11 +337,11 @@ def gpu_steps(log_dir: str, scratch: str, quick: bool, device_count: int) -> Lis
          "--config", TOY_CONFIG, "--overwrite", "--opts", "save_path", nccl_save, "epochs", "1", "evaluate", "True",
          "SubEpoch_val", "False", "test_num", "40", "workers", "2"], 150, nccl_figures(nccl_save),
         "" if device_count >= 2 else f"{device_count} CUDA device: the 2-process NCCL run needs 2"))
-    eval_command = [PYTHON, "-m", "tools.bench_eval", "--data-root", TOY_ROOT, "--shots", "1", "5",
+    eval_command = [PYTHON, "-m", "benchmarks.bench_eval", "--data-root", TOY_ROOT, "--shots", "1", "5",
                     "--episodes", "100", "--device", "cuda"]
     eval_skip = benchmarks_skipped
     if not eval_skip and not bench_eval_times_a_gpu():
-        eval_skip = ("tools/bench_eval.py times the CPU only (it has no --device option), and its "
+        eval_skip = ("benchmarks/bench_eval.py times the CPU only (it has no --device option), and its "
                      "CPU run at 473x473 would not fit the budget")
     steps.append(Step("bench eval", "evaluation with and without the backbone-feature cache, toy data at "
                       "473x473, 100 episodes per shot (measured and projected to 1,000)",

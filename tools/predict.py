@@ -10,7 +10,7 @@ query's size), ``<name>_overlay.png`` (the query with the mask tinted and outlin
 with their masks beside it) and, with --save-prob, ``<name>_prob.png`` (the foreground
 probability x 255). It prints one line per query with its foreground fraction. Support masks:
 0 is background, any other value foreground (255 marks ignored pixels where the mask also has
-other values). The supports are encoded once for all queries (util/predictor.py).
+other values). The supports are encoded once for all queries (evaluation/predictor.py).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import os
 import sys
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
-    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
+    import _as_module  # noqa: F401  (tools/_as_module.py: says how to run it, exits)
 
 import numpy as np
 import torch
@@ -27,9 +26,9 @@ import torch
 from util.cli import USER_ERROR_TYPES, UserError, error_message, run_entry_point
 from util.config import config_argparser, load_config
 from util.io import check_output_path, first_same_path, same_path
-from util.predictor import Predictor, read_rgb, read_supports
+from evaluation.predictor import Predictor, read_rgb, read_supports
 from util.runtime import progress_bar
-from util.visualisation import prediction_overlay, write_png
+from evaluation.visualisation import prediction_overlay, write_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

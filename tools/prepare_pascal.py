@@ -60,8 +60,7 @@ import sys
 from typing import Sequence
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
-    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
+    import _as_module  # noqa: F401  (tools/_as_module.py: says how to run it, exits)
 
 import numpy as np
 import scipy.io

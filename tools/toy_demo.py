@@ -31,18 +31,17 @@ import sys
 import time
 
 if not __package__:  # run as a file: the project's packages are not importable that way
-    print(f"error: run the tools as modules from the repository root: python -m tools.{os.path.splitext(os.path.basename(__file__))[0]} ...", file=sys.stderr)
-    raise SystemExit(2)  # a user mistake: status 2, as util/cli.py's run_entry_point
+    import _as_module  # noqa: F401  (tools/_as_module.py: says how to run it, exits)
 
 import test_sccan
 import train_base
 import train_sccan
-from model.builder import base_learner_checkpoint_path
-from model.pspnet import base_class_count
+from experiment.models import base_learner_checkpoint_path
+from util.dataset import base_class_count
 from tools.make_toy_dataset import make_toy_dataset
 from util.cli import UserError, run_entry_point
 from util.config import config_argparser, load_config
-from util.experiment import result_dir
+from experiment.build import result_dir
 from util.io import atomic_write_json
 
 DEFAULT_CONFIG = "config/toy/toy_split0_resnet50_bam.yaml"

@@ -20,12 +20,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from util import transform as transforms
-from util.experiment import check_data_root, transform_and_list
 from util.dataset import (DATA_SETS, EXPECTED_LAYOUT, IGNORE_LABEL, MODES, NUM_CLASSES, NUM_SPLITS,
                           _check_choice, base_remap_label, get_class_lists, read_image, read_label,
                           read_pair_list, resolve_path)
 
-__all__ = ["BaseData", "base_remap", "build_base_dataset"]
+__all__ = ["BaseData", "base_remap"]
 
 
 def base_remap(label: np.ndarray, data_set: str, base_classes: Sequence[int],
@@ -110,13 +109,3 @@ class BaseData(Dataset):
         # read_label(path, data_set) has refused values that are no class of the dataset
         label = _remap_checked_label(label, self.base_classes, self.novel_label)
         return self.transform(image, label)
-
-
-def build_base_dataset(cfg, mode: str) -> BaseData:
-    """The base-class training (BAM's augmentation, crop train_h x train_w) or validation
-    (resize to val_size) dataset of a base config."""
-    check_data_root(cfg)
-    transform, data_list = transform_and_list(cfg, mode)
-    return BaseData(split=cfg.split, data_root=cfg.data_root, data_list=data_list,
-                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
-                    transform=transform, mode=mode, novel_label=cfg.base_novel_label)

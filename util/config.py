@@ -53,7 +53,6 @@ __all__ = [
     "config_from_arguments",
     "load_config",
     "merge_opts",
-    "parse_args",
     "save_config",
 ]
 
@@ -580,8 +579,3 @@ def config_from_arguments(arguments: argparse.Namespace) -> Config:
     if config.local_rank is None:
         config.local_rank = arguments.local_rank
     return config
-
-
-def parse_args(argv: Sequence[str] | None = None, description: str = "SCCAN") -> Config:
-    """Parse the shared command line (``config_argparser``) and return the configuration."""
-    return config_from_arguments(config_argparser(description).parse_args(argv))

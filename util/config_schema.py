@@ -69,7 +69,9 @@ SCHEMA: dict[str, Key] = {
         ("weight_decay", float, 0.0001, "SGD and AdamW weight decay"),
         ("index_split", int, -1, "SGD groups with a larger index get 10x lr"),
         ("warmup", bool, False, "linear learning-rate warm-up"),
-        ("fix_bn", bool, True, "keep BatchNorm layers in eval mode while training"),
+        ("fix_bn", bool, True, "keep BatchNorm layers in eval mode while training", False,
+         "SCCAN has no trainable BatchNorm and the base learner's always stays in eval mode "
+         "(model/sccan.py, SCCAN.train)"),
         ("stop_interval", int, 75, "early stop after this many epochs without a better val mIoU"),
         ("print_freq", int, 10, "log every this many iterations"),
         ("save_freq", int, 10, "snapshot every this many epochs (0 = none)"),
@@ -130,7 +132,7 @@ SCHEMA: dict[str, Key] = {
          "for reuse by later episodes of the same run (on the model's device, on a GPU at most half "
          "its free memory; ~52 MiB per 473x473 image; 0 = off); the results are the same"),
         ("ann_type", str, "mask", "support annotation: 'mask' or 'bbox'"),
-        ("viz", bool, False, "write TensorBoard images"),
+        ("viz", bool, False, "write TensorBoard event files (scalars)"),
     ),
     **_keys(
         "Distributed",

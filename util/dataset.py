@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from model.constants import IGNORE_LABEL
 from util import transform as transform_module
 from util.io import atomic_write_json, atomic_write_text, read_text, relative_to_cwd
 from util.image_files import ImageFileError, describe_classes, read_image_file, read_label_file
@@ -76,7 +77,6 @@ NUM_CLASSES = {"pascal": 20, "coco": 80}
 NUM_SPLITS = 4
 # A class counts for an image only if it covers at least 2*32*32 pixels (original constant).
 MIN_CLASS_PIXELS = 2 * 32 * 32
-IGNORE_LABEL = 255
 
 EXPECTED_LAYOUT = {
     "pascal": (
@@ -124,6 +124,12 @@ def get_class_lists(data_set: str, split: int, use_split_coco: bool = False) -> 
         val_classes = list(range(20 * split + 1, 20 * split + 21))
     train_classes = [c for c in class_list if c not in val_classes]
     return train_classes, val_classes
+
+
+def base_class_count(data_set: str) -> int:
+    """Output classes of the base learner: background + the base classes of a fold (PASCAL 15,
+    COCO 60: 16 and 61, as BAM's PSPNet)."""
+    return len(get_class_lists(data_set, 0)[0]) + 1
 
 
 def _strip_root(path: str, root: str) -> Optional[str]:

@@ -15,13 +15,13 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from util.cli import UserError
 
 __all__ = ["DiskFullError", "OutputFolderLock", "atomic_write", "check_output_path", "check_distinct_paths",
            "first_same_path", "same_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "atomic_copy", "atomic_torch_save", "read_text", "remove_stale_partial_files", "strip_module_prefix"]
+           "atomic_copy", "atomic_torch_save", "read_text", "remove_stale_partial_files"]
 
 # Write failures that mean "no room", whatever layer reports them: the file system (ENOSPC), a
 # quota (EDQUOT) or the process's file-size limit (EFBIG).
@@ -441,12 +441,6 @@ def relative_to_cwd(path) -> str:
     if path is None or os.path.isabs(os.fspath(path)):
         return ""
     return f" (relative to the working directory {os.getcwd()})"
-
-
-def strip_module_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
-    """Remove the ``module.`` prefix that DistributedDataParallel puts on every key."""
-    return {key[len("module."):] if key.startswith("module.") else key: value
-            for key, value in state_dict.items()}
 
 
 def read_text(path: str, what: str = "the file") -> str:

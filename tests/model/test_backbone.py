@@ -3,7 +3,7 @@ ImageNet weight files, the calibrated random backbone."""
 import pytest
 import torch
 
-from model import build_model
+from experiment.models import build_model
 from model.backbone import Backbone, FrozenBatchNorm2d
 from model.checkpoint import CheckpointError
 

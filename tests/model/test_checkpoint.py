@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model.backbone import Backbone
-from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights, stored_config
+from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from experiment.checkpoints import stored_config
 from model.sccan import SCCAN
 from tests.support.toy_experiment import CONFIG
 
@@ -151,7 +152,7 @@ def test_weights_of_another_float_precision_still_load():
 def test_a_damaged_stored_config_is_refused_by_the_predictor(tmp_path, config, fragment):
     """tools.predict uses the stored shot as a number and compares the input and model keys."""
     from util.config import load_config
-    from util.predictor import load_checkpoint_model
+    from evaluation.predictor import load_checkpoint_model
 
     path = str(tmp_path / "run.pth")
     torch.save({"epoch": 1, "state_dict": {"transformer.weight": torch.zeros(1)}, "config": config}, path)

@@ -8,9 +8,11 @@ import torch
 import torch.nn as nn
 from torch.testing import assert_close
 
-from model import build_model, build_optimizers
+from experiment.models import build_model
+from engine.optimization import build_optimizers
 from model.backbone import Backbone
-from model.builder import SGD_GROUP_MODULES, base_learner_checkpoint_path
+from engine.optimization import SGD_GROUP_MODULES
+from experiment.models import base_learner_checkpoint_path
 from model.checkpoint import CheckpointError, load_model_weights
 from model.ensemble import (base_foreground, build_kshot_reweighting, build_merge_conv,
                             ensemble_merge, gram_matrix, kshot_weights, low_feature_level,
@@ -301,7 +303,7 @@ def test_build_model_takes_backbone_and_head_from_a_bam_base_learner_checkpoint(
     """The ensemble's frozen backbone and learner_base are the base learner's own layers: a
     BAM-format checkpoint (with DDP's ``module.`` prefix) of a PSPNet with non-trivial BatchNorm
     statistics gives SCCAN the same layer features and the same base logits."""
-    from model.builder import build_model
+    from experiment.models import build_model
     from model.pspnet import PSPNet
     from tests.support.toy_experiment import CONFIG
     from util.config import load_config

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from model.backbone import Backbone, DilatedResNet
 from model.checkpoint import CheckpointError, load_model_weights
-from model.pspnet import PSPNet, base_class_count, pspnet_backbone_state
+from model.pspnet import PSPNet, pspnet_backbone_state
+from util.dataset import base_class_count
 from tests.support import FIXTURES
 
 

@@ -78,7 +78,7 @@ def test_eval_forward_shapes(small_model):
 
 
 def test_support_features_computed_once_give_the_same_logits(small_model):
-    """Several queries of one support set (util/predictor.py) reuse the supports' backbone
+    """Several queries of one support set (evaluation/predictor.py) reuse the supports' backbone
     features; the logits must be those of the plain forward."""
     small_model.eval()
     torch.manual_seed(1)

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from model import build_model
+from experiment.models import build_model
 from tests.support import REPOSITORY_ROOT
 from tests.support.entry_points import run_in_process, run_subprocess
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
@@ -73,8 +73,8 @@ def checkpoints(toy):
 
 # ------------------------------------------------------------------------ configs and --opts
 @pytest.mark.parametrize("command", [["train_sccan.py"], ["train_base.py"], ["test_sccan.py"],
-                                     ["-m", "tools.probe_features"]],
-                         ids=["train_sccan", "train_base", "test_sccan", "tools.probe_features"])
+                                     ["-m", "benchmarks.probe_features"]],
+                         ids=["train_sccan", "train_base", "test_sccan", "benchmarks.probe_features"])
 def test_missing_config_file(command):
     """In a new interpreter, as a user types it; the in-process run reports exactly the same."""
     result = run_subprocess(*command, "--config", "config/nope.yaml")
@@ -233,10 +233,10 @@ def test_rerun_into_a_used_folder_and_validation_off(toy, tmp_path):
 def test_tools_report_user_errors_in_one_line(tmp_path):
     assert_user_error(run("-m", "tools.make_toy_dataset", "--out", str(tmp_path / "toy"), "--num-images", "20"),
                       "too small")
-    assert_user_error(run("-m", "tools.bench_model", "--size", "100"), "--size 100", "multiple of 8")
+    assert_user_error(run("-m", "benchmarks.bench_model", "--size", "100"), "--size 100", "multiple of 8")
     assert_user_error(run("-m", "tools.toy_demo", "--config", "config/nope.yaml"),
                       "configuration file not found")
-    assert_user_error(run("-m", "tools.probe_features", "--config", CONFIG, "--opts", "data_root",
+    assert_user_error(run("-m", "benchmarks.probe_features", "--config", CONFIG, "--opts", "data_root",
                           repr(str(tmp_path / "none"))), "data_root")
     assert_user_error(run("-m", "tools.prepare_pascal", "--voc", str(tmp_path / "none"), "--sbd", str(tmp_path)),
                       "missing folder", "none")
@@ -252,17 +252,20 @@ def test_tools_report_user_errors_in_one_line(tmp_path):
 
 
 def test_tools_run_as_files_say_how_to_run_them():
-    """Every tool that needs the project's packages: a user mistake, so exit status 2 (README,
-    Errors). They stop before importing them (~40 ms each), all started at once."""
-    tools = sorted(name for name in os.listdir(os.path.join(REPOSITORY_ROOT, "tools"))
-                   if name.endswith(".py") and "if not __package__:" in
-                   open(os.path.join(REPOSITORY_ROOT, "tools", name)).read())
-    assert {"toy_demo.py", "predict.py", "make_toy_dataset.py"} <= set(tools)
-    processes = {name: subprocess.Popen([sys.executable, os.path.join("tools", name), "--help"],
-                                        cwd=REPOSITORY_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True) for name in tools}
-    for name, process in processes.items():
+    """Every tool and benchmark that needs the project's packages: a user mistake, so exit status
+    2 (README, Errors). They stop before importing them (~40 ms each), all started at once, through
+    the one guard they share (tools/_as_module.py)."""
+    files = sorted(os.path.join(folder, name) for folder in ("tools", "benchmarks")
+                   for name in os.listdir(os.path.join(REPOSITORY_ROOT, folder))
+                   if name.endswith(".py") and "import _as_module" in
+                   open(os.path.join(REPOSITORY_ROOT, folder, name)).read())
+    assert {"tools/toy_demo.py", "tools/predict.py", "benchmarks/bench_model.py"} <= set(files)
+    processes = {path: subprocess.Popen([sys.executable, path, "--help"], cwd=REPOSITORY_ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for path in files}
+    for path, process in processes.items():
         stdout, stderr = process.communicate(timeout=120)
-        assert process.returncode == 2, (name, process.returncode, stderr)
+        module = path[:-3].replace(os.sep, ".")
+        assert process.returncode == 2, (path, process.returncode, stderr)
         assert stdout == "" and stderr == ("error: run the tools as modules from the repository root: "
-                                           f"python -m tools.{name[:-3]} ...\n"), (name, stderr)
+                                           f"python -m {module} ...\n"), (path, stderr)

@@ -20,7 +20,7 @@ from tests.support.toy_experiment import CONFIG, toy_opts
 from util.cli import error_message
 from util.config import load_config
 from util.dataset import load_fss_lists, read_pair_list
-from util.experiment import check_data_root
+from experiment.build import check_data_root
 from util.transform import test_Resize
 
 

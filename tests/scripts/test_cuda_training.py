@@ -11,11 +11,11 @@ import train_sccan
 from tests.support.cuda import CUDA, cuda_device, strict_fp32
 from tests.support.distributed import ddp_and_plain_training_steps, free_port
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from util.trainer import NonFiniteLossError, NonFiniteLossWatch
+from engine.trainer import NonFiniteLossError, NonFiniteLossWatch
 
 pytestmark = CUDA
 DEVICE = cuda_device()
-# Multi-tensor optimizer steps: fused kernels for CUDA parameters (util.trainer.fast_optimizer_steps).
+# Multi-tensor optimizer steps: fused kernels for CUDA parameters (engine.trainer.fast_optimizer_steps).
 STEP_KIND = "fused" if DEVICE.type == "cuda" else "foreach"
 
 

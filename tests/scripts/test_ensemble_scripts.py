@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import model.builder
+import evaluation.baselines
+import experiment.models
 import model.sccan
 import test_sccan
 import train_sccan
-import util.experiment
-import util.gfss
+import util.gfss_dataset
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
 
 TOY_BASE_CLASSES = 15  # the toy dataset has PASCAL's folds: 15 base classes per fold
@@ -59,7 +59,7 @@ def stand_in_base_learner(monkeypatch):
         calls.append(backbone)
         return StandInBaseLearner()
 
-    monkeypatch.setattr(model.builder, "load_base_learner", load)
+    monkeypatch.setattr(experiment.models, "load_base_learner", load)
     # train_sccan.py checks the base learner's file before it writes anything: there is none
     monkeypatch.setattr(train_sccan, "precheck_base_learner", lambda cfg: None)
     return calls
@@ -171,7 +171,7 @@ def test_plain_test_reports_the_ensemble_and_the_meta_learner(toy_data_root, tmp
     # the base learner has no say and both scores agree but for resizing. A trained cls_merge
     # adds the base learner's foreground to the background; at 0.02 it flips some of the
     # untrained meta learner's pixels (whose margins are a few hundredths), not all.
-    original_build = util.experiment.build_experiment_model
+    original_build = evaluation.baselines.build_experiment_model
 
     def build_with_a_trained_merge(*args, **kwargs):
         built = original_build(*args, **kwargs)
@@ -181,7 +181,7 @@ def test_plain_test_reports_the_ensemble_and_the_meta_learner(toy_data_root, tmp
 
     output, episode_file = str(tmp_path / "plain.json"), str(tmp_path / "episodes.json")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(util.experiment, "build_experiment_model", build_with_a_trained_merge)
+        patch.setattr(evaluation.baselines, "build_experiment_model", build_with_a_trained_merge)
         recorded = _record_ensemble_outputs(patch)
         summary = test_sccan.run(["--config", CONFIG, "--untrained", "--output", output,
                                   "--dump-episodes", episode_file, "--opts",
@@ -215,7 +215,7 @@ def test_gfss_reports_novel_base_and_total_miou(toy_data_root, tmp_path, stand_i
     merge, merge_tau, test_num = "base", 0.5, 5
     output = str(tmp_path / "gfss.json")
     queries = []
-    original_item = util.gfss.GFSSData.__getitem__
+    original_item = util.gfss_dataset.GFSSData.__getitem__
 
     def recording_item(self, index):
         item = original_item(self, index)
@@ -223,7 +223,7 @@ def test_gfss_reports_novel_base_and_total_miou(toy_data_root, tmp_path, stand_i
         return item
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(util.gfss.GFSSData, "__getitem__", recording_item)
+        patch.setattr(util.gfss_dataset.GFSSData, "__getitem__", recording_item)
         # The loader draws the episode just before its forward (workers 0): the latest query.
         recorded = _record_ensemble_outputs(patch, lambda: queries[-1])
         summary = test_sccan.run(["--config", CONFIG, "--untrained", "--gfss", "--seeds", "2",

@@ -18,11 +18,11 @@ from model.checkpoint import CheckpointError
 from model.pspnet import PSPNet
 from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support.toy_experiment import BASE_CONFIG, CONFIG, toy_opts
-from util.base_trainer import BASE_RESUME
+from engine.base_trainer import BASE_RESUME
 from util.cli import run_entry_point
 from util.config import load_config
 from util.runtime import get_rng_states, set_rng_states
-from util.trainer import SCCAN_RESUME, TrainingState, check_resume_checkpoint, training_checkpoint
+from engine.trainer import SCCAN_RESUME, TrainingState, check_resume_checkpoint, training_checkpoint
 
 PATH = "/runs/latest_1shot.pth"
 

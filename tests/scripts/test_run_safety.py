@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from model import build_model
+from experiment.models import build_model
 from model.pspnet import PSPNet
 from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support import REPOSITORY_ROOT
@@ -270,7 +270,7 @@ def test_episode_files_are_checked_for_kind_structure_and_fit(toy, sccan_state, 
     assert_user_error(result, f"{result_file} is a result file of test_sccan.py", "not an episode file",
                       "--dump-episodes")
 
-    from util.episodes import check_episodes_fit, load_episodes
+    from evaluation.episodes import check_episodes_fit, load_episodes
     episodes_file = tmp_path / "episodes.json"
     episode = {"query": ["a.jpg", "a.png"], "class_chosen": 3, "supports": [["b.jpg", "b.png"]]}
     episodes_file.write_text(json.dumps({"meta": {"data_set": "pascal", "split": 0, "shot": 1},

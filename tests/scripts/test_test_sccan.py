@@ -13,9 +13,9 @@ import torch
 import test_sccan
 from tests.support.files import page_references
 from tests.support.toy_experiment import CONFIG, toy_opts
-from util.baselines import PREDICTOR_CHOICES
-from util.evaluation import EvaluationProtocol
-from util.experiment import build_dataset
+from evaluation.baselines import PREDICTOR_CHOICES
+from evaluation.protocol import EvaluationProtocol
+from experiment.build import build_dataset
 
 
 def _run(toy_data_root, tmp_path, *extra, **overrides):

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import train_base
-import util.base_trainer as base_trainer
+import engine.base_trainer as base_trainer
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
-from model.builder import poly_learning_rate
+from engine.optimization import poly_learning_rate
 from tests.support.distributed import (averaged_reference_step, one_thread_as_in_each_rank, rank_results,
                                       recorded_training, train_on_two_processes)
 from tests.support.toy_experiment import BASE_CONFIG
-from util.base_dataset import build_base_dataset
+from experiment.build import build_base_dataset
 from util.cli import run_entry_point
 from util.config import load_config
 
@@ -239,7 +239,7 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     moved; their first step equals one process's step on both ranks' batches (each rank's loss
     on its own batch, their mean backward: DDP averages the gradients); both validate."""
     argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, evaluate=True)
-    rank0, rank1 = train_on_two_processes("train_base", argv, tmp_path, record="util.base_trainer")
+    rank0, rank1 = train_on_two_processes("train_base", argv, tmp_path, record="engine.base_trainer")
     final = torch.load(tmp_path / "exp" / "snapshot" / "final.pth", weights_only=True)["state_dict"]
     for key in rank0:
         assert torch.equal(rank0[key], final[key]), key

@@ -1,5 +1,4 @@
 """train_sccan.py on the toy dataset: smoke run, checkpoints, exact resume, DDP (gloo, CPU)."""
-import glob
 import os
 
 import pytest
@@ -9,11 +8,11 @@ import train_sccan
 from model.checkpoint import load_model_weights
 from util.cli import run_entry_point
 from util.config import load_config
-from util.evaluation import EvaluationProtocol
-from util import experiment
-from util.experiment import build_dataset, build_experiment_model, build_val_loader
-from model.builder import build_optimizers, poly_learning_rate
-from util.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps, fix_batch_norm
+from evaluation.protocol import EvaluationProtocol
+from experiment import build as experiment_build
+from experiment.build import build_dataset, build_experiment_model, build_val_loader
+from engine.optimization import build_optimizers, poly_learning_rate
+from engine.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps
 from tests.support.distributed import (averaged_reference_step, one_thread_as_in_each_rank, rank_results,
                                       recorded_training, train_on_two_processes)
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
@@ -135,7 +134,7 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     weights, which moved; their first step equals one process's step on both ranks' batches
     (each rank's loss on its own batch, their mean backward: DDP averages the gradients)."""
     argv = _argv(toy_data_root, tmp_path, small_list, epochs=1, batch_size=2)
-    rank0, rank1 = train_on_two_processes("train_sccan", argv, tmp_path, record="util.trainer")
+    rank0, rank1 = train_on_two_processes("train_sccan", argv, tmp_path, record="engine.trainer")
     final = torch.load(tmp_path / "exp" / "snapshot" / "final_1shot.pth", weights_only=True)["state_dict"]
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
@@ -156,8 +155,6 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     model.load_state_dict(before)
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     model.train()
-    if cfg.fix_bn:
-        model.apply(fix_batch_norm)
     sgd, adamw = build_optimizers(model, cfg.base_lr, cfg.momentum, cfg.weight_decay, cfg.transformer_lr)
     fast_optimizer_steps(sgd, adamw)
     iterations = episodes // 2 // cfg.batch_size
@@ -199,7 +196,7 @@ def test_ddp_validation_is_split_across_ranks_and_equals_one_process(toy_data_ro
     cfg = load_config(CONFIG, argv[argv.index("--opts") + 1:])
     model = build_experiment_model(cfg, torch.device("cpu"))
     load_model_weights(model, str(latest))
-    protocol = EvaluationProtocol.from_config(cfg, len(experiment.test_class_ids(cfg)), validation=True)
+    protocol = EvaluationProtocol.from_config(cfg, len(experiment_build.test_class_ids(cfg)), validation=True)
     with one_thread_as_in_each_rank():
         single = protocol.run(model, build_val_loader(cfg, build_dataset(cfg, "val")),
                               torch.device("cpu"), seed=protocol.seeds[0])

@@ -8,10 +8,10 @@ import torch.distributed as dist
 
 import model.sccan as sccan_module
 import train_sccan
-import util.trainer
+import engine.trainer
 from tests.support.distributed import ddp_and_plain_training_steps, free_port
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from util.trainer import NonFiniteLossError, NonFiniteLossWatch
+from engine.trainer import NonFiniteLossError, NonFiniteLossWatch
 
 ITERATIONS = 8
 # The fast path's rounding differences were measured at 65 px (BENCHMARKS.md).
@@ -54,7 +54,7 @@ def _first_losses(toy_data_root, tmp_path, small_list, monkeypatch, name, iterat
 def test_default_training_step_keeps_the_losses_exactly(toy_data_root, tmp_path, small_list, monkeypatch):
     with monkeypatch.context() as before:
         # the step as it was: the straightforward forward everywhere, one-tensor optimizer steps
-        before.setattr(util.trainer, "fast_optimizer_steps", lambda *optimizers: None)
+        before.setattr(engine.trainer, "fast_optimizer_steps", lambda *optimizers: None)
         reference, reference_losses = _first_losses(toy_data_root, tmp_path, small_list, before,
                                                     "reference", fast_path=False)
     trainer, losses = _first_losses(toy_data_root, tmp_path, small_list, monkeypatch, "default")

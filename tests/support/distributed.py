@@ -20,7 +20,7 @@ def free_port() -> int:
 
 
 def _record_the_training(trainer_module) -> dict:
-    """Make ``trainer_module`` (util.trainer or util.base_trainer) record, in this process: the
+    """Make ``trainer_module`` (engine.trainer or engine.base_trainer) record, in this process: the
     dataset index of every training sample it loads, and around its first step the weights
     before and after it, the step's inputs and the RNG state its forward starts from (dropout).
     Returns the record, filled as the training runs (``after`` when the second step starts)."""
@@ -73,8 +73,8 @@ def _worker(rank, world_size, port, script, argv, out_dir, record):
 
 def train_on_two_processes(script: str, argv: list, out_dir: str, record: str = "") -> list:
     """``script`` (a module name such as 'train_sccan') trained by 2 gloo ranks; returns the
-    state_dict of each rank after training. ``record`` (the trainer's module, 'util.trainer' or
-    'util.base_trainer'): each rank also records its samples and first step
+    state_dict of each rank after training. ``record`` (the trainer's module, 'engine.trainer' or
+    'engine.base_trainer'): each rank also records its samples and first step
     (:func:`recorded_training`; the run needs two steps or more)."""
     mp.spawn(_worker, args=(2, free_port(), script, argv, str(out_dir), record), nprocs=2, join=True)
     return [torch.load(os.path.join(str(out_dir), f"rank{rank}.pt"), weights_only=True)
@@ -139,9 +139,9 @@ def ddp_and_plain_training_steps(device: torch.device, steps: int = 3):
     from torch.nn.parallel import DistributedDataParallel
 
     from model.backbone import Backbone, initialise_random_backbone
-    from model.builder import build_optimizers
+    from engine.optimization import build_optimizers
     from model.sccan import SCCAN
-    from util.trainer import fast_optimizer_steps
+    from engine.trainer import fast_optimizer_steps
 
     torch.manual_seed(0)
     backbone = Backbone(50)

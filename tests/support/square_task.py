@@ -4,7 +4,7 @@ one 'object' colour."""
 import torch
 
 from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
-from model.builder import build_optimizers
+from engine.optimization import build_optimizers
 from model.sccan import SCCAN
 
 SIZE = 33

@@ -4,7 +4,7 @@ The frozen backbone is most of an iteration's cost, so the training draws a fixe
 augmented episodes once and trains on batches from it: every image then goes through the
 backbone once, its features kept by :class:`FrozenFeatures` (exactly what the backbone returns,
 only not recomputed, through the evaluation's feature cache). Everything else is the real model,
-loss and optimizers of util/trainer.py.
+loss and optimizers of engine/trainer.py.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from model.builder import build_optimizers, poly_learning_rate
+from engine.optimization import build_optimizers, poly_learning_rate
 from model.feature_cache import FeatureCache
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import Config, load_config
 from util.dataset import SemData
-from util.experiment import build_experiment_model
+from experiment.build import build_experiment_model
 from util.transform import build_train_transform
 
 
@@ -49,7 +49,7 @@ def train_briefly(data_root: str, folder: str, size: int, grid: int, window: int
     """SCCAN (the toy config: random calibrated backbone) trained for ``iterations`` updates of
     ``batch`` episodes drawn from ``episodes`` training episodes of fold 0's base classes,
     augmented as in training (random scale, rotation, blur, flip, crop to ``size``), with the
-    config's optimizers and poly learning-rate schedule (util/trainer.py's); ``grid`` and
+    config's optimizers and poly learning-rate schedule (engine/trainer.py's); ``grid`` and
     ``window``: the transformer grid and window. Returns the model in
     eval mode and its config (``val_size`` = ``size``)."""
     cfg = load_config(CONFIG, toy_opts(data_root, os.path.join(folder, "exp"), list_root=os.path.join(folder, "fss"),

@@ -8,13 +8,13 @@ import time
 
 from tests.support import REPOSITORY_ROOT
 from tools import gpu_check
-from tools.benchmarking import VARIANTS
+from benchmarks.benchmarking import VARIANTS
 from tools.gpu_check import Step, benchmark_figures, format_report, junit_figures, run_steps
 from util.cli import run_entry_point
 
 PYTHON = sys.executable
 BENCH_OUTPUT = """[2026-12-04 10:00:00 INFO] building the trainer
-command: `python -m tools.bench_model --devices cuda`
+command: `python -m benchmarks.bench_model --devices cuda`
 machine: x86_64, 16 CPU cores, torch 2.11.0, NVIDIA H200 (TF32 off)
 input 473x473, batch 8, median of 5 after 1 warm-up, variants alternated
 

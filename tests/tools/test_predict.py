@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.builder import build_model
+from experiment.models import build_model
 from tests.support import REPOSITORY_ROOT
 from tests.support.toy_experiment import CONFIG
 from tools import predict
 from util.cli import run_entry_point
 from util.config import load_config
-from util.predictor import Predictor
+from evaluation.predictor import Predictor
 
 # The tests' tiny input size; the checkpoints below are built with it.
 TINY = ["val_size", "65", "feature_size", "8"]
@@ -57,7 +57,7 @@ def _spread_the_probabilities(model, cfg, support, mask, query):
     """The random model's foreground probabilities all lie within 0.50-0.52, so its masks would
     be full (or empty) at any threshold but one in that range. Its last layer is scaled and its
     foreground bias shifted so that on ``query`` the logit difference has median 0 and 90% of its
-    pixels within +-2 (probabilities 0.12-0.88), as tests/util/test_predictor.py shifts it."""
+    pixels within +-2 (probabilities 0.12-0.88), as tests/evaluation/test_predictor.py shifts it."""
     predictor = Predictor.from_model(model, cfg, device="cpu", log=lambda line: None)
     predictor.set_support([support], [mask])
     x, frame = predictor.prepare_query(query)

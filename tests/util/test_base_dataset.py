@@ -7,7 +7,8 @@ import torch
 
 from tests.support.datasets import write_mini_dataset
 from tests.support.toy_experiment import BASE_CONFIG
-from util.base_dataset import BaseData, base_remap, build_base_dataset
+from util.base_dataset import BaseData, base_remap
+from experiment.build import build_base_dataset
 from util.config import load_config
 
 

@@ -17,9 +17,9 @@ from util.config import (
     ConfigError,
     apply_overrides,
     config_argparser,
+    config_from_arguments,
     load_config,
     merge_opts,
-    parse_args,
     save_config,
 )
 from util.config_schema import SCHEMA
@@ -311,7 +311,7 @@ def test_save_plain_dict(tmp_path):
 
 
 # --------------------------------------------------------------------------- command line
-def test_argument_parser_and_parse_args(sample_path):
+def test_argument_parser_and_config_from_arguments(sample_path):
     parser = config_argparser("test")
     arguments = parser.parse_args(["--config", sample_path, "--local_rank=1",
                                    "--opts", "split", "2", "base_lr", "0.1"])
@@ -319,12 +319,12 @@ def test_argument_parser_and_parse_args(sample_path):
     assert arguments.local_rank == 1
     assert arguments.opts == ["split", "2", "base_lr", "0.1"]
 
-    config = parse_args(["--local-rank", "3", "--config", sample_path, "--opts", "epochs", "7"])
+    config = config_from_arguments(parser.parse_args(["--local-rank", "3", "--config", sample_path, "--opts", "epochs", "7"]))
     assert config.epochs == 7
     assert config.local_rank == 3
     assert config.config_file == sample_path
 
-    config = parse_args(["--config", sample_path])
+    config = config_from_arguments(parser.parse_args(["--config", sample_path]))
     assert config.local_rank is None and config.split == 0
     with pytest.raises(SystemExit):
         config_argparser("test").parse_args([])  # --config is required

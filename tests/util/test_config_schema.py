@@ -77,7 +77,7 @@ def test_schema_entries_are_consistent():
         assert not hasattr(Config, key), key  # would be shadowed by a Config method
     legacy = {key for key, entry in SCHEMA.items() if entry.legacy}
     assert legacy == {"classes", "dist_url", "dist_backend", "multiprocessing_distributed",
-                      "world_size", "rank"}
+                      "world_size", "rank", "fix_bn"}
 
 
 def test_minimal_config_gets_the_schema_defaults(tmp_path):
@@ -237,8 +237,8 @@ def _configuration_reads(path: str) -> set[str]:
 
 
 def test_every_key_the_code_reads_is_in_the_schema_and_every_other_key_is_legacy():
-    sources = [os.path.join(REPOSITORY_ROOT, name) for name in ("train_sccan.py", "test_sccan.py")]
-    for folder in ("model", "util", "tools"):
+    sources = [os.path.join(REPOSITORY_ROOT, name) for name in ("train_sccan.py", "train_base.py", "test_sccan.py")]
+    for folder in ("model", "util", "experiment", "evaluation", "engine", "tools", "benchmarks"):
         sources += glob.glob(os.path.join(REPOSITORY_ROOT, folder, "*.py"))
     reads = set().union(*(_configuration_reads(path) for path in sources))
     config_api = {name for name in dir(Config) if not name.startswith("__")}
@@ -252,7 +252,7 @@ def test_model_and_optimizer_defaults_agree_with_the_schema():
     """The library's own parameter defaults (for use without a config) are the schema's."""
     import inspect
 
-    from model.builder import build_optimizers, poly_learning_rate
+    from engine.optimization import build_optimizers, poly_learning_rate
     from model.sccan import SCCAN
 
     checked = []
@@ -371,7 +371,7 @@ def test_the_smallest_accepted_sizes_run_and_the_next_smaller_do_not(tmp_path):
     An odd window above 1 cannot tile the shifted grid, and the base learner refuses a side 8."""
     import torch
 
-    from model import build_model
+    from experiment.models import build_model
     from model.pspnet import PSPNet
     from tests.support.toy_experiment import CONFIG
 

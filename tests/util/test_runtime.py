@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 import util.runtime as runtime
 from model.pspnet import PSPNet
 from tests.support.distributed import free_port
-from util.base_trainer import sync_batch_norm_when_distributed
-from util.trainer import fast_optimizer_steps, place_optimizer_state, rng_states_of_this_rank
+from engine.base_trainer import sync_batch_norm_when_distributed
+from engine.trainer import fast_optimizer_steps, place_optimizer_state, rng_states_of_this_rank
 
 LOGGER = logging.getLogger("test_runtime")
 
@@ -186,8 +186,8 @@ class _OpenCVThreads(Dataset):
 
 
 def test_loader_workers_run_opencv_single_threaded():
-    # Every loader of the project passes this worker_init_fn (util/trainer.py, util/experiment.py,
-    # util/episodes.py, util/base_trainer.py).
+    # Every loader of the project passes this worker_init_fn (engine/trainer.py, experiment/build.py,
+    # evaluation/episodes.py, engine/base_trainer.py).
     loader = DataLoader(_OpenCVThreads(), batch_size=1, num_workers=1,
                         worker_init_fn=runtime.limit_opencv_threads)
     for batch in loader:
