@@ -32,6 +32,7 @@ from util.cli import UserError
 from experiment.build import base_experiment_dir
 from util.io import atomic_torch_save
 from evaluation.metrics import EPSILON, intersection_and_union
+from evaluation.protocol import inference_context
 from util.runtime import (autocast, gather_from_ranks, get_rng_states, limit_opencv_threads,
                           progress_bar, set_seed)
 from engine.trainer import (NonFiniteLossWatch, ResumeFormat, TrainingState, build_train_loader,
@@ -180,7 +181,6 @@ class BaseTrainer:
                            "optimizer": self.optimizer.state_dict()}, self.best_path)
 
     # -------------------------------------------------------------------------- validation
-    @torch.no_grad()
     def evaluate(self) -> dict:
         """mIoU over background + base classes on the validation list (BAM's base validation:
         intersection and union of every class summed over all images, then the mean IoU).
@@ -188,21 +188,20 @@ class BaseTrainer:
         classes = self.model.classes
         intersection = torch.zeros(classes, dtype=torch.float64)
         union = torch.zeros(classes, dtype=torch.float64)
-        self.model.eval()
         progress = progress_bar(len(self.val_loader), "validation", self.context.is_main)
-        for image, label in self.val_loader:
-            with autocast(self.device, self.cfg.amp):
-                logits = self.model(image.to(self.device))
-            label = label.to(self.device)
-            if logits.shape[-2:] != label.shape[-2:]:
-                logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
-            area_intersection, area_union, _ = intersection_and_union(
-                logits.argmax(1), label, classes, self.cfg.ignore_label)
-            intersection += area_intersection.cpu()
-            union += area_union.cpu()
-            progress.update(1)
+        with inference_context(self.model):
+            for image, label in self.val_loader:
+                with autocast(self.device, self.cfg.amp):
+                    logits = self.model(image.to(self.device))
+                label = label.to(self.device)
+                if logits.shape[-2:] != label.shape[-2:]:
+                    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
+                area_intersection, area_union, _ = intersection_and_union(
+                    logits.argmax(1), label, classes, self.cfg.ignore_label)
+                intersection += area_intersection.cpu()
+                union += area_union.cpu()
+                progress.update(1)
         progress.close()
-        self.model.train()
         intersection = sum_over_ranks(intersection, self.context)
         union = sum_over_ranks(union, self.context)
         iou = intersection / (union + EPSILON)

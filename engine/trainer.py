@@ -553,7 +553,6 @@ class Trainer:
                         os.path.dirname(os.path.abspath(previous)) == os.path.abspath(self.snapshot_dir):
                     os.remove(previous)
                 self.logger.info(f"new best mIoU {result['mIoU']:.4f}: {best.path}")
-            self.model.train()
 
     # ---------------------------------------------------------------------------- training
     def set_training_mode(self) -> None:

@@ -353,6 +353,13 @@ def read_episode_file(path: str, cfg, option: str = "--episodes-from") -> List[d
     return episodes
 
 
+def episode_file_meta(cfg, config_path: str, seed: int, test_num: int) -> dict:
+    """What an episode file records of the run that drew its episodes (``check_episode_meta``
+    compares it with the replaying run's config)."""
+    return dict(config=config_path, data_set=cfg.data_set, split=cfg.split, shot=cfg.shot,
+                use_split_coco=cfg.use_split_coco, seed=seed, workers=cfg.workers, test_num=test_num)
+
+
 def save_episodes(path: str, episodes: Sequence[dict], meta: Optional[dict] = None) -> None:
     atomic_write_json(path, {"meta": meta or {}, "episodes": [_jsonable(e) for e in episodes]})
 

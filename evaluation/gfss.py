@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evaluation.protocol import EvaluationProtocol, summarise_runs
+from evaluation.protocol import EvaluationProtocol, run_seeds, summarise_runs
 from experiment.build import build_gfss_dataset, build_val_loader
 from util.dataset import IGNORE_LABEL
 from evaluation.metrics import EPSILON, intersection_and_union
@@ -153,6 +153,12 @@ def format_gfss_table(result: dict, title: str = "") -> str:
     return "\n".join(line for line in lines if line != "" or title)
 
 
+def write_gfss_scalars(writer, run: dict, class_ids: Sequence[int], step: int) -> None:
+    """TensorBoard scalars of one generalised run: mIoU_n, mIoU_b, mIoU_t."""
+    for key in SUMMARY_KEYS:
+        writer.add_scalar(f"test_gfss/{key}", run[key], step)
+
+
 # The generalised test scores the model itself (its ensemble outputs), trained or not.
 GFSS_PREDICTORS = ("trained", "untrained")
 
@@ -178,19 +184,12 @@ def run_generalised_test(cfg, predictor: nn.Module, device: torch.device, episod
     loader = build_val_loader(cfg, dataset)
     protocol = EvaluationProtocol.from_config(cfg, len(dataset.novel_classes), episodes, number_of_seeds)
     predictor = GFSSPredictor(getattr(predictor, "model", predictor))  # unwrap EnsembleAndMeta
-    runs = []
-    for seed in protocol.seeds:
-        scoring = GFSSScoring(dataset.base_classes, dataset.novel_classes, cfg.merge, cfg.merge_tau,
-                              cfg.ignore_label)
-        result = protocol.run(predictor, loader, device, seed, progress=True, scoring=scoring)
-        runs.append(dict(result, seed=seed))
-        print(format_gfss_table(runs[-1], title=f"{title}, generalised, merge {cfg.merge} "
-                                f"tau {cfg.merge_tau}, seed {seed}"), flush=True)
-        if writer is not None:
-            for key in SUMMARY_KEYS:
-                writer.add_scalar(f"test_gfss/{key}", runs[-1][key], seed)
-    if writer is not None:
-        writer.close()
+    runs = run_seeds(protocol, predictor, loader, device, dataset.novel_classes,
+                     f"{title}, generalised, merge {cfg.merge} tau {cfg.merge_tau}", writer=writer,
+                     new_scoring=lambda: GFSSScoring(dataset.base_classes, dataset.novel_classes, cfg.merge,
+                                                     cfg.merge_tau, cfg.ignore_label),
+                     table=lambda result, class_ids, label: format_gfss_table(result, title=label),
+                     scalars=write_gfss_scalars)
     statistics, table = summarise_runs(runs, SUMMARY_KEYS)
     print(table, flush=True)
     return dict(test="gfss", merge=cfg.merge, merge_tau=cfg.merge_tau, base_classes=dataset.base_classes,

@@ -9,6 +9,7 @@ done, and returns the metric summary. Observers (episode recording, pictures) se
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -153,7 +154,6 @@ class EvaluationProtocol:
             return pad_to_square(raw_label.long(), self.ignore_label)
         return raw_label.long() if self.target == "raw" else label.long()
 
-    @torch.no_grad()
     def run(self, predictor: Callable, loader, device: torch.device, seed: Optional[int] = 321,
             observers: Sequence[Any] = (), progress: bool = False, scoring=None,
             context=None) -> Dict:
@@ -171,14 +171,19 @@ class EvaluationProtocol:
         loader (the same seeds, so the same episodes as one process) but runs the predictor on
         batch ``i`` only when ``i % world_size == rank``; the ranks' meter sums are then added
         up, so every rank returns the result of one process scoring every episode, in about
-        1 / world_size of the time. ``episodes_here`` says how many episodes this rank scored."""
+        1 / world_size of the time. ``episodes_here`` says how many episodes this rank scored.
+
+        The predictor runs in evaluation mode without gradients and is given back in the mode it
+        came in (:func:`inference_context`): a training loop that validates goes on training."""
         rank, world_size = (context.rank, context.world_size) if context is not None else (0, 1)
         if world_size > 1 and not hasattr(scoring or FewShotScoring, "combine"):
             raise ValueError(f"{type(scoring).__name__} cannot be split across processes")
         if seed is not None:
             set_seed(seed, self.seed_deterministic)
-        if hasattr(predictor, "eval"):
-            predictor.eval()
+        with inference_context(predictor):
+            return self._run(predictor, loader, device, observers, progress, scoring, rank, world_size, context)
+
+    def _run(self, predictor, loader, device, observers, progress, scoring, rank, world_size, context) -> Dict:
         for observer in observers:
             observer.start()
         if scoring is None:
@@ -266,23 +271,49 @@ def write_run_scalars(writer, run: Dict, class_ids: Sequence[int], step: int) ->
         writer.add_scalar(f"test/class_{class_id}_IoU", iou, step)
 
 
+@contextlib.contextmanager
+def inference_context(model):
+    """``model`` in evaluation mode and without gradients inside the block; its previous mode
+    (training or evaluation) is restored afterwards, whatever happens inside (as detectron2's
+    ``inference_context``), so no caller has to remember ``model.train()``. A predictor without
+    modes (a plain function) is only run without gradients."""
+    training = getattr(model, "training", None)
+    if training is not None:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        if training is not None:
+            model.train(training)
+
+
+def few_shot_tables(result: Dict, class_ids: Sequence[int], title: str) -> str:
+    """The result table of one run, one per named output of an ensemble model."""
+    return "\n".join(format_result_table(output, class_ids, title=f"{title} ({name})" if name else title)
+                     for name, output in result.get("outputs", {None: result}).items())
+
+
 def run_seeds(protocol: EvaluationProtocol, predictor: Callable, loader, device: torch.device,
               class_ids: Sequence[int], title: str, first_run_observers: Sequence[Any] = (),
-              writer=None) -> List[Dict]:
-    """One run of ``protocol`` per seed, a table printed for each (one per named output of an
-    ensemble model); only the first run is seen by ``first_run_observers`` (recording, pictures)."""
+              writer=None, new_scoring: Optional[Callable[[], Any]] = None,
+              table: Callable[[Dict, Sequence[int], str], str] = few_shot_tables,
+              scalars: Callable[[Any, Dict, Sequence[int], int], None] = write_run_scalars) -> List[Dict]:
+    """One run of ``protocol`` per seed, the plain and the generalised test alike: ``table``
+    (result, class ids, title) printed for each, ``scalars`` (writer, run, class ids, seed) written
+    to TensorBoard with a ``writer``; each run scored by a fresh ``new_scoring()`` (default: the
+    few-shot scoring). Only the first run is seen by ``first_run_observers`` (recording, pictures)."""
     runs = []
     for seed in protocol.seeds:
         observers = first_run_observers if not runs else ()
-        result = protocol.run(predictor, loader, device, seed, observers, progress=True)
+        result = protocol.run(predictor, loader, device, seed, observers, progress=True,
+                              scoring=new_scoring() if new_scoring is not None else None)
         runs.append(dict(result, seed=seed))
-        for name, output in result.get("outputs", {None: runs[-1]}).items():
-            label = f"{title} ({name})" if name else title
-            print(format_result_table(output, class_ids, title=f"{label}, seed {seed}"), flush=True)
+        print(table(runs[-1], class_ids, f"{title}, seed {seed}"), flush=True)
         if "feature_cache" in result:
             print(format_cache_statistics(result["feature_cache"]), flush=True)
         if writer is not None:
-            write_run_scalars(writer, runs[-1], class_ids, seed)
+            scalars(writer, runs[-1], class_ids, seed)
     if writer is not None:
         writer.close()
     return runs

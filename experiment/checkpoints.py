@@ -87,49 +87,60 @@ def check_optimizer_state(saved, optimizer: torch.optim.Optimizer, source: str, 
                               f"{len(optimizer.param_groups)}")
     parameters = {}
     for number, (group, own) in enumerate(zip(groups, optimizer.param_groups)):
-        indices = group.get("params") if isinstance(group, Mapping) else None
-        if not isinstance(indices, (list, tuple)) or not all(type(index) is int for index in indices):
-            raise CheckpointError(f"{where}: parameter group {number} is {describe_value(group)}, expected "
-                                  f"a dict with 'params' (a list of parameter indices)")
-        if len(indices) != len(own["params"]):
-            raise CheckpointError(f"{where}: parameter group {number} holds {len(indices)} parameters, "
-                                  f"this config's {kind} {len(own['params'])}")
-        # load_state_dict takes the saved hyperparameters (momentum, betas, nesterov, ...) as
-        # they are: each must be of the kind the optimizer has.
-        for name, value in own.items():
-            expected = name != "params" and name in group and _hyperparameter_problem(value, group[name])
-            if expected:
-                raise CheckpointError(f"{where}: parameter group {number} has {name} {group[name]!r}, "
-                                      f"expected {expected}")
-        parameters.update(zip(indices, own["params"]))
+        parameters.update(_checked_group(group, own, number, where, kind))
     for index, state in saved["state"].items():
         if index not in parameters:
             raise CheckpointError(f"{where} holds a state for parameter {index!r}, which no parameter "
                                   f"group lists")
         parameter = parameters[index]
         label = f"parameter {index}" + (f" ({names[parameter]})" if names and parameter in names else "")
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"{where}: the state of {label} is {describe_value(state)}, "
-                                  f"expected a dict")
-        for name, value in state.items():
-            if value is None or isinstance(value, bool):
-                continue
-            if _is_number(value):
-                if not math.isfinite(value):
-                    raise CheckpointError(f"{where}: {label} {name} is {value}, expected a finite number")
-                continue
-            if not isinstance(value, torch.Tensor):
-                raise CheckpointError(f"{where}: {label} {name} is {describe_value(value)}, expected a "
-                                      f"tensor or a number")
-            if value.layout != torch.strided:
-                layout = str(value.layout).replace("torch.", "")
-                raise CheckpointError(f"{where}: {label} {name} is a {layout} tensor, expected a dense one")
-            if value.dim() and tuple(value.shape) != tuple(parameter.shape):
-                raise CheckpointError(f"{where}: {label} {name} has shape {tuple(value.shape)}, the "
-                                      f"parameter {tuple(parameter.shape)}")
-            bad = non_finite_count(value)
-            if bad:
-                raise CheckpointError(
-                    f"{where} holds non-finite optimizer state: {label} {name} has {bad} NaN/inf "
-                    f"value(s) of {value.numel()} (a diverged run or a damaged file); use an earlier "
-                    f"checkpoint")
+        _check_parameter_state(state, parameter, where, label)
+
+
+def _checked_group(group, own: Mapping, number: int, where: str, kind: str) -> dict:
+    """{saved parameter index: the optimizer's parameter} of a saved parameter group checked
+    against the optimizer's own group ``own``."""
+    indices = group.get("params") if isinstance(group, Mapping) else None
+    if not isinstance(indices, (list, tuple)) or not all(type(index) is int for index in indices):
+        raise CheckpointError(f"{where}: parameter group {number} is {describe_value(group)}, expected "
+                              f"a dict with 'params' (a list of parameter indices)")
+    if len(indices) != len(own["params"]):
+        raise CheckpointError(f"{where}: parameter group {number} holds {len(indices)} parameters, "
+                              f"this config's {kind} {len(own['params'])}")
+    # load_state_dict takes the saved hyperparameters (momentum, betas, nesterov, ...) as
+    # they are: each must be of the kind the optimizer has.
+    for name, value in own.items():
+        expected = name != "params" and name in group and _hyperparameter_problem(value, group[name])
+        if expected:
+            raise CheckpointError(f"{where}: parameter group {number} has {name} {group[name]!r}, "
+                                  f"expected {expected}")
+    return dict(zip(indices, own["params"]))
+
+
+def _check_parameter_state(state, parameter: torch.Tensor, where: str, label: str) -> None:
+    """One parameter's saved state (``label`` names the parameter, ``where`` the checkpoint and
+    key): a dict of finite numbers and dense, finite tensors of the parameter's shape (or scalars)."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{where}: the state of {label} is {describe_value(state)}, expected a dict")
+    for name, value in state.items():
+        if value is None or isinstance(value, bool):
+            continue
+        if _is_number(value):
+            if not math.isfinite(value):
+                raise CheckpointError(f"{where}: {label} {name} is {value}, expected a finite number")
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{where}: {label} {name} is {describe_value(value)}, expected a "
+                                  f"tensor or a number")
+        if value.layout != torch.strided:
+            layout = str(value.layout).replace("torch.", "")
+            raise CheckpointError(f"{where}: {label} {name} is a {layout} tensor, expected a dense one")
+        if value.dim() and tuple(value.shape) != tuple(parameter.shape):
+            raise CheckpointError(f"{where}: {label} {name} has shape {tuple(value.shape)}, the "
+                                  f"parameter {tuple(parameter.shape)}")
+        bad = non_finite_count(value)
+        if bad:
+            raise CheckpointError(
+                f"{where} holds non-finite optimizer state: {label} {name} has {bad} NaN/inf "
+                f"value(s) of {value.numel()} (a diverged run or a damaged file); use an earlier "
+                f"checkpoint")

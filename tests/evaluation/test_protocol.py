@@ -5,7 +5,7 @@ import torch
 
 from evaluation.baselines import AllForeground
 from evaluation.episodes import EpisodeRecorder, RecordingDataset
-from evaluation.protocol import EvaluationProtocol, evaluation_passes
+from evaluation.protocol import EvaluationProtocol, evaluation_passes, inference_context
 from experiment.build import build_dataset, build_val_loader
 
 
@@ -97,3 +97,43 @@ def test_ignore_label_reaches_the_metrics_and_the_square_padding():
     default = EvaluationProtocol(1, 1).run(AllForeground(), loader, cpu)
     # With 255 ignored instead, the pixel labelled 7 is scored: predicted 1, so U1 = 6.
     assert default["pIoU"] == pytest.approx(3 / 6)
+
+
+class ModeRecorder(torch.nn.Module):
+    """All foreground, recording the mode and the gradient switch it is called in; ``fail``
+    raises inside the evaluation."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.fail, self.calls = fail, []
+
+    def forward(self, x, s_x=None, s_y=None):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        if self.fail:
+            raise RuntimeError("planted failure")
+        logits = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        logits[:, 1] = self.weight
+        return logits
+
+
+@pytest.mark.parametrize("start_in_training", [True, False])
+def test_the_protocol_runs_in_evaluation_mode_and_gives_the_mode_back(start_in_training):
+    loader, cpu = OneEpisodeLoader([[1, 0], [0, 1]]), torch.device("cpu")
+    predictor = ModeRecorder().train(start_in_training)
+    EvaluationProtocol(1, 1).run(predictor, loader, cpu)
+    assert predictor.calls == [(False, False)]  # evaluation mode, no gradients
+    assert predictor.training is start_in_training and torch.is_grad_enabled()
+    failing = ModeRecorder(fail=True).train(start_in_training)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        EvaluationProtocol(1, 1).run(failing, loader, cpu)
+    assert failing.training is start_in_training and torch.is_grad_enabled()
+
+
+def test_inference_context_runs_a_plain_function_without_gradients():
+    def predictor(x, s_x=None, s_y=None):
+        return x
+
+    with inference_context(predictor) as inside:
+        assert inside is predictor and not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()

@@ -11,6 +11,7 @@ import pytest
 import test_sccan
 import train_base
 import train_sccan
+from evaluation.results import check_result_outputs
 from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support.toy_experiment import BASE_CONFIG, CONFIG
 from util.cli import run_entry_point
@@ -105,7 +106,7 @@ def test_test_sccan_outputs_and_the_chart_overwrite_nothing(tmp_path, inputs, ca
     (tmp_path / "earlier.png").write_text("chart")
     argv = _test_argv(tmp_path, inputs, "--output", str(tmp_path / "earlier.json"))
     arguments, cfg = test_sccan.parse_arguments(argv)
-    test_sccan.check_outputs(arguments, cfg, arguments.output, "--output")
+    check_result_outputs(arguments, cfg, arguments.output, "--output")
 
 
 # ------------------------------------------------------------------------ training outputs

@@ -14,7 +14,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from tests.support.datasets import SMALL, all_fold0_train_classes_dataset, block_label, write_mini_dataset
-from util.dataset import SemData, fill_bounding_boxes, get_class_lists
+from util.dataset import SemData, fill_bounding_boxes, get_class_lists, read_label, transform_supports, write_fss_lists
 from util.transform import ToTensor, build_train_transform, build_val_transform
 
 
@@ -286,8 +286,10 @@ def test_too_few_images_per_class_fails_at_construction(tmp_path):
     # ...2-shot would loop forever in the original: error naming classes and counts.
     with pytest.raises(ValueError) as error:
         SemData(0, 2, root, base, list_root=os.path.join(root, "lists"), show_progress=False)
-    message = str(error.value)
-    assert "class 6: 2 image(s)" in message and "class 20: 2 image(s)" in message and "shot+1 = 3" in message
+    lists = os.path.join(root, "lists", "train", "sub_class_file_list_0.txt")
+    details = ", ".join(f"class {c}: 2 image(s)" for c in range(6, 21))
+    assert str(error.value) == (f"{lists}: train split 0 needs at least shot+1 = 3 images per class for "
+                                f"2-shot episodes; {details}")
 
 
 def test_size_mismatch_and_unreadable_files_at_load(tmp_path):
@@ -339,3 +341,92 @@ def test_episode_refusals_name_the_file_its_size_and_the_class_exactly(tmp_path)
     for query, supports in ((pair("odd"), [six]), (six, [pair("odd")])):
         with pytest.raises(ValueError, match=r"odd\.png.* has values 42 outside 0 \(background\), 1\.\.20"):
             data.load_episode(query, 6, supports)
+
+
+def test_a_label_value_refusal_says_what_a_label_of_the_dataset_holds(tmp_path):
+    """read_label's whole message: the file, the stray values and what a PASCAL label should be
+    (its class range and ignore value: the description util/image_files.describe_classes gives)."""
+    root = str(tmp_path)
+    odd = block_label([6])
+    odd[0, 0], odd[0, 1] = 42, 21
+    write_mini_dataset(root, [("odd", odd, None)], list_name="odd.txt")
+    path = os.path.join(root, "SegmentationClassAug", "odd.png")
+    with pytest.raises(ValueError) as error:
+        read_label(path, "pascal")
+    assert str(error.value) == (
+        f"label {path!r} has values 21, 42 outside 0 (background), 1..20 (the classes) and 255 (ignored); "
+        f"expected a single-channel 8-bit PNG of pascal class ids (0 background, 1..20, 255 ignored) as "
+        f"python -m tools.prepare_pascal writes them")
+
+
+def test_a_support_the_transform_refuses_is_named_and_unequal_supports_are_refused():
+    image, label = np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8)
+
+    def refuse_the_second(image, label):
+        if image.shape[0] == 9:
+            raise ValueError("too elongated for val_size")
+        return ToTensor()(image, label)
+
+    pair = (np.zeros((9, 8, 3), np.float32), np.zeros((9, 8), np.uint8))
+    with pytest.raises(ValueError) as error:  # named when the caller gives the names
+        transform_supports(refuse_the_second, [image, pair[0]], [label, pair[1]], names=["a.jpg", "b.jpg"])
+    assert str(error.value) == "support image 'b.jpg': too elongated for val_size"
+    with pytest.raises(ValueError) as error:  # the transform's own error otherwise
+        transform_supports(refuse_the_second, [image, pair[0]], [label, pair[1]])
+    assert str(error.value) == "too elongated for val_size"
+    with pytest.raises(ValueError) as error:
+        transform_supports(ToTensor(), [image, pair[0]], [label, pair[1]])
+    assert str(error.value).startswith("supports have different sizes after the transform (")
+    assert str(error.value).endswith("); use a transform with a fixed output size (Crop or test_Resize)")
+
+
+def _with_a_shipped_data_list(root, first_label):
+    """The fold-0 mini dataset with shipped lists (no record: never rebuilt) whose data list
+    starts with an entry 'first' of label ``first_label``; returns the dataset's arguments."""
+    base = all_fold0_train_classes_dataset(root, extra=[("first", first_label, None)])
+    lists = os.path.join(root, "lists")
+    built = SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    first = (os.path.join(root, "JPEGImages", "first.jpg"), os.path.join(root, "SegmentationClassAug", "first.png"))
+    write_fss_lists(built.data_list_path, built.sub_class_file_list_path, [first] + built.data_list,
+                    built.sub_class_file_list)
+    os.remove(built.data_list_path + ".source.json")
+    return dict(split=0, shot=1, data_root=root, data_list=base, list_root=lists, show_progress=False), first
+
+
+def test_a_data_list_entry_is_checked_when_its_episode_is_drawn(tmp_path):
+    """A shipped data list is used as it is: an entry whose label has no class of the fold, or a
+    value that is no PASCAL class, is refused when its episode is drawn, naming the file."""
+    root = str(tmp_path / "no_class")
+    arguments, first = _with_a_shipped_data_list(root, block_label([1]))
+    with pytest.raises(ValueError) as error:
+        SemData(**arguments)[0]
+    assert str(error.value) == f"{first[1]}: no class of {list(range(6, 21))} in the label of data_list entry 0"
+    odd = block_label([6])
+    odd[0, 0] = 42
+    root = str(tmp_path / "odd")
+    arguments, first = _with_a_shipped_data_list(root, block_label([6]))
+    cv2.imwrite(first[1], odd)  # changed after the lists were made
+    with pytest.raises(ValueError) as error:
+        SemData(**arguments)[0]
+    assert str(error.value).startswith(f"label {first[1]!r} has values 42 outside 0 (background), 1..20")
+
+
+def test_a_query_or_support_the_transform_refuses_is_named(tmp_path):
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root, extra=[("tall", block_label([6], size=(96, 64)), None)])
+    tall = (os.path.join(root, "JPEGImages", "tall.jpg"), os.path.join(root, "SegmentationClassAug", "tall.png"))
+
+    def refuse_tall(image, label):
+        if image.shape[0] == 96:
+            raise ValueError("too elongated for val_size")
+        return ToTensor()(image, label)
+
+    data = SemData(0, 1, root, base, list_root=os.path.join(root, "lists"), show_progress=False,
+                   transform=refuse_tall)
+    six = data.sub_class_file_list[6][0]
+    with pytest.raises(ValueError) as error:
+        data.load_episode(tall, 6, [six])
+    assert str(error.value) == f"query image {tall[0]!r}: too elongated for val_size"
+    with pytest.raises(ValueError) as error:
+        data.load_episode(six, 6, [tall])
+    assert str(error.value) == f"support image {tall[0]!r}: too elongated for val_size"

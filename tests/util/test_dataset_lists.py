@@ -4,6 +4,7 @@ test_fss_list_cache.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -262,6 +263,11 @@ def test_list_lines_with_more_than_two_fields_say_that_paths_cannot_contain_spac
     with pytest.raises(ValueError) as error:
         read_pair_list(str(base))
     assert str(error.value) == f"{base}:1: malformed list line 'JPEGImages/a.jpg': 1 field, expected '<image path> <label path>'"
+    base.write_text("a.jpg b.png c\n")  # three fields: the hint too
+    with pytest.raises(ValueError) as error:
+        read_pair_list(str(base))
+    assert str(error.value) == (f"{base}:1: malformed list line 'a.jpg b.png c': 3 fields, expected "
+                                f"'<image path> <label path>' (list paths cannot contain spaces)")
 
 
 def test_repeated_list_lines_are_kept_as_the_original_does_with_a_warning_naming_them(tmp_path):
@@ -390,3 +396,229 @@ def test_list_building_checks_label_values_against_the_dataset(tmp_path, capsys)
     data_list.write_text("JPEGImages/odd.jpg SegmentationClassAug/odd.png\n")
     with pytest.raises(ValueError, match=r"data_list_0\.txt:1: .*odd\.png.*42"):
         dataset_module.derive_sub_class_file_list(root, str(data_list), [6], show_progress=False, data_set="pascal")
+
+
+def test_semdata_passes_its_progress_switch_and_dataset_to_the_list_building(tmp_path, capsys):
+    """SemData builds its lists (and derives a missing class list) with its own ``show_progress``
+    and checks the labels against its own dataset."""
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    lists = str(tmp_path / "lists")
+    built = SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    assert "building FSS lists" not in capsys.readouterr().err
+    os.remove(built.sub_class_file_list_path)  # derived from the data list next
+    SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    assert "deriving the class lists" not in capsys.readouterr().err
+    os.remove(built.sub_class_file_list_path)
+    SemData(0, 1, root, base, list_root=lists, show_progress=True)
+    assert "deriving the class lists of data_list_0.txt" in capsys.readouterr().err
+    SemData(0, 1, root, base, list_root=str(tmp_path / "other_lists"), show_progress=True)
+    assert "building FSS lists from train.txt" in capsys.readouterr().err
+    odd = block_label([6])
+    odd[0, 0] = 42
+    write_mini_dataset(root, [("six", block_label([6]), None), ("odd", odd, None)], list_name="odd.txt")
+    with pytest.raises(ValueError, match=r"odd\.txt:2: .*odd\.png.* has values 42 outside 0 \(background\), 1\.\.20 "
+                                         r"\(the classes\) and 255 \(ignored\); expected .* pascal class ids"):
+        SemData(0, 1, root, os.path.join(root, "odd.txt"), list_root=str(tmp_path / "odd_lists"),
+                show_progress=False)
+
+
+def test_a_derived_class_list_records_its_data_list_and_loses_the_record_when_both_are_rebuilt(tmp_path):
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    lists = str(tmp_path / "lists")
+    built = SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    sub_record = built.sub_class_file_list_path + ".source.json"
+    assert not os.path.exists(sub_record)  # both built from the base list: the data list's record says so
+    os.remove(built.sub_class_file_list_path)
+    SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    with open(sub_record) as handle:
+        record = json.load(handle)
+    assert set(record) == {"data_list", "sha1", "data_root", "classes"}
+    assert record["data_list"] == os.path.abspath(built.data_list_path)
+    with open(base, "a") as handle:  # the base list changes: both lists are built again from it
+        handle.write("JPEGImages/c6_a.jpg SegmentationClassAug/c6_a.png\n")
+    with pytest.warns(UserWarning, match="rebuilding the FSS lists"):
+        SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    assert not os.path.exists(sub_record)
+
+
+def _class_list_derived_for_other_classes(tmp_path):
+    """Lists built from the mini dataset's base list, the class list then derived from the data
+    list, and its record edited to name the classes [1, 2]: (root, base list, list_root, dataset)."""
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    lists = str(tmp_path / "lists")
+    built = SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    os.remove(built.sub_class_file_list_path)
+    SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    sub_record = built.sub_class_file_list_path + ".source.json"
+    with open(sub_record) as handle:
+        record = json.load(handle)
+    with open(sub_record, "w") as handle:
+        json.dump(dict(record, classes=[1, 2]), handle)
+    return root, base, lists, built
+
+
+def test_a_class_list_derived_for_other_classes_is_derived_again(tmp_path):
+    root, base, lists, built = _class_list_derived_for_other_classes(tmp_path)
+    with pytest.warns(UserWarning) as raised:
+        SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    assert [str(warning.message) for warning in raised] == [
+        f"{built.sub_class_file_list_path} was built for the classes [1, 2], not {list(range(6, 21))}; "
+        f"deriving it again"]
+
+
+def test_a_class_list_left_without_its_data_list_is_rebuilt_without_a_word_about_it(tmp_path):
+    # The class list was derived (it has a record); its data list is then deleted: both are
+    # built from the base list, and the stale class list gives no "deriving it again" warning.
+    root, base, lists, built = _class_list_derived_for_other_classes(tmp_path)
+    sub_record = built.sub_class_file_list_path + ".source.json"
+    os.remove(built.data_list_path)
+    os.remove(built.data_list_path + ".source.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rebuilt = SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    assert rebuilt.data_list and not os.path.exists(sub_record)
+
+
+def test_missing_base_lists_are_named_as_given_and_as_set_or_missing(tmp_path, monkeypatch):
+    root = str(tmp_path / "a")
+    base = all_fold0_train_classes_dataset(root)
+    lists = str(tmp_path / "lists")
+    SemData(0, 1, root, base, list_root=lists, show_progress=False)
+    other = tmp_path / "b"
+    other.mkdir()
+    gone = str(tmp_path / "gone.txt")
+    with pytest.raises(FileNotFoundError) as error:  # built for other data, and the base list is missing
+        SemData(0, 1, str(other), gone, list_root=lists, show_progress=False)
+    assert str(error.value).startswith(f"{os.path.join(lists, 'train', 'data_list_0.txt')} was built from data_root "
+                                       f"{root!r}, not the configured {str(other)!r}, and train_list {gone!r}, "
+                                       f"needed to rebuild it, does not exist: set train_list, or set list_root")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:  # a relative base list: the folder it is relative to
+        SemData(0, 1, root, "missing.txt", list_root=str(tmp_path / "new_lists"), show_progress=False)
+    assert str(error.value).startswith(f"train_list 'missing.txt' (relative to the working directory "
+                                       f"{tmp_path}) not found (the base list, needed to build the missing FSS "
+                                       f"lists ")
+
+
+def test_a_missing_first_entry_names_a_relative_data_root_with_its_folder(tmp_path, monkeypatch):
+    root = tmp_path / "a"
+    base = all_fold0_train_classes_dataset(str(root))
+    lists = str(tmp_path / "lists")
+    built = SemData(0, 1, str(root), base, list_root=lists, show_progress=False)
+    os.remove(built.data_list_path + ".source.json")  # used as shipped: not rebuilt
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        SemData(0, 1, "b", None, list_root=lists, show_progress=False)
+    assert f"are joined with data_root='b' (relative to the working directory {tmp_path}) unless" in str(error.value)
+
+
+def test_the_repeated_lines_warning_shows_three_pairs_and_counts_the_rest(tmp_path):
+    lines = [f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n" for name in "abcde"]
+    base = tmp_path / "base.txt"
+    base.write_text("".join(lines + lines[:4]))  # a..d twice each (lines 1-4 and 6-9), e once
+    with pytest.warns(UserWarning) as raised:
+        read_pair_list(str(base))
+    shown = "; ".join(f"lines {n}, {n + 5}: 'JPEGImages/{name}.jpg SegmentationClassAug/{name}.png'"
+                      for n, name in zip((1, 2, 3), "abc"))
+    assert [str(warning.message) for warning in raised] == [
+        f"{base} repeats lines: {shown} (and 1 more repeated pairs); every copy is used (a query and a support "
+        f"candidate of its own, as in the original): remove the repeats to count each image once"]
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds a frame of its own
+        assert raised[0].filename == __file__  # stacklevel 3: the caller of read_pair_list's caller
+    base.write_text("".join(lines + lines[:3]))  # exactly three repeated pairs: no "more"
+    with pytest.warns(UserWarning) as raised:
+        read_pair_list(str(base))
+    assert str(raised[0].message).startswith(f"{base} repeats lines: {shown}; every copy is used")
+
+
+def test_list_files_must_be_utf8_and_may_end_lines_with_a_lone_carriage_return(tmp_path):
+    base = tmp_path / "base.txt"
+    base.write_bytes(b"JPEGImages/a.jpg SegmentationClassAug/a.png\rJPEGImages/b.jpg SegmentationClassAug/b.png\r")
+    assert read_pair_list(str(base)) == [("JPEGImages/a.jpg", "SegmentationClassAug/a.png", 1),
+                                         ("JPEGImages/b.jpg", "SegmentationClassAug/b.png", 2)]
+    base.write_bytes(b"JPEGImages/\xff.jpg SegmentationClassAug/a.png\n")
+    with pytest.raises(ValueError) as error:
+        read_pair_list(str(base))
+    assert str(error.value) == (f"{base}, line 1, column 12 (byte offset 11): byte 0xff is not UTF-8 (invalid start "
+                                f"byte); a list file must be UTF-8 text: re-save it as UTF-8")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"[1, 2]", "expected a dict literal, got list"),
+    (b"{6: 5}", "entry 6 is not 'int: [(img, lbl), ...]'"),
+    (b"{'6': []}", "entry '6' is not 'int: [(img, lbl), ...]'"),
+    (b"{6: [('a', \xff)]}", None),
+])
+def test_a_malformed_class_list_file_is_named_with_its_problem(tmp_path, content, problem):
+    data_list, sub_list = tmp_path / "data_list_0.txt", tmp_path / "sub_class_file_list_0.txt"
+    data_list.write_text("a.jpg a.png\n")
+    sub_list.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        load_fss_lists(str(data_list), str(sub_list))
+    if problem is None:
+        assert str(error.value) == (f"{sub_list}, line 1, column 12 (byte offset 11): byte 0xff is not UTF-8 "
+                                    f"(invalid start byte); a list file must be UTF-8 text: re-save it as UTF-8")
+    else:
+        assert str(error.value) == f"{sub_list}: {problem}"
+
+
+def test_loading_a_data_list_warns_about_repeats_unless_told_not_to(tmp_path):
+    data_list, sub_list = tmp_path / "data_list_0.txt", tmp_path / "sub_class_file_list_0.txt"
+    data_list.write_text("a.jpg a.png\na.jpg a.png\n")
+    sub_list.write_text("{6: [('a.jpg', 'a.png')]}")
+    with pytest.warns(UserWarning, match="repeats lines: lines 1, 2"):
+        load_fss_lists(str(data_list), str(sub_list))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_fss_lists(str(data_list), str(sub_list), warn_repeats=False)
+
+
+def test_class_lists_take_the_default_coco_folds_and_name_a_bad_choice():
+    assert get_class_lists("coco", 1)[1] == list(range(21, 41))  # use_split_coco defaults to False
+    for arguments, message in ((("toy", 0), "unknown data_set 'toy'; allowed: 'pascal', 'coco'"),
+                               (("pascal", 4), "unknown split 4; allowed: 0, 1, 2, 3")):
+        with pytest.raises(ValueError) as error:
+            get_class_lists(*arguments)
+        assert str(error.value) == message
+
+
+def test_semdata_defaults_and_its_public_attributes(tmp_path, capsys):
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    data = SemData(data_root=root, data_list=base, list_root=str(tmp_path / "lists"))
+    assert (data.split, data.shot, data.data_set, data.mode, data.num_classes) == (0, 1, "pascal", "train", 20)
+    assert data.class_list == list(range(6, 21))  # fold 0 of PASCAL, whatever use_split_coco
+    assert "building FSS lists from train.txt" in capsys.readouterr().err  # progress shown by default
+
+
+def test_a_missing_data_root_and_a_folder_base_list_are_named_relative_to_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        SemData(0, 1, "nowhere", "train.txt", list_root="lists")
+    assert str(error.value).startswith(f"data_root 'nowhere' (relative to the working directory {tmp_path}) does "
+                                       f"not exist or is not a folder; expected layout: ")
+    with pytest.raises(FileNotFoundError) as error:
+        SemData(0, 1, None, "train.txt", list_root="lists")
+    assert str(error.value).startswith("data_root None does not exist or is not a folder; expected layout: ")
+    all_fold0_train_classes_dataset(str(tmp_path / "data"))
+    (tmp_path / "folder_list").mkdir()
+    with pytest.raises(ValueError) as error:
+        SemData(0, 1, "data", "folder_list", list_root="lists")
+    assert str(error.value).startswith(f"train_list 'folder_list' (relative to the working directory {tmp_path}) is "
+                                       f"a folder, not a base list")
+
+
+def test_a_file_below_list_root_where_a_folder_belongs_is_named(tmp_path):
+    root = str(tmp_path / "data")
+    base = all_fold0_train_classes_dataset(root)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train").write_text("not a folder")
+    with pytest.raises(ValueError) as error:
+        SemData(0, 1, root, base, list_root=str(lists), show_progress=False)
+    assert str(error.value).startswith(f"list_root {str(lists)!r}: {lists / 'train'} is a file, not a folder; "
+                                       f"list_root is the folder of the FSS lists")

@@ -1,5 +1,6 @@
 """The FSS list cache follows changes of its source; dropped-in (shipped) lists are never rewritten,
 and a missing class list is derived from its data list."""
+import inspect
 import json
 import os
 import shutil
@@ -12,6 +13,17 @@ import pytest
 from tests.support.datasets import all_fold0_train_classes_dataset, block_label
 from util import dataset as dataset_module
 from util.dataset import SemData, fss_list_paths, get_class_lists, load_fss_lists, make_fss_lists, write_fss_lists
+
+
+def assert_warned_at_the_caller(raised):
+    """The rebuild warnings point at the line that built the dataset (the SemData call of this
+    file's helpers), not into util/dataset.py nor further up."""
+    calls = set()
+    for helper in (_dataset, _train_dataset):
+        source, start = inspect.getsourcelines(helper)
+        calls |= {(__file__, start + offset) for offset, line in enumerate(source) if "SemData(" in line}
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds a frame of its own
+        assert raised and all((warning.filename, warning.lineno) in calls for warning in raised)
 
 
 def _dataset(root, base_list, list_root):
@@ -29,8 +41,9 @@ def test_changed_base_list_rebuilds_the_cache(toy_data_root, tmp_path):
     first = _dataset(toy_data_root, base, list_root)
     with open(base, "w") as handle:
         handle.writelines(lines[: len(lines) * 2 // 3])
-    with pytest.warns(UserWarning, match="rebuilding"):
+    with pytest.warns(UserWarning, match="rebuilding") as raised:
         second = _dataset(toy_data_root, base, list_root)
+    assert_warned_at_the_caller(raised)
     expected_data, expected_sub = _lists_by_hand(toy_data_root, lines[: len(lines) * 2 // 3])
     assert second.data_list == expected_data and second.sub_class_file_list == expected_sub
     assert len(second.data_list) < len(first.data_list)
@@ -154,8 +167,9 @@ def test_lists_built_from_another_data_root_are_rebuilt(two_roots, tmp_path):
     list_root = tmp_path / "fss"
     _train_dataset(first, first / "train.txt", list_root)
     with pytest.warns(UserWarning, match=rf"train/data_list_0\.txt was built from data_root '{first}', not the "
-                                         rf"configured '{second}'; rebuilding the FSS lists"):
+                                         rf"configured '{second}'; rebuilding the FSS lists") as raised:
         rebuilt = _train_dataset(second, second / "train.txt", list_root)
+    assert_warned_at_the_caller(raised)
     assert _pair(second, "c6_a") in rebuilt.sub_class_file_list[7]
     assert _pair(second, "c6_a") not in rebuilt.sub_class_file_list[6]
     with warnings.catch_warnings():
@@ -173,8 +187,9 @@ def test_a_class_list_derived_under_another_data_root_is_derived_again(two_roots
     with open(built.data_list_path, "rb") as handle:
         data_list_bytes = handle.read()
     with pytest.warns(UserWarning, match=rf"sub_class_file_list_0\.txt was built from data_root '{first}', not "
-                                         rf"the configured '{second}'; deriving it again"):
+                                         rf"the configured '{second}'; deriving it again") as raised:
         derived = _train_dataset(second, second / "train.txt", list_root)
+    assert_warned_at_the_caller(raised)
     assert _pair(second, "c6_a") in derived.sub_class_file_list[7]
     with open(built.data_list_path, "rb") as handle:
         assert handle.read() == data_list_bytes
@@ -206,3 +221,74 @@ def test_lists_whose_record_names_other_classes_or_no_data_root_are_rebuilt(tmp_
         _train_dataset(root, base, tmp_path / "fss")
     with open(record_path) as handle:
         assert json.load(handle)["data_root"] == str(root)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not a JSON record"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_a_damaged_source_record_is_named_with_what_to_do(toy_data_root, tmp_path, content, problem):
+    base = os.path.join(toy_data_root, "val.txt")
+    list_root = str(tmp_path / "fss")
+    built = _dataset(toy_data_root, base, list_root)
+    record_path = built.data_list_path + ".source.json"
+    with open(record_path, "w") as handle:
+        handle.write(content)
+    with pytest.raises(ValueError) as error:
+        _dataset(toy_data_root, base, list_root)
+    if problem == "not a JSON record":
+        assert str(error.value) == (
+            f"{record_path}: not a JSON record {{'sha1': ...}} of the file {built.data_list_path} was built "
+            f"from (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); delete it "
+            f"together with {built.data_list_path} to rebuild the list")
+    else:
+        assert str(error.value) == f"{record_path}: expected a JSON object, got list"
+
+
+def test_a_list_folder_that_cannot_be_written_is_refused_before_building(toy_data_root, tmp_path, monkeypatch):
+    # The tests may run as root, for whom every folder is writable: os.access is asked instead.
+    list_root = str(tmp_path / "fss")
+    os.makedirs(list_root)
+    real_access = os.access
+    asked = []
+
+    def read_only(path, mode):
+        asked.append((path, mode))
+        return False if os.path.abspath(path) == list_root and mode == os.W_OK | os.X_OK else real_access(path, mode)
+
+    monkeypatch.setattr(dataset_module.os, "access", read_only)
+    with pytest.raises(PermissionError) as error:
+        _dataset(toy_data_root, os.path.join(toy_data_root, "val.txt"), list_root)
+    assert str(error.value) == (f"list_root {list_root!r}: cannot write the FSS lists there ({list_root} is "
+                                f"read-only or not yours): set list_root to a writable folder")
+    assert (list_root, os.W_OK | os.X_OK) in asked
+
+
+def test_an_empty_shipped_data_list_names_no_source(tmp_path):
+    # A data list without a record (shipped, or dropped in) that is empty: the message cannot
+    # name the base list it came from.
+    root = str(tmp_path)
+    base = all_fold0_train_classes_dataset(root)
+    list_root = str(tmp_path / "lists")
+    data_path, sub_path = fss_list_paths(list_root, "val", 0)
+    write_fss_lists(data_path, sub_path, [], {c: [] for c in range(1, 6)})
+    with pytest.raises(ValueError) as error:
+        _dataset(root, base, list_root)
+    assert str(error.value) == (f"{data_path}: empty data list (no image has a class of [1, 2, 3, 4, 5] "
+                                f"covering 2048 pixels of its label)")
+
+
+def test_a_record_left_beside_a_missing_data_list_does_not_count(two_roots, tmp_path):
+    # Lists built under one data root; both list files then deleted by hand, the data list's
+    # record left: the lists are built again from the base list, with no word about the other
+    # data root (the record of a missing list says nothing).
+    first, second = two_roots
+    list_root = str(tmp_path / "lists")
+    built = _train_dataset(first, os.path.join(first, "train.txt"), list_root)
+    os.remove(built.data_list_path)
+    os.remove(built.sub_class_file_list_path)
+    assert os.path.isfile(built.data_list_path + ".source.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = _train_dataset(second, os.path.join(second, "train.txt"), list_root)
+    assert again.data_list and all(image.startswith(str(second)) for image, _ in again.data_list)
