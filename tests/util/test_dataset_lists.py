@@ -622,3 +622,14 @@ def test_a_file_below_list_root_where_a_folder_belongs_is_named(tmp_path):
         SemData(0, 1, root, base, list_root=str(lists), show_progress=False)
     assert str(error.value).startswith(f"list_root {str(lists)!r}: {lists / 'train'} is a file, not a folder; "
                                        f"list_root is the folder of the FSS lists")
+
+
+def test_a_coco_dataset_takes_the_consecutive_folds_unless_told_otherwise(tmp_path):
+    # SemData's use_split_coco defaults to False: COCO fold 0 tests classes 1..20 (with True it
+    # would test 1, 5, 9, ..., 77, which this data lacks).
+    root = str(tmp_path)
+    entries = [(f"c{c}_{copy}", block_label([c]), None) for c in range(1, 21) for copy in "ab"]
+    base = write_mini_dataset(root, entries)
+    data = SemData(0, 1, root, base, data_set="coco", mode="val", list_root=str(tmp_path / "lists"),
+                   show_progress=False)
+    assert data.class_list == list(range(1, 21)) and data.num_classes == 80
