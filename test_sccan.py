@@ -18,8 +18,8 @@ import sys
 
 from evaluation.baselines import build_predictor
 from evaluation.command_line import evaluation_argument_parser
-from evaluation.episodes import EpisodeRecorder, build_episode_loader, episode_file_meta, read_episode_file
-from evaluation.episodes import save_episodes
+from evaluation.episodes import (EpisodeRecorder, build_episode_loader, episode_file_meta, read_episode_file,
+                                 save_episodes)
 from evaluation.gfss import check_gfss_request, run_generalised_test
 from evaluation.protocol import EvaluationProtocol, run_seeds, summarise_runs
 from evaluation.results import check_default_result_output, check_result_outputs, write_result

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import sys
 
-from experiment.models import base_learner_checkpoint_path
 from engine.base_trainer import BASE_CHECKPOINT_NAMES, BASE_RESUME, BaseTrainer, check_fresh_base_output
-from util.cli import UserError, run_entry_point
+from engine.trainer import (claim_output_folder, fit_and_close, parse_training_arguments, precheck_resume,
+                            start_training_run, start_under_lock)
 from experiment.build import base_experiment_dir, check_data_root
+from experiment.models import base_learner_checkpoint_path
+from util.cli import UserError, run_entry_point
 from util.io import check_distinct_paths, check_output_path
-from engine.trainer import (claim_output_folder, fit_and_close, parse_training_arguments,
-                          precheck_resume, start_training_run, start_under_lock)
 
 
 def parse_arguments(argv=None):

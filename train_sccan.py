@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import sys
 
+from engine.trainer import (SCCAN_RESUME, Trainer, check_fresh_output, claim_output_folder, fit_and_close,
+                            parse_training_arguments, precheck_resume, start_training_run, start_under_lock)
+from experiment.build import check_data_root, experiment_dir, per_shot_name, snapshot_dir
 from experiment.models import precheck_base_learner
 from util.cli import run_entry_point
-from experiment.build import check_data_root, experiment_dir, per_shot_name, snapshot_dir
 from util.io import check_output_path
-from engine.trainer import (SCCAN_RESUME, Trainer, check_fresh_output, claim_output_folder,
-                          fit_and_close, parse_training_arguments, precheck_resume, start_training_run,
-                          start_under_lock)
 
 
 def parse_arguments(argv=None):

@@ -21,10 +21,10 @@ import torch
 
 from benchmarks.benchmarking import header
 from evaluation.baselines import build_predictor
-from util.cli import add_debug_argument, positive_int, run_entry_point
-from util.config import load_config
 from evaluation.protocol import EvaluationProtocol
 from experiment.build import build_dataset, build_val_loader, test_class_ids
+from util.cli import add_debug_argument, positive_int, run_entry_point
+from util.config import load_config
 from util.runtime import init_distributed
 
 PRECISIONS = ("fp32", "bf16")

@@ -36,11 +36,11 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import torch
 
 from benchmarks.benchmarking import check_options_as_config, header, parse_device, set_strict_fp32
+from evaluation.protocol import EvaluationProtocol, evaluation_passes
+from experiment.build import build_dataset, build_experiment_model, build_val_loader
 from tools.make_toy_dataset import make_toy_dataset
 from util.cli import add_debug_argument, positive_int, run_entry_point
 from util.config import load_config
-from evaluation.protocol import EvaluationProtocol, evaluation_passes
-from experiment.build import build_dataset, build_experiment_model, build_val_loader
 from util.runtime import set_seed
 
 CONFIG = os.path.join("config", "toy", "toy_split0_resnet50.yaml")

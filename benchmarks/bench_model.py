@@ -22,11 +22,11 @@ if not __package__:  # run as a file: the project's packages are not importable 
 
 import torch
 
+from benchmarks.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
+                                     parse_device, peak_memory, reset_peak_memory, set_strict_fp32, timed)
 from model.backbone import Backbone
 from model.parameters import count_parameters
 from model.sccan import SCCAN
-from benchmarks.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median, parse_device,
-                                peak_memory, reset_peak_memory, set_strict_fp32, timed)
 from util.cli import add_debug_argument, positive_int, run_entry_point
 from util.runtime import autocast, cuda_usable
 

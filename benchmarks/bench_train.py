@@ -30,10 +30,10 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import torch
 
 from benchmarks.benchmarking import (VARIANTS, add_variant_argument, format_memory, header, median,
-                                peak_memory, reset_peak_memory, set_strict_fp32, timed)
+                                     peak_memory, reset_peak_memory, set_strict_fp32, timed)
+from engine.trainer import fast_optimizer_steps, place_optimizer_state
 from util.cli import add_debug_argument, positive_int, run_entry_point
 from util.config import merge_opts
-from engine.trainer import fast_optimizer_steps, place_optimizer_state
 
 
 def endless(loader):

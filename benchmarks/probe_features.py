@@ -24,11 +24,11 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import torch
 
 from evaluation.baselines import LEVELS, FeatureMatching
-from util.cli import positive_int, run_entry_point
-from util.config import config_argparser, load_config
 from evaluation.episodes import build_episode_loader
 from evaluation.protocol import EvaluationProtocol
 from experiment.build import build_dataset, build_experiment_model, test_class_ids
+from util.cli import positive_int, run_entry_point
+from util.config import config_argparser, load_config
 
 
 def main(argv=None):

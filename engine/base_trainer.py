@@ -23,21 +23,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from engine.optimization import poly_learning_rate
-from model.backbone import initialise_random_backbone
-from experiment.models import base_learner_checkpoint_path
-from model.pspnet import PSPNet
-from util.dataset import base_class_count
-from experiment.build import build_base_dataset
-from util.cli import UserError
-from experiment.build import base_experiment_dir
-from util.io import atomic_torch_save
+from engine.trainer import (NonFiniteLossWatch, ResumeFormat, TrainingState, build_train_loader,
+                            distributed_network, load_resume_checkpoint, refuse_to_overwrite,
+                            restore_training_state, training_checkpoint)
 from evaluation.metrics import EPSILON, intersection_and_union
 from evaluation.protocol import inference_context
-from util.runtime import (autocast, gather_from_ranks, get_rng_states, limit_opencv_threads,
-                          progress_bar, set_seed)
-from engine.trainer import (NonFiniteLossWatch, ResumeFormat, TrainingState, build_train_loader,
-                          distributed_network, load_resume_checkpoint, refuse_to_overwrite,
-                          restore_training_state, training_checkpoint)
+from experiment.build import build_base_dataset, base_experiment_dir
+from experiment.models import base_learner_checkpoint_path
+from model.backbone import initialise_random_backbone
+from model.pspnet import PSPNet
+from util.cli import UserError
+from util.dataset import base_class_count
+from util.io import atomic_torch_save
+from util.runtime import (autocast, gather_from_ranks, get_rng_states, limit_opencv_threads, progress_bar,
+                          set_seed)
 
 __all__ = ["BaseTrainer", "build_base_model", "build_base_optimizer", "check_fresh_base_output",
            "sync_batch_norm_when_distributed", "BASE_CHECKPOINT_NAMES", "BASE_RESUME"]

@@ -27,16 +27,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from experiment.models import build_model
-from engine.optimization import build_optimizers, poly_learning_rate
-from model.checkpoint import CHECKPOINT_KINDS, CheckpointError, check_state_dict, checkpoint_kind, describe_value, extract_state_dict, load_checkpoint
-from experiment.checkpoints import check_optimizer_state, stored_config
 from engine.best_checkpoint import BestCheckpoint, epoch_label, format_epoch_label, half_epoch_index
-from util.cli import UserError
-from util.config import config_argparser, config_from_arguments, save_config
+from engine.optimization import build_optimizers, poly_learning_rate
 from evaluation.protocol import EvaluationProtocol, format_cache_statistics
 from experiment.build import (build_dataset, build_experiment_model, build_val_loader, experiment_dir,
-                             per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
+                              per_shot_name, snapshot_dir, tensorboard_writer, test_class_ids)
+from experiment.checkpoints import check_optimizer_state, stored_config
+from experiment.models import build_model
+from model.checkpoint import (CHECKPOINT_KINDS, CheckpointError, check_state_dict, checkpoint_kind,
+                              describe_value, extract_state_dict, load_checkpoint)
+from util.cli import UserError
+from util.config import config_argparser, config_from_arguments, save_config
 from util.io import OutputFolderLock, atomic_torch_save, remove_stale_partial_files
 from util.runtime import (autocast, check_amp, gather_from_ranks, get_logger, get_rng_states,
                           init_distributed, limit_opencv_threads, progress_bar, rng_states_problem,

@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evaluation.metrics import EPSILON, intersection_and_union
 from evaluation.protocol import EvaluationProtocol, run_seeds, summarise_runs
 from experiment.build import build_gfss_dataset, build_val_loader
-from util.dataset import IGNORE_LABEL
-from evaluation.metrics import EPSILON, intersection_and_union
+from model.constants import IGNORE_LABEL
 
 __all__ = ["check_gfss_request", "run_generalised_test", "MERGE_RULES", "GFSSMeter", "GFSSPredictor", "GFSSScoring",
            "format_gfss_table", "merge_gfss_prediction"]

@@ -32,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from experiment.models import build_model
-from model.constants import IGNORE_LABEL
-from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoint
 from experiment.checkpoints import stored_config
+from experiment.models import build_model
+from model.checkpoint import check_state_dict, extract_state_dict, load_checkpoint
+from model.constants import IGNORE_LABEL
 from util.cli import UserError
 from util.config import Config, load_config
 from util.dataset import transform_supports

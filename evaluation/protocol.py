@@ -180,17 +180,13 @@ class EvaluationProtocol:
             raise ValueError(f"{type(scoring).__name__} cannot be split across processes")
         if seed is not None:
             set_seed(seed, self.seed_deterministic)
-        with inference_context(predictor):
-            return self._run(predictor, loader, device, observers, progress, scoring, rank, world_size, context)
-
-    def _run(self, predictor, loader, device, observers, progress, scoring, rank, world_size, context) -> Dict:
         for observer in observers:
             observer.start()
         if scoring is None:
             scoring = FewShotScoring(self.num_test_classes, self.ignore_label)
         bar = progress_bar(self.test_num, "eval", progress)
         done, here, batch_index, start = 0, 0, 0, time.time()
-        with attached_feature_cache(predictor, self.feature_cache_mb) as cache:
+        with inference_context(predictor), attached_feature_cache(predictor, self.feature_cache_mb) as cache:
             for _ in range(evaluation_passes(self.test_num, len(loader), loader.batch_size or 1)):
                 for batch in loader:  # a fresh iterator each pass, as the original
                     if done >= self.test_num:

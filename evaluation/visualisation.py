@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
+from evaluation.metrics import EPSILON, intersection_and_union
 from model.constants import IGNORE_LABEL
 from util.io import atomic_write_bytes, atomic_write_text
-from evaluation.metrics import EPSILON, intersection_and_union
 from util.transform import IMAGE_MEAN, IMAGE_STD
 
 __all__ = ["PREDICTION_COLOUR", "ANNOTATION_COLOUR", "VisualisationWriter", "class_iou_chart",

@@ -47,7 +47,7 @@ def _finite_number(value) -> bool:
         return all(_finite_number(item) for item in value)
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and non_finite_count(value) == 0
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return _is_number(value) and math.isfinite(value)
 
 
 def _is_number(value) -> bool:

@@ -1,8 +1,9 @@
 """Loading released SCCAN checkpoints and bare state_dicts (the files the original's train.py
 saves; their names are explained in docs/PROTOCOL.md section 5), and the checks of what a
 checkpoint holds before anything uses it: a state_dict at all (structure, when the file is read),
-of the right kind and depth, fitting the model (keys, shapes, number types), finite, with usable
-optimizer states and stored config. Every refusal is one CheckpointError naming the file."""
+of the right kind and depth, fitting the model (keys, shapes, number types), finite. Every refusal
+is one CheckpointError naming the file. (The optimizer states and the stored training config a
+checkpoint carries besides its weights are checked in experiment/checkpoints.py.)"""
 from __future__ import annotations
 
 import os

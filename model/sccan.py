@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from model.aspp import ASPP
 from model.backbone import Backbone
+from model.constants import COSINE_EPS, IGNORE_LABEL
 from model.ensemble import (build_kshot_reweighting, build_merge_conv, ensemble_merge, kshot_weights,
                             low_feature_level, scene_differences)
-from model.constants import COSINE_EPS, IGNORE_LABEL
 from model.loss import weighted_dice_loss
 from model.transformer import SCCATransformer
 

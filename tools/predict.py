@@ -23,12 +23,12 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import numpy as np
 import torch
 
+from evaluation.predictor import Predictor, read_rgb, read_supports
+from evaluation.visualisation import prediction_overlay, write_png
 from util.cli import USER_ERROR_TYPES, UserError, error_message, run_entry_point
 from util.config import config_argparser, load_config
 from util.io import check_output_path, first_same_path, same_path
-from evaluation.predictor import Predictor, read_rgb, read_supports
 from util.runtime import progress_bar
-from evaluation.visualisation import prediction_overlay, write_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -36,12 +36,12 @@ if not __package__:  # run as a file: the project's packages are not importable 
 import test_sccan
 import train_base
 import train_sccan
+from experiment.build import result_dir
 from experiment.models import base_learner_checkpoint_path
-from util.dataset import base_class_count
 from tools.make_toy_dataset import make_toy_dataset
 from util.cli import UserError, run_entry_point
 from util.config import config_argparser, load_config
-from experiment.build import result_dir
+from util.dataset import base_class_count
 from util.io import atomic_write_json
 
 DEFAULT_CONFIG = "config/toy/toy_split0_resnet50_bam.yaml"

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from model.constants import IGNORE_LABEL
 from util import transform as transform_module
-from util.io import atomic_write_json, atomic_write_text, read_text, relative_to_cwd
 from util.image_files import ImageFileError, describe_classes, read_image_file, read_label_file
+from util.io import atomic_write_json, atomic_write_text, read_text, relative_to_cwd
 
 __all__ = [
     "DATA_SETS",

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from util import transform as transform_module
 from util.dataset import (EXPECTED_LAYOUT, _label_classes, base_remap_label, draw_supports, get_class_lists,
-                          read_image, read_label, read_pair_list, read_support, resolve_path, transform_supports)
+                          read_image, read_label, read_pair_list, read_support, resolve_path,
+                          transform_supports)
 
 __all__ = ["GFSSData", "choose_gfss_class", "gfss_target"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.support.toy_experiment import CONFIG, toy_opts
 from benchmarks import bench_data, probe_features
-from util.config import load_config
-from util.dataset import SemData
 from evaluation.episodes import save_episodes
 from experiment.build import build_dataset
+from tests.support.toy_experiment import CONFIG, toy_opts
+from util.config import load_config
+from util.dataset import SemData
 
 
 class FakeClock:

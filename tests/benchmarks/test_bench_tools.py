@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from benchmarks import bench_amp, bench_eval, bench_model, bench_train
+from experiment.build import build_experiment_model
 from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support.cuda import cuda_device, cuda_test
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from benchmarks import bench_amp, bench_eval, bench_model, bench_train
 from util.cli import run_entry_point
 from util.config import load_config
-from experiment.build import build_experiment_model
 
 
 def _rows(output: str, first_cell: str):

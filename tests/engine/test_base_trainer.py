@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from engine.base_trainer import build_base_model
 from model.backbone import Bottleneck
 from tests.support.toy_experiment import BASE_CONFIG
-from engine.base_trainer import build_base_model
 from util.config import load_config
 
 

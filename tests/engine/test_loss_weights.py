@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.backbone import Backbone, initialise_random_backbone
 from engine.optimization import build_optimizers
+from engine.trainer import Trainer
+from model.backbone import Backbone, initialise_random_backbone
 from model.sccan import SCCAN
 from tests.support.toy_experiment import CONFIG
 from util.config import load_config
-from engine.trainer import Trainer
 
 BASE_CLASSES = 3
 SIZE = 33

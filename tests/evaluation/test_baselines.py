@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
 from evaluation.baselines import FeatureMatching, PreviousSupport
+from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
 
 
 def _scene(generator):

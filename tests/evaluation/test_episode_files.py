@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from evaluation.episodes import ReplayDataset, load_episode_file, read_episode_file
 from tests.support.datasets import SMALL, block_label, write_mini_dataset
 from util.dataset import SemData
-from evaluation.episodes import ReplayDataset, load_episode_file, read_episode_file
 from util.transform import build_val_transform
 
 CONFIG = SimpleNamespace(data_set="pascal", split=0, shot=1, use_split_coco=False)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.gfss import GFSSMeter, GFSSScoring, merge_gfss_prediction
+from model.sccan import EnsembleOutputs
 from tests.support.datasets import block_label, write_mini_dataset
 from util.dataset import get_class_lists, read_label
 from util.gfss_dataset import GFSSData, choose_gfss_class, gfss_target
-from evaluation.gfss import GFSSMeter, GFSSScoring, merge_gfss_prediction
-from model.sccan import EnsembleOutputs
 
 FOLD0_BASE, FOLD0_NOVEL = get_class_lists("pascal", 0)  # 6..20 and 1..5
 

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 import evaluation.metrics
+from evaluation.episodes import RecordingDataset
+from evaluation.predictor import (Predictor, PredictorError, QueryFrame, logits_to_original, read_mask,
+                                  read_rgb, support_label)
+from evaluation.protocol import EvaluationProtocol
+from experiment.build import build_dataset, build_val_loader
 from experiment.models import build_model
 from tests.support.cuda import cuda_device, cuda_test, strict_fp32
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import load_config
 from util.dataset import binarize_label, read_label
-from evaluation.episodes import RecordingDataset
-from evaluation.protocol import EvaluationProtocol
-from experiment.build import build_dataset, build_val_loader
-from evaluation.predictor import (Predictor, PredictorError, QueryFrame, logits_to_original, read_mask, read_rgb,
-                            support_label)
 from util.transform import test_Resize, validation_resize_shape
 
 

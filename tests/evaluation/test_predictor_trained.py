@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.predictor import Predictor
 from tests.support.toy_training import train_briefly
 from util.dataset import SemData, binarize_label, read_label
-from evaluation.predictor import Predictor
 from util.runtime import autocast
 
 # 65 px, an 8x8 grid of 4x4 windows. Mean IoU measured 2026-12-03 (torch 2.14.1) against 0.10 for

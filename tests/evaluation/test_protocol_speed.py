@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import model.feature_cache as feature_cache
+from evaluation.protocol import EvaluationProtocol, format_cache_statistics
+from experiment.build import build_dataset, build_experiment_model, build_val_loader
 from tests.support.cuda import cuda_device, cuda_test
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import load_config
-from evaluation.protocol import EvaluationProtocol, format_cache_statistics
-from experiment.build import build_dataset, build_experiment_model, build_val_loader
 
 CPU = torch.device("cpu")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.files import page_references
 from evaluation.protocol import EvaluatedBatch
+from evaluation.visualisation import (ANNOTATION_COLOUR, PREDICTION_COLOUR, VisualisationWriter,
+                                      class_iou_chart, episode_iou, mask_overlay, prediction_overlay)
+from tests.support.files import page_references
 from util.transform import IMAGE_MEAN, IMAGE_STD
-from evaluation.visualisation import (ANNOTATION_COLOUR, PREDICTION_COLOUR, VisualisationWriter, class_iou_chart,
-                                episode_iou, mask_overlay, prediction_overlay)
 
 
 def test_mask_overlay_tints_the_foreground_outlines_it_and_washes_out_ignored_pixels():

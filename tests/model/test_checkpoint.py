@@ -3,9 +3,9 @@ the refusal of contents that are not weights (structure, number types, stored co
 import pytest
 import torch
 
+from experiment.checkpoints import stored_config
 from model.backbone import Backbone
 from model.checkpoint import CheckpointError, load_checkpoint, load_model_weights
-from experiment.checkpoints import stored_config
 from model.sccan import SCCAN
 from tests.support.toy_experiment import CONFIG
 

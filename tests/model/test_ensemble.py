@@ -8,15 +8,12 @@ import torch
 import torch.nn as nn
 from torch.testing import assert_close
 
-from experiment.models import build_model
-from engine.optimization import build_optimizers
+from engine.optimization import build_optimizers, SGD_GROUP_MODULES
+from experiment.models import build_model, base_learner_checkpoint_path
 from model.backbone import Backbone
-from engine.optimization import SGD_GROUP_MODULES
-from experiment.models import base_learner_checkpoint_path
 from model.checkpoint import CheckpointError, load_model_weights
-from model.ensemble import (base_foreground, build_kshot_reweighting, build_merge_conv,
-                            ensemble_merge, gram_matrix, kshot_weights, low_feature_level,
-                            scene_differences)
+from model.ensemble import (base_foreground, build_kshot_reweighting, build_merge_conv, ensemble_merge,
+                            gram_matrix, kshot_weights, low_feature_level, scene_differences)
 from model.loss import weighted_dice_loss
 from model.sccan import SCCAN
 

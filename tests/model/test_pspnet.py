@@ -9,8 +9,8 @@ import torch.nn as nn
 from model.backbone import Backbone, DilatedResNet
 from model.checkpoint import CheckpointError, load_model_weights
 from model.pspnet import PSPNet, pspnet_backbone_state
-from util.dataset import base_class_count
 from tests.support import FIXTURES
+from util.dataset import base_class_count
 
 
 def _state_lines(model):

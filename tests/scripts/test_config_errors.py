@@ -14,13 +14,13 @@ import sys
 
 import pytest
 
+from experiment.build import check_data_root
 from tests.support import REPOSITORY_ROOT
 from tests.support.entry_points import run_in_process
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.cli import error_message
 from util.config import load_config
 from util.dataset import load_fss_lists, read_pair_list
-from experiment.build import check_data_root
 from util.transform import test_Resize
 
 

@@ -20,8 +20,9 @@ import torch
 import test_sccan
 import train_base
 import train_sccan
-from model.backbone import Backbone
+from engine.trainer import Trainer
 from experiment.models import load_base_learner
+from model.backbone import Backbone
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
 from tests.support import REPOSITORY_ROOT
@@ -29,7 +30,6 @@ from tests.support.cuda import CUDA, cuda_device, strict_fp32
 from tests.support.files import page_references
 from tests.support.toy_experiment import BASE_CONFIG, CONFIG, reduced_list, reduced_train_list, toy_opts
 from util.config import load_config
-from engine.trainer import Trainer
 
 pytestmark = CUDA
 DEVICE = cuda_device()

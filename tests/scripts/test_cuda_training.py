@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 
 import train_sccan
+from engine.trainer import NonFiniteLossError, NonFiniteLossWatch
 from tests.support.cuda import CUDA, cuda_device, strict_fp32
 from tests.support.distributed import ddp_and_plain_training_steps, free_port
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from engine.trainer import NonFiniteLossError, NonFiniteLossWatch
 
 pytestmark = CUDA
 DEVICE = cuda_device()

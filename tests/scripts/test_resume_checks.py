@@ -14,15 +14,15 @@ import torch
 
 import train_base
 import train_sccan
+from engine.base_trainer import BASE_RESUME
+from engine.trainer import SCCAN_RESUME, TrainingState, check_resume_checkpoint, training_checkpoint
 from model.checkpoint import CheckpointError
 from model.pspnet import PSPNet
 from tests.scripts.test_cli_errors import assert_user_error, run
 from tests.support.toy_experiment import BASE_CONFIG, CONFIG, toy_opts
-from engine.base_trainer import BASE_RESUME
 from util.cli import run_entry_point
 from util.config import load_config
 from util.runtime import get_rng_states, set_rng_states
-from engine.trainer import SCCAN_RESUME, TrainingState, check_resume_checkpoint, training_checkpoint
 
 PATH = "/runs/latest_1shot.pth"
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import test_sccan
-from tests.support.files import page_references
-from tests.support.toy_experiment import CONFIG, toy_opts
 from evaluation.baselines import PREDICTOR_CHOICES
 from evaluation.protocol import EvaluationProtocol
 from experiment.build import build_dataset
+from tests.support.files import page_references
+from tests.support.toy_experiment import CONFIG, toy_opts
 
 
 def _run(toy_data_root, tmp_path, *extra, **overrides):

@@ -9,13 +9,13 @@ import torch
 
 import train_base
 import engine.base_trainer as base_trainer
+from engine.optimization import poly_learning_rate
+from experiment.build import build_base_dataset
 from model.checkpoint import load_model_weights
 from model.pspnet import PSPNet
-from engine.optimization import poly_learning_rate
 from tests.support.distributed import (averaged_reference_step, one_thread_as_in_each_rank, rank_results,
-                                      recorded_training, train_on_two_processes)
+                                       recorded_training, train_on_two_processes)
 from tests.support.toy_experiment import BASE_CONFIG
-from experiment.build import build_base_dataset
 from util.cli import run_entry_point
 from util.config import load_config
 

@@ -5,17 +5,17 @@ import pytest
 import torch
 
 import train_sccan
-from model.checkpoint import load_model_weights
-from util.cli import run_entry_point
-from util.config import load_config
+from engine.optimization import build_optimizers, poly_learning_rate
+from engine.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps
 from evaluation.protocol import EvaluationProtocol
 from experiment import build as experiment_build
 from experiment.build import build_dataset, build_experiment_model, build_val_loader
-from engine.optimization import build_optimizers, poly_learning_rate
-from engine.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps
+from model.checkpoint import load_model_weights
 from tests.support.distributed import (averaged_reference_step, one_thread_as_in_each_rank, rank_results,
-                                      recorded_training, train_on_two_processes)
+                                       recorded_training, train_on_two_processes)
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
+from util.cli import run_entry_point
+from util.config import load_config
 
 
 @pytest.fixture(scope="module")

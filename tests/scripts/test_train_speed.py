@@ -9,9 +9,9 @@ import torch.distributed as dist
 import model.sccan as sccan_module
 import train_sccan
 import engine.trainer
+from engine.trainer import NonFiniteLossError, NonFiniteLossWatch
 from tests.support.distributed import ddp_and_plain_training_steps, free_port
 from tests.support.toy_experiment import CONFIG, reduced_train_list, toy_opts
-from engine.trainer import NonFiniteLossError, NonFiniteLossWatch
 
 ITERATIONS = 8
 # The fast path's rounding differences were measured at 65 px (BENCHMARKS.md).

@@ -3,8 +3,8 @@ that has learned something, e.g. the CUDA agreement tests): noise images holding
 one 'object' colour."""
 import torch
 
-from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
 from engine.optimization import build_optimizers
+from model.backbone import Backbone, calibrate_frozen_batch_norm, initialise_random_backbone
 from model.sccan import SCCAN
 
 SIZE = 33

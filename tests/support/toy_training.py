@@ -18,11 +18,11 @@ import torch
 import torch.nn as nn
 
 from engine.optimization import build_optimizers, poly_learning_rate
+from experiment.build import build_experiment_model
 from model.feature_cache import FeatureCache
 from tests.support.toy_experiment import CONFIG, toy_opts
 from util.config import Config, load_config
 from util.dataset import SemData
-from experiment.build import build_experiment_model
 from util.transform import build_train_transform
 
 

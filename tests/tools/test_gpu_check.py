@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
+from benchmarks.benchmarking import VARIANTS
 from tests.support import REPOSITORY_ROOT
 from tools import gpu_check
-from benchmarks.benchmarking import VARIANTS
 from tools.gpu_check import Step, benchmark_figures, format_report, junit_figures, run_steps
 from util.cli import run_entry_point
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.predictor import Predictor
 from experiment.models import build_model
 from tests.support import REPOSITORY_ROOT
 from tests.support.toy_experiment import CONFIG
 from tools import predict
 from util.cli import run_entry_point
 from util.config import load_config
-from evaluation.predictor import Predictor
 
 # The tests' tiny input size; the checkpoints below are built with it.
 TINY = ["val_size", "65", "feature_size", "8"]

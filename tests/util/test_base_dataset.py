@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from experiment.build import build_base_dataset
 from tests.support.datasets import write_mini_dataset
 from tests.support.toy_experiment import BASE_CONFIG
 from util.base_dataset import BaseData, base_remap
-from experiment.build import build_base_dataset
 from util.config import load_config
 
 

@@ -14,7 +14,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from tests.support.datasets import SMALL, all_fold0_train_classes_dataset, block_label, write_mini_dataset
-from util.dataset import SemData, fill_bounding_boxes, get_class_lists, read_label, transform_supports, write_fss_lists
+from util.dataset import (SemData, fill_bounding_boxes, get_class_lists, read_label, transform_supports,
+                          write_fss_lists)
 from util.transform import ToTensor, build_train_transform, build_val_transform
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from tests.support.datasets import all_fold0_train_classes_dataset, block_label
 from util import dataset as dataset_module
-from util.dataset import SemData, fss_list_paths, get_class_lists, load_fss_lists, make_fss_lists, write_fss_lists
+from util.dataset import (SemData, fss_list_paths, get_class_lists, load_fss_lists, make_fss_lists,
+                          write_fss_lists)
 
 
 def assert_warned_at_the_caller(raised):

@@ -16,10 +16,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 import util.runtime as runtime
-from model.pspnet import PSPNet
-from tests.support.distributed import free_port
 from engine.base_trainer import sync_batch_norm_when_distributed
 from engine.trainer import fast_optimizer_steps, place_optimizer_state, rng_states_of_this_rank
+from model.pspnet import PSPNet
+from tests.support.distributed import free_port
 
 LOGGER = logging.getLogger("test_runtime")
 
