@@ -22,7 +22,7 @@ from evaluation.episodes import (EpisodeRecorder, build_episode_loader, episode_
                                  save_episodes)
 from evaluation.gfss import check_gfss_request, run_generalised_test
 from evaluation.protocol import EvaluationProtocol, run_seeds, summarise_runs
-from evaluation.results import check_default_result_output, check_result_outputs, write_result
+from evaluation.results import check_default_result_output, check_result_outputs, run_record, write_result
 from evaluation.visualisation import VisualisationWriter
 from experiment.build import build_dataset, default_result_path, tensorboard_writer, test_class_ids
 from util.cli import run_entry_point
@@ -72,7 +72,7 @@ def run(argv=None) -> dict:
     statistics, table = summarise_runs(runs)
     print(table, flush=True)
     summary = dict(config=arguments.config, weights=source, class_ids=class_ids, test_num=protocol.test_num,
-                   hsnet_resize=arguments.hsnet_resize, runs=runs, **statistics)
+                   hsnet_resize=arguments.hsnet_resize, runs=runs, **statistics, **run_record(arguments, cfg))
     output = arguments.output or default_result_path(cfg, source)
     logger.info(f"wrote {output} and {write_result(output, summary, class_ids, runs, source)}")
     return summary
@@ -89,7 +89,7 @@ def run_gfss(arguments, cfg, context, logger) -> dict:
     writer = tensorboard_writer(cfg, "test_gfss") if arguments.viz else None
     summary = run_generalised_test(cfg, predictor, context.device, arguments.episodes, arguments.seeds,
                                    title=source, writer=writer)
-    summary = dict(config=arguments.config, weights=source, **summary)
+    summary = dict(config=arguments.config, weights=source, **summary, **run_record(arguments, cfg))
     class_ids = list(range(1, len(summary["runs"][0]["class_IoU"]) + 1))
     logger.info(f"wrote {output} and {write_result(output, summary, class_ids, summary['runs'], source)}")
     return summary

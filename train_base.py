@@ -8,7 +8,7 @@
 The best weights go to initmodel/PSPNet/<dataset>/split<i>/resnet<L>/best.pth (config key
 base_learner_weights) in BAM's format, so BAM's released base learners and these are
 interchangeable; the log, config and latest/final checkpoints go to
-exp/<dataset>/PSPNet/split<i>/resnet<L>/ (base_save_path). The loop is engine/base_trainer.py.
+exp/<dataset>/PSPNet/split<i>/resnet<L>/ (base_save_path). The base learner's part is engine/base_trainer.py, the loop engine/loop.py.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import os
 import sys
 
 from engine.base_trainer import BASE_CHECKPOINT_NAMES, BASE_RESUME, BaseTrainer, check_fresh_base_output
-from engine.trainer import (claim_output_folder, fit_and_close, parse_training_arguments, precheck_resume,
-                            start_training_run, start_under_lock)
+from engine.resume import precheck_resume
+from engine.run import claim_output_folder, fit_and_close, parse_training_arguments, start_training_run, start_under_lock
 from experiment.build import base_experiment_dir, check_data_root
 from experiment.models import base_learner_checkpoint_path
 from util.cli import UserError, run_entry_point
@@ -49,14 +49,14 @@ def build_trainer(argv=None) -> BaseTrainer:
     check_distinct_paths([(f"the run's {name}", os.path.join(snapshots, name)) for name in BASE_CHECKPOINT_NAMES]
                          + [("config key base_learner_weights", best)])
     # The resume checkpoint is read-only here: refused before the lock creates the output folder.
-    precheck_resume(cfg, BASE_RESUME, arguments.allow_config_change)
+    resume_checkpoint = precheck_resume(cfg, BASE_RESUME, arguments.allow_config_change)  # read once
     lock = claim_output_folder(out_dir, "train.lock", f"{out_dir} (base learner run)")
 
     def start() -> BaseTrainer:
         check_fresh_base_output(cfg, arguments.overwrite)
         context, logger = start_training_run(cfg, "sccan.train_base", out_dir,
                                              os.path.join(out_dir, "snapshot"), "train.log", "config.yaml")
-        return BaseTrainer(cfg, context, logger, arguments.allow_config_change)
+        return BaseTrainer(cfg, context, logger, arguments.allow_config_change, resume_checkpoint)
     return start_under_lock(lock, start)
 
 

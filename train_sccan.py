@@ -5,14 +5,15 @@
 
 One process on CPU or one GPU needs no launcher; under torchrun each process trains on its own
 GPU (NCCL) or on the CPU (gloo) with a DistributedSampler. Only rank 0 logs, validates and writes.
-The training loop itself is engine/trainer.py.
+SCCAN's part of the training is engine/trainer.py, the loop itself engine/loop.py.
 """
 from __future__ import annotations
 
 import sys
 
-from engine.trainer import (SCCAN_RESUME, Trainer, check_fresh_output, claim_output_folder, fit_and_close,
-                            parse_training_arguments, precheck_resume, start_training_run, start_under_lock)
+from engine.resume import precheck_resume
+from engine.run import claim_output_folder, fit_and_close, parse_training_arguments, start_training_run, start_under_lock
+from engine.trainer import SCCAN_RESUME, Trainer, check_fresh_output
 from experiment.build import check_data_root, experiment_dir, per_shot_name, snapshot_dir
 from experiment.models import precheck_base_learner
 from util.cli import run_entry_point
@@ -35,8 +36,9 @@ def build_trainer(argv=None) -> Trainer:
                         ("the snapshot folder of config key save_path", snapshot_dir(cfg))):
         check_output_path(path, where, folder=True)
     # The checkpoints are read-only here: refused before the lock creates the output folder.
-    precheck_resume(cfg, SCCAN_RESUME, arguments.allow_config_change)
-    precheck_base_learner(cfg)  # the model is built from it on resume too
+    # Both are read once: the trainer takes what the checks read.
+    resume_checkpoint = precheck_resume(cfg, SCCAN_RESUME, arguments.allow_config_change)
+    base_learner_state = precheck_base_learner(cfg)  # the model is built from it on resume too
     lock = claim_output_folder(experiment_dir(cfg), per_shot_name(cfg, "train", ".lock"),
                                f"{experiment_dir(cfg)} ({cfg.shot}-shot run)")
 
@@ -45,7 +47,8 @@ def build_trainer(argv=None) -> Trainer:
         context, logger = start_training_run(cfg, "sccan.train", experiment_dir(cfg), snapshot_dir(cfg),
                                              per_shot_name(cfg, "train", ".log"),
                                              per_shot_name(cfg, "config", ".yaml"))
-        return Trainer(cfg, context, logger, arguments.allow_config_change)
+        return Trainer(cfg, context, logger, arguments.allow_config_change, resume_checkpoint,
+                       base_learner_state)
     return start_under_lock(lock, start)
 
 

@@ -14,29 +14,26 @@ base learner trained here and one released by BAM are interchangeable. ``latest.
 from __future__ import annotations
 
 import os
-import time
-from typing import Callable, List
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from engine.optimization import poly_learning_rate
-from engine.trainer import (NonFiniteLossWatch, ResumeFormat, TrainingState, build_train_loader,
-                            distributed_network, load_resume_checkpoint, refuse_to_overwrite,
-                            restore_training_state, training_checkpoint)
+from engine.loop import TrainingLoop, build_train_loader, distributed_network
+from engine.resume import ResumeFormat
+from engine.run import refuse_to_overwrite
 from evaluation.metrics import EPSILON, intersection_and_union
 from evaluation.protocol import inference_context
-from experiment.build import build_base_dataset, base_experiment_dir
+from experiment.build import base_experiment_dir, build_base_dataset
 from experiment.models import base_learner_checkpoint_path
 from model.backbone import initialise_random_backbone
 from model.pspnet import PSPNet
 from util.cli import UserError
 from util.dataset import base_class_count
 from util.io import atomic_torch_save
-from util.runtime import (autocast, gather_from_ranks, get_rng_states, limit_opencv_threads, progress_bar,
-                          set_seed)
+from util.runtime import autocast, limit_opencv_threads, progress_bar
 
 __all__ = ["BaseTrainer", "build_base_model", "build_base_optimizer", "check_fresh_base_output",
            "sync_batch_norm_when_distributed", "BASE_CHECKPOINT_NAMES", "BASE_RESUME"]
@@ -113,28 +110,27 @@ def sum_over_ranks(values: torch.Tensor, context) -> torch.Tensor:
     return values.cpu()
 
 
-class BaseTrainer:
-    """One base-learner training run. ``epoch_end_callbacks``: functions ``f(trainer) -> bool``
-    called after each epoch's checkpoints; True ends :meth:`fit` there without the final
-    checkpoint, as if the process had been stopped (tests of exact resume)."""
+class BaseTrainer(TrainingLoop):
+    """One base-learner training run on the shared loop (engine/loop.TrainingLoop): BAM's PSPNet,
+    its SGD, its cross entropy and its validation (mIoU over background and the base classes).
+    ``resume_checkpoint``: the checkpoint the script's precheck read (engine/resume.precheck_resume)."""
 
-    def __init__(self, cfg, context, logger, allow_config_change: bool = False):
-        self.cfg, self.context, self.logger = cfg, context, logger
-        self.allow_config_change = allow_config_change  # a resume may change run-shaping keys
-        self.device = context.device
+    def __init__(self, cfg, context, logger, allow_config_change: bool = False,
+                 resume_checkpoint: Optional[dict] = None):
+        super().__init__(cfg, context, logger, allow_config_change)
         self.snapshot_dir = os.path.join(base_experiment_dir(cfg), "snapshot")
+        self.resume_format = BASE_RESUME
         self.best_path = base_learner_checkpoint_path(cfg)
-        self.epoch_end_callbacks: List[Callable[["BaseTrainer"], bool]] = []
-        self.last_validation = None  # the latest validation result
         self.model = sync_batch_norm_when_distributed(build_base_model(cfg).to(self.device), context)
         self.optimizer = build_base_optimizer(self.model, cfg)
-        self.state = TrainingState()
+        self.optimizers = {"optimizer": self.optimizer}
+        self.scheduled_optimizer = self.optimizer
+        self.loss_weights = {"cross_entropy": 1.0}
         if cfg.resume:
-            self.resume(cfg.resume)
+            self.resume(cfg.resume, resume_checkpoint)
         # `self.model` is the one model; training steps go through its DDP wrapper when distributed.
-        self._training_forward = distributed_network(self.model, context)
+        self.training_forward = distributed_network(self.model, context)
         self._build_loaders()
-        self.writer = None
         if cfg.viz and context.is_main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(os.path.join(base_experiment_dir(cfg), "tensorboard"))
@@ -155,44 +151,27 @@ class BaseTrainer:
                                          num_workers=cfg.workers, pin_memory=False,
                                          worker_init_fn=limit_opencv_threads)
 
-    # ------------------------------------------------------------------------------ resume
-    def resume(self, path: str) -> None:
-        """Continue a run from a checkpoint written here (exactly) or from BAM's best.pth (at
-        the epoch after its label, without the RNG states)."""
-        checkpoint = load_resume_checkpoint(path, BASE_RESUME, self.cfg, self.logger, self.model,
-                                            {"optimizer": self.optimizer}, self.allow_config_change)
-        self.state = restore_training_state(checkpoint, path, self.logger, self.context)
+    # ------------------------------------------------------------------------ the loop's steps
+    def losses(self, batch) -> Dict[str, torch.Tensor]:
+        """A batch of :class:`~util.episode.LabelledImage` -> BAM's cross entropy (ignoring 255)."""
+        _, loss = self.training_forward(self.to_device(batch.image), self.to_device(batch.label))
+        return {"cross_entropy": loss}
 
-    # ------------------------------------------------------------------------- checkpoints
-    def save(self, name: str, epoch: int) -> str:
-        """A training checkpoint with the exact-resume state in the snapshot folder. Called on
-        every rank: each rank's RNG states are gathered, rank 0 writes the file."""
-        rng_by_rank = gather_from_ranks(get_rng_states(), self.context)
-        path = os.path.join(self.snapshot_dir, name)
-        if self.context.is_main:
-            atomic_torch_save(training_checkpoint(self.model, {"optimizer": self.optimizer}, epoch,
-                                                  self.cfg, self.state, rng_by_rank), path)
-        return path
-
-    def save_best(self, epoch: int) -> None:
-        """BAM's best.pth: exactly its three keys, so that BAM's code loads it too."""
-        atomic_torch_save({"epoch": epoch, "state_dict": self.model.state_dict(),
-                           "optimizer": self.optimizer.state_dict()}, self.best_path)
-
-    # -------------------------------------------------------------------------- validation
-    def evaluate(self) -> dict:
+    def evaluate(self) -> Optional[dict]:
         """mIoU over background + base classes on the validation list (BAM's base validation:
         intersection and union of every class summed over all images, then the mean IoU).
         Under DDP each rank scores its share of the images and the sums are added up."""
+        if self.val_loader is None:
+            return None
         classes = self.model.classes
         intersection = torch.zeros(classes, dtype=torch.float64)
         union = torch.zeros(classes, dtype=torch.float64)
         progress = progress_bar(len(self.val_loader), "validation", self.context.is_main)
         with inference_context(self.model):
-            for image, label in self.val_loader:
+            for batch in self.val_loader:
                 with autocast(self.device, self.cfg.amp):
-                    logits = self.model(image.to(self.device))
-                label = label.to(self.device)
+                    logits = self.model(batch.image.to(self.device))
+                label = batch.label.to(self.device)
                 if logits.shape[-2:] != label.shape[-2:]:
                     logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
                 area_intersection, area_union, _ = intersection_and_union(
@@ -206,93 +185,26 @@ class BaseTrainer:
         iou = intersection / (union + EPSILON)
         return {"mIoU": float(iou.mean()), "class_IoU": iou.tolist()}
 
-    def validate(self, epoch: int) -> None:
-        """Every rank scores its share of the validation list (the same summed result on every
-        rank); rank 0 keeps a better model as the base learner."""
-        if self.val_loader is not None:
-            result = self.evaluate()
-            self.last_validation = result
-            self.logger.info(f"val epoch {epoch + 1}: mIoU {result['mIoU']:.4f} (background + "
-                             f"{self.model.classes - 1} base classes)")
-            if self.writer is not None:
-                self.writer.add_scalar("mIoU_val", result["mIoU"], epoch + 1)
-            best = self.state.best
-            if best.improves(result["mIoU"]):
-                best.miou, best.epoch, best.path = result["mIoU"], epoch, self.best_path
-                if self.context.is_main:
-                    self.save_best(epoch)
-                self.logger.info(f"new best mIoU {best.miou:.4f}: {self.best_path}")
-
-    # ---------------------------------------------------------------------------- training
-    def train_epoch(self, epoch: int) -> float:
-        """One pass over the training list; returns the mean loss."""
-        cfg = self.cfg
-        self.model.train()
-        iterations = len(self.train_loader)
-        progress = progress_bar(iterations, f"epoch {epoch + 1}/{cfg.epochs}", self.context.is_main)
-        start, total = time.time(), torch.zeros((), dtype=torch.float64, device=self.device)
-        watch = NonFiniteLossWatch(self.device)  # no host synchronisation per iteration
-        for index, (image, label) in enumerate(self.train_loader):
-            current = epoch * iterations + index + 1
-            poly_learning_rate(self.optimizer, cfg.base_lr, current, cfg.epochs * iterations,
-                               power=cfg.power, index_split=cfg.index_split, warmup=cfg.warmup,
-                               warmup_step=iterations // 2)
-            with autocast(self.device, cfg.amp):
-                _, loss = self._training_forward(image.to(self.device), label.to(self.device))
-            watch.observe(loss, current)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.state.iteration = current
-            total += loss.detach()
-            progress.update(1)
-            if (index + 1) % cfg.print_freq == 0 or index + 1 == iterations:
-                watch.check(self.context, iterations, self.snapshot_dir)
-            if (index + 1) % cfg.print_freq == 0:
-                progress.set_postfix(loss=f"{loss.item():.4f}")
-            if self.context.is_main and (index + 1) % cfg.print_freq == 0:
-                learning_rate = self.optimizer.param_groups[0]["lr"]
-                self.logger.info(f"epoch {epoch + 1} iteration {index + 1}/{iterations} loss "
-                                 f"{loss.item():.4f} lr {learning_rate:.6f} "
-                                 f"({(time.time() - start) / (index + 1):.2f}s/it)")
-                if self.writer is not None:
-                    self.writer.add_scalar("loss_train_batch", loss.item(), current)
-                    self.writer.add_scalar("learning_rate", learning_rate, current)
-        progress.close()
-        return total.item() / iterations
-
-    def fit(self) -> TrainingState:
-        """Train from the current state to ``epochs``; returns the state."""
-        cfg = self.cfg
-        for epoch in range(self.state.epoch, cfg.epochs):
-            if cfg.fix_random_seed_val:  # BAM reseeds manual_seed + epoch every epoch
-                set_seed(cfg.manual_seed + epoch, cfg.seed_deterministic)
-            if self.sampler is not None:
-                self.sampler.set_epoch(epoch)
-            loss = self.train_epoch(epoch)
-            if self.context.is_main:
-                self.logger.info(f"epoch {epoch + 1}: mean training loss {loss:.4f}")
-                if self.writer is not None:
-                    self.writer.add_scalar("loss_train", loss, epoch + 1)
-            if cfg.evaluate:
-                self.validate(epoch)
-            self.state.epoch = epoch + 1
-            self.save("latest.pth", epoch)
-            if cfg.save_freq and self.state.epoch % cfg.save_freq == 0:
-                self.save(f"epoch_{epoch}.pth", epoch)
-            if self.context.distributed:
-                dist.barrier()
-            if any([callback(self) for callback in self.epoch_end_callbacks]):
-                return self.state
-        path = self.save("final.pth", self.state.epoch - 1)
-        if self.context.is_main:
-            outcome = (f"best mIoU {self.state.best.miou:.4f} after epoch "
-                       f"{int(self.state.best.epoch) + 1} ({self.best_path})"
-                       if self.state.best.path else "no best checkpoint was kept (evaluate: False "
-                       "or no validation scored above 0)")
-            self.logger.info(f"done after {self.state.epoch} epochs: final weights {path}; {outcome}")
-        return self.state
-
-    def close(self) -> None:
+    def report_validation(self, label: float, result: dict) -> None:
+        self.logger.info(f"val epoch {int(label) + 1}: mIoU {result['mIoU']:.4f} (background + "
+                         f"{self.model.classes - 1} base classes)")
         if self.writer is not None:
-            self.writer.close()
+            self.writer.add_scalar("mIoU_val", result["mIoU"], int(label) + 1)
+
+    def keep_best(self, label: float, result: dict) -> None:
+        """BAM's best.pth at the base learner's path: exactly its three keys, so that BAM's code
+        loads it too."""
+        best = self.state.best
+        best.miou, best.epoch, best.path = result["mIoU"], int(label), self.best_path
+        if self.context.is_main:
+            atomic_torch_save({"epoch": int(label), "state_dict": self.model.state_dict(),
+                               "optimizer": self.optimizer.state_dict()}, self.best_path)
+
+    def checkpoint_name(self, stem: str) -> str:
+        return f"{stem}.pth"
+
+    def outcome(self) -> str:
+        best = self.state.best
+        if best.path:
+            return f"best mIoU {best.miou:.4f} after epoch {int(best.epoch) + 1} ({self.best_path})"
+        return "no best checkpoint was kept (evaluate: False or no validation scored above 0)"

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from experiment.build import build_val_loader
 from util.cli import error_message
 from util.dataset import get_class_lists
+from util.episode import RecordedEpisode
 from util.image_files import file_problem, read_image_file, read_label_file
 from util.io import atomic_write_json, read_text, relative_to_cwd
 from util.runtime import limit_opencv_threads
@@ -59,7 +60,7 @@ class RecordingDataset(Dataset):
 
     def __getitem__(self, index):
         episode = self.dataset.sample_episode(index)
-        return (*self.dataset.load_episode(**episode), json.dumps(_jsonable(episode)))
+        return RecordedEpisode(*self.dataset.load_episode(**episode), json.dumps(_jsonable(episode)))
 
 
 class ReplayDataset(Dataset):
@@ -83,7 +84,7 @@ class ReplayDataset(Dataset):
             if self.source is None:
                 raise
             raise _in_episode(error, f"{self.source}: episode {index}") from None
-        return (*items, json.dumps(_jsonable(episode)))
+        return RecordedEpisode(*items, json.dumps(_jsonable(episode)))
 
 
 class EpisodeRecorder:
@@ -97,9 +98,9 @@ class EpisodeRecorder:
         self.episodes.clear()
 
     def observe(self, batch) -> None:
-        if not batch.extras:
+        if batch.records is None:
             raise ValueError("recording episodes needs a RecordingDataset or a ReplayDataset")
-        self.episodes.extend(json.loads(item) for item in batch.extras[0])
+        self.episodes.extend(json.loads(item) for item in batch.records)
 
 
 EPISODE_FILE = "episodes written by test_sccan.py --dump-episodes"

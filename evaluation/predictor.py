@@ -342,7 +342,7 @@ class Predictor:
         if self.supports is None:
             raise PredictorError("no supports: call set_support(images, masks) before predict")
         return self.model(x=x, s_x=self.supports["s_x"], s_y=self.supports["s_y"],
-                          support_features=self.supports["features"])
+                          support_features=self.supports["features"]).logits
 
     def predict(self, query: ImageSource, return_probability: bool = False,
                 threshold: Optional[float] = None):

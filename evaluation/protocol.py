@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from evaluation.metrics import FewShotMeter, pad_to_square
 from model.constants import IGNORE_LABEL
 from model.feature_cache import attached_feature_cache, keys_from_host
+from util.episode import class_indices
 from util.runtime import autocast, check_amp, gather_from_ranks, progress_bar, set_seed
 
 __all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
@@ -45,16 +46,17 @@ def evaluation_passes(test_num: int, loader_length: int, batch_size: int = 1) ->
 
 @dataclass
 class EvaluatedBatch:
-    """What an observer sees of one batch: the inputs, the prediction in the input frame, the
-    items beyond the six of a validation batch (a recorded episode, see evaluation.episodes) and each
-    episode's class index into the fold's test classes (B,)."""
+    """What an observer sees of one batch: the inputs, the prediction in the input frame, each
+    episode's class index into the fold's test classes (B,) and, for batches of a
+    :class:`~util.episode.RecordedEpisode` dataset, each episode's JSON record (else None; see
+    evaluation.episodes)."""
     first_episode: int
     image: torch.Tensor
     label: torch.Tensor
     support_images: torch.Tensor
     support_labels: torch.Tensor
     input_prediction: torch.Tensor
-    extras: Tuple[Any, ...]
+    records: Optional[List[str]]
     class_indices: Optional[torch.Tensor] = None
 
 
@@ -62,7 +64,8 @@ class FewShotScoring:
     """The protocol's scoring of binary few-shot episodes: each output's logits are resized to
     the target, argmax-ed and accumulated in a :class:`FewShotMeter`.
 
-    A predictor returns one logits tensor (B, 2, h, w), or a mapping name -> logits to score
+    A predictor returns one logits tensor (B, 2, h, w) or an output that holds one as ``logits``
+    (SCCAN's :class:`~model.sccan.SCCANOutput`), or a mapping name -> logits to score
     several outputs of the same forward on the same episodes (an ensemble model: the ensemble and
     its meta learner alone); the first entry is the headline."""
 
@@ -75,7 +78,7 @@ class FewShotScoring:
 
     def update(self, output, target: torch.Tensor, class_index) -> torch.Tensor:
         """Score one batch; returns the headline prediction in the input frame (B, h, w)."""
-        outputs = output if isinstance(output, Mapping) else {None: output}
+        outputs = output if isinstance(output, Mapping) else {None: getattr(output, "logits", output)}
         for name, logits in outputs.items():
             meter = self.meters.setdefault(name, FewShotMeter(self.num_test_classes,
                                                               ignore_index=self.ignore_label))
@@ -158,8 +161,8 @@ class EvaluationProtocol:
             observers: Sequence[Any] = (), progress: bool = False, scoring=None,
             context=None) -> Dict:
         """Evaluate ``predictor(x=..., s_x=..., s_y=...) -> logits (B, 2, h, w)`` on ``test_num``
-        episodes of ``loader`` (validation tuples ``(image, label, s_x, s_y, subcls, raw_label,
-        *extras)``). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds),
+        episodes of ``loader`` (batches of :class:`~util.episode.EvaluationEpisode` or
+        :class:`~util.episode.RecordedEpisode`). Returns dict(mIoU, FB_IoU, pIoU, class_IoU, accuracy, episodes, seconds),
         with ``feature_cache`` (its :meth:`FeatureCache.statistics
         <model.feature_cache.FeatureCache.statistics>`, hit rate included) when one was used.
 
@@ -193,10 +196,10 @@ class EvaluationProtocol:
                         break
                     if batch_index % world_size == rank:
                         self._evaluate_batch(predictor, batch, device, scoring, observers, done)
-                        here += batch[0].shape[0]
+                        here += len(batch.query_image)
                     batch_index += 1
-                    done += batch[0].shape[0]
-                    bar.update(batch[0].shape[0])
+                    done += len(batch.query_image)
+                    bar.update(len(batch.query_image))
         bar.close()
         statistics = cache.statistics() if cache is not None else None
         if world_size > 1:
@@ -211,22 +214,22 @@ class EvaluationProtocol:
 
     def _evaluate_batch(self, predictor: Callable, batch, device: torch.device, scoring,
                         observers: Sequence[Any], first_episode: int) -> None:
-        image, label, support_images, support_labels, subcls, raw_label = batch[:6]
-        host_image = image
-        image = image.to(device, non_blocking=True)
-        supports = support_images.to(device, non_blocking=True)  # (B, K, 3, H, W)
+        host_image, host_supports = batch.query_image, batch.support_images
+        image = host_image.to(device, non_blocking=True)
+        supports = host_supports.to(device, non_blocking=True)  # (B, K, 3, H, W)
         # The feature cache's keys are hashed from the host batch while the copies run: hashing
         # the device tensors would bring them back to the host (a sync and ~2 ms per image).
         # The model passes x and s_x.flatten(0, 1) to its backbone.
         with keys_from_host(predictor, (image, host_image),
-                            (supports.flatten(0, 1), support_images.flatten(0, 1))), \
+                            (supports.flatten(0, 1), host_supports.flatten(0, 1))), \
                 autocast(device, self.amp):
-            output = predictor(x=image, s_x=supports, s_y=support_labels.to(device, non_blocking=True))
-        target = self.scoring_target(label, raw_label).to(device)
-        class_index = subcls[0] if isinstance(subcls, (list, tuple)) else subcls
+            output = predictor(x=image, s_x=supports, s_y=batch.support_labels.to(device, non_blocking=True))
+        target = self.scoring_target(batch.query_label, batch.raw_label).to(device)
+        class_index = class_indices(batch)
         prediction = scoring.update(output, target, class_index)
-        evaluated = EvaluatedBatch(first_episode, image, label, support_images, support_labels,
-                                   prediction, tuple(batch[6:]), class_index)
+        evaluated = EvaluatedBatch(first_episode, image, batch.query_label, host_supports,
+                                   batch.support_labels, prediction, getattr(batch, "record", None),
+                                   class_index)
         for observer in observers:
             observer.observe(evaluated)
 

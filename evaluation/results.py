@@ -3,13 +3,16 @@ before any work (writable, no input of the run among them, no foreign file repla
 atomically after it."""
 from __future__ import annotations
 
+import datetime
 import os
+
+import torch
 
 from evaluation.visualisation import class_iou_chart, write_png
 from util.cli import UserError
 from util.io import atomic_write_json, check_distinct_paths, check_output_path
 
-__all__ = ["chart_path", "check_default_result_output", "check_result_outputs", "write_result"]
+__all__ = ["chart_path", "check_default_result_output", "check_result_outputs", "run_record", "write_result"]
 
 
 def chart_path(output: str) -> str:
@@ -55,6 +58,28 @@ def check_default_result_output(arguments, cfg, default: str) -> None:
     depends on the checkpoint), when no ``--output`` was given."""
     if not arguments.output:
         check_result_outputs(arguments, cfg, default, "the result file (default of --output)")
+
+
+def run_record(arguments, cfg) -> dict:
+    """How a result was produced, beside its numbers, so that a table of results
+    (evaluation/paper_table.py) can tell a paper-protocol run from another without the config
+    file, which may have changed since or been overridden on the command line: the resolved
+    config (after ``--opts``), the overrides themselves, the predictor, the replayed episode file,
+    the library versions and the time the run finished (UTC, ISO 8601)."""
+    return dict(config_values=_plain(cfg.to_dict()), opts=list(arguments.opts or []),
+                predictor=arguments.predictor, episodes_from=arguments.episodes_from,
+                torch=torch.__version__,
+                finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _plain(value):
+    # JSON holds lists, not tuples; anything else a config holds (numbers, strings, booleans,
+    # None, lists) passes as it is.
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def write_result(output: str, summary: dict, class_ids, runs, source: str) -> str:

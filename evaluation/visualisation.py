@@ -7,12 +7,15 @@
   and IoU (:func:`episode_panel`, :class:`VisualisationWriter`, :func:`write_episode_index`);
 * the per-class IoU bar chart written beside test_sccan.py's JSON (:func:`class_iou_chart`).
 
-Everything is drawn with OpenCV on RGB uint8 arrays (H, W, 3) and written as PNG atomically.
+Everything is drawn on RGB uint8 arrays (H, W, 3) and written as PNG atomically: the pictures
+with OpenCV, the chart with matplotlib (a Figure of its own and the Agg renderer, never pyplot, so
+that a caller's matplotlib backend and open figures are left alone).
 Masks follow the episode labels: 1 foreground, 0 background, 255 ignored.
 """
 from __future__ import annotations
 
 import html
+import math
 import os
 import statistics
 from typing import List, Optional, Sequence, Tuple
@@ -20,6 +23,9 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from evaluation.metrics import EPSILON, intersection_and_union
 from model.constants import IGNORE_LABEL
@@ -27,7 +33,7 @@ from util.io import atomic_write_bytes, atomic_write_text
 from util.transform import IMAGE_MEAN, IMAGE_STD
 
 __all__ = ["PREDICTION_COLOUR", "ANNOTATION_COLOUR", "VisualisationWriter", "class_iou_chart",
-           "denormalise", "episode_iou", "episode_panel", "mask_overlay", "prediction_overlay",
+           "class_iou_figure", "denormalise", "episode_iou", "episode_panel", "mask_overlay", "prediction_overlay",
            "write_episode_index", "write_png"]
 
 # RGB. Orange-red for what the model predicts, blue for what a person annotated (ground truth
@@ -321,66 +327,113 @@ class IoU pools the pixels of all episodes of a class instead). Click a picture 
 
 
 # ------------------------------------------------------------------------- per-class chart
-def class_iou_chart(class_ids: Sequence, runs: Sequence[Sequence[float]], title: str,
-                    subtitle: str = "") -> np.ndarray:
-    """Bar chart of per-class IoU (RGB uint8): one bar per class at the mean over ``runs``
-    (each run: the IoU of every class, in ``class_ids`` order), its value on top, a dashed line
-    at the mean of the bars (the mIoU); with several runs, each run as a dot and a whisker from
-    the lowest to the highest."""
-    values = np.asarray(runs, dtype=np.float64).reshape(len(runs), len(class_ids))  # (runs, classes)
+# The chart's layout in pixels at CHART_DPI: room above the plot for the title, subtitle and
+# legend, below it for the class ids; at least CHART_SLOT pixels per class so that two-digit ids
+# and their values stay legible with COCO's 20 classes per fold.
+CHART_DPI = 100
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 64, 24, 92, 56
+CHART_PLOT_HEIGHT = 320
+CHART_SLOT = 56
+CHART_MIN_WIDTH = 480
+TITLE_POINTS, SUBTITLE_POINTS, LABEL_POINTS = 12, 9, 8
+
+
+def _unit(colour: Tuple[int, int, int]) -> Tuple[float, ...]:
+    """An RGB colour of this module (0..255) as matplotlib takes it (0..1)."""
+    return tuple(channel / 255 for channel in colour)
+
+
+def _text_width(text: str, points: float, weight: str = "normal") -> float:
+    """Width in pixels of ``text`` as the chart's renderer sets it at ``points``, as plain text."""
+    width, _, _ = RendererAgg(1, 1, CHART_DPI).get_text_width_height_descent(
+        text, FontProperties(size=points, weight=weight), ismath=False)
+    return width
+
+
+def _chart_size(class_count: int, title: str, subtitle: str) -> Tuple[int, int]:
+    """(width, height) of the chart in pixels: a slot per class, widened to fit the title."""
+    text_width = max(_text_width(title, TITLE_POINTS, "bold"), _text_width(subtitle, SUBTITLE_POINTS))
+    width = max(CHART_LEFT + CHART_SLOT * class_count + CHART_RIGHT, math.ceil(text_width) + 24, CHART_MIN_WIDTH)
+    return width, CHART_TOP + CHART_PLOT_HEIGHT + CHART_BOTTOM
+
+
+def _draw_chart_frame(axes, class_ids: Sequence) -> None:
+    """The IoU axis from 0 to 1 with its grid behind the bars, and the class ids below the bars."""
+    axes.set_xlim(-0.5, len(class_ids) - 0.5)
+    axes.set_ylim(0, 1)
+    axes.set_xticks(range(len(class_ids)), [str(class_id) for class_id in class_ids])
+    axes.set_yticks(np.linspace(0, 1, 6), [f"{tick:.1f}" for tick in np.linspace(0, 1, 6)])
+    axes.tick_params(axis="y", colors=_unit(FAINT_INK), labelsize=SUBTITLE_POINTS)
+    axes.tick_params(axis="x", length=0, labelsize=SUBTITLE_POINTS + 1)
+    axes.grid(axis="y", color=_unit((225, 225, 225)), linewidth=1)
+    axes.set_axisbelow(True)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+    axes.set_ylabel("IoU", color=_unit(FAINT_INK), fontsize=SUBTITLE_POINTS)
+    axes.set_xlabel("class", loc="left", color=_unit(FAINT_INK), fontsize=SUBTITLE_POINTS)
+
+
+def _draw_class_bars(axes, values: np.ndarray, bar_width: float) -> None:
+    """A bar per class at the mean of ``values`` (runs, classes), its value above it; with several
+    runs a dot per run and a whisker from the lowest to the highest. A NaN IoU draws nothing
+    (matplotlib skips it) and is labelled as such."""
+    positions = np.arange(values.shape[1])
     means = values.mean(axis=0)
+    axes.bar(positions, means, bar_width, color=_unit(ANNOTATION_COLOUR), zorder=2)
+    tops = means
+    if len(values) > 1:
+        low, high = values.min(axis=0), values.max(axis=0)
+        axes.errorbar(positions, means, yerr=(means - low, high - means), fmt="none", ecolor=_unit(INK),
+                      elinewidth=1, capsize=4.5, zorder=3)
+        axes.scatter(np.repeat(positions[None], len(values), axis=0), values, s=12, color=_unit(INK), zorder=4)
+        tops = np.maximum(means, high)
+    for position, mean, top in zip(positions, means, tops):
+        # The label sits on the higher of the bar and its whisker, on paper so the grid stays behind.
+        axes.annotate("nan" if np.isnan(mean) else f"{mean:.2f}", (position, 0 if np.isnan(top) else top),
+                      xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=LABEL_POINTS,
+                      color=_unit(INK), bbox={"facecolor": _unit(PAPER), "edgecolor": "none", "pad": 1},
+                      zorder=5, annotation_clip=False)
+
+
+def _draw_miou_line(axes, values: np.ndarray) -> None:
+    """The mIoU (the mean of the bars) as a dashed line behind the bars, named in a legend above the plot."""
+    miou = float(values.mean(axis=0).mean())
+    line = axes.axhline(miou, color=_unit(PREDICTION_COLOUR), linewidth=2, linestyle=(0, (3, 3)), zorder=1,
+                        label=f"mIoU {miou:.3f} (mean of the bars)")
+    axes.legend(handles=[line], loc="lower right", bbox_to_anchor=(1, 1.02), frameon=False,
+                fontsize=SUBTITLE_POINTS + 1, labelcolor=_unit(PREDICTION_COLOUR), borderaxespad=0)
+
+
+def class_iou_figure(class_ids: Sequence, runs: Sequence[Sequence[float]], title: str,
+                     subtitle: str = "") -> Figure:
+    """The per-class IoU bar chart as a matplotlib Figure (not rendered; see
+    :func:`class_iou_chart`): one bar per class at the mean over ``runs`` (each run: the IoU of
+    every class, in ``class_ids`` order), its value on top, a dashed line at the mean of the bars
+    (the mIoU); with several runs, each run as a dot and a whisker from the lowest to the highest.
+    A Figure of its own, without pyplot, so that the caller's matplotlib backend is left alone."""
+    values = np.asarray(runs, dtype=np.float64).reshape(len(runs), len(class_ids))  # (runs, classes)
     if not subtitle and len(values) > 1:
         subtitle = f"bars: mean of {len(values)} runs; dots: each run; whiskers: lowest to highest"
-    left, right, top, bottom, plot_height = 64, 24, 92, 56, 320
-    text_width = max(cv2.getTextSize(title, FONT, 0.6, 2)[0][0], cv2.getTextSize(subtitle, FONT, 0.45, 1)[0][0])
-    width = max(left + 56 * len(class_ids) + right, text_width + 24, 480)
-    slot = (width - left - right) / len(class_ids)
-    bar_width = min(slot - 16, 72)
-    canvas = np.full((top + plot_height + bottom, width, 3), PAPER, np.uint8)
-
-    def y_of(value: float) -> int:
-        return int(round(top + plot_height * (1 - float(np.clip(value, 0, 1)))))
-
-    for tick in np.linspace(0, 1, 6):
-        y = y_of(tick)
-        cv2.line(canvas, (left, y), (width - right, y), (225, 225, 225), 1)
-        _put_text(canvas, f"{tick:.1f}", (left - 34, y + 5), 0.45, FAINT_INK)
-    cv2.line(canvas, (left, top), (left, y_of(0)), INK, 1)
-    cv2.line(canvas, (left, y_of(0)), (width - right, y_of(0)), INK, 1)
-    _put_text(canvas, "IoU", (left - 34, top - 14), 0.45, FAINT_INK)
-    # The mIoU line runs behind the bars and their labels.
-    miou = float(means.mean())
-    legend = f"mIoU {miou:.3f} (mean of the bars)"
-    legend_x = width - right - cv2.getTextSize(legend, FONT, 0.5, 1)[0][0]
-    for start, end, y in ((left, width - right, y_of(miou)), (legend_x - 40, legend_x - 6, 70)):
-        for x in range(start, end, 12):
-            cv2.line(canvas, (x, y), (min(x + 6, end), y), PREDICTION_COLOUR, 2)
-    _put_text(canvas, legend, (legend_x, 75), 0.5, PREDICTION_COLOUR)
-
-    for index, (class_id, mean) in enumerate(zip(class_ids, means)):
-        centre = int(round(left + slot * (index + 0.5)))
-        x0, x1 = int(round(centre - bar_width / 2)), int(round(centre + bar_width / 2))
-        cv2.rectangle(canvas, (x0, y_of(mean)), (x1, y_of(0)), ANNOTATION_COLOUR, thickness=-1)
-        if len(values) > 1:
-            low, high = values[:, index].min(), values[:, index].max()
-            cv2.line(canvas, (centre, y_of(low)), (centre, y_of(high)), INK, 1, cv2.LINE_AA)
-            for end in (low, high):
-                cv2.line(canvas, (centre - 6, y_of(end)), (centre + 6, y_of(end)), INK, 1, cv2.LINE_AA)
-            for value in values[:, index]:
-                cv2.circle(canvas, (centre, y_of(value)), 3, INK, -1, cv2.LINE_AA)
-        label_y = min(y_of(mean), y_of(values[:, index].max()) if len(values) > 1 else y_of(mean)) - 6
-        text = f"{mean:.2f}"
-        (text_width, text_height), _ = cv2.getTextSize(text, FONT, 0.42, 1)
-        origin = (centre - text_width // 2, max(label_y, top - 4))
-        cv2.rectangle(canvas, (origin[0] - 2, origin[1] - text_height - 2), (origin[0] + text_width + 2,
-                                                                             origin[1] + 2), PAPER, -1)
-        _put_text(canvas, text, origin, 0.42)
-        name = str(class_id)
-        name_width = cv2.getTextSize(name, FONT, 0.5, 1)[0][0]
-        _put_text(canvas, name, (centre - name_width // 2, y_of(0) + 22), 0.5)
-    _put_text(canvas, "class", (left, y_of(0) + 46), 0.45, FAINT_INK)
-
-    _put_text(canvas, title, (12, 28), 0.6, INK, thickness=2)
+    width, height = _chart_size(len(class_ids), title, subtitle)
+    figure = Figure(figsize=(width / CHART_DPI, height / CHART_DPI), dpi=CHART_DPI, facecolor=_unit(PAPER))
+    plot_width = width - CHART_LEFT - CHART_RIGHT
+    axes = figure.add_axes((CHART_LEFT / width, CHART_BOTTOM / height, plot_width / width, CHART_PLOT_HEIGHT / height))
+    _draw_chart_frame(axes, class_ids)
+    _draw_miou_line(axes, values)
+    slot = plot_width / len(class_ids)
+    _draw_class_bars(axes, values, min(slot - 16, 72) / slot)
+    # Titles read as plain text: a '$' in a checkpoint's path is not the start of a formula.
+    figure.text(12 / width, 1 - 28 / height, title, fontsize=TITLE_POINTS, fontweight="bold",
+                color=_unit(INK), parse_math=False)
     if subtitle:
-        _put_text(canvas, subtitle, (12, 52), 0.45, FAINT_INK)
-    return canvas
+        figure.text(12 / width, 1 - 52 / height, subtitle, fontsize=SUBTITLE_POINTS, color=_unit(FAINT_INK),
+                    parse_math=False)
+    return figure
+
+
+def class_iou_chart(class_ids: Sequence, runs: Sequence[Sequence[float]], title: str,
+                    subtitle: str = "") -> np.ndarray:
+    """:func:`class_iou_figure` rendered by matplotlib's Agg renderer: (H, W, 3) RGB uint8."""
+    canvas = FigureCanvasAgg(class_iou_figure(class_ids, runs, title, subtitle))
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, :3])

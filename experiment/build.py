@@ -137,12 +137,16 @@ def build_val_loader(cfg, dataset, workers: Optional[int] = None) -> DataLoader:
                       drop_last=False, worker_init_fn=limit_opencv_threads)
 
 
-def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False) -> torch.nn.Module:
+def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False,
+                           base_learner_state: Optional[dict] = None) -> torch.nn.Module:
     """build_model(cfg) on ``device``; a random backbone (``pretrained_backbone: False``) gets its
     frozen BN statistics calibrated on the first images of the training base list, so that the
     training and the test script (``--untrained`` baseline) build the very same backbone.
-    ``backbone_from_checkpoint``: a full checkpoint is loaded next, so no backbone is prepared."""
-    model = build_model(cfg, backbone_from_checkpoint=backbone_from_checkpoint)
+    ``backbone_from_checkpoint``: a full checkpoint is loaded next, so no backbone is prepared.
+    ``base_learner_state``: the base learner's checked weights when already read
+    (experiment/models.precheck_base_learner)."""
+    model = build_model(cfg, backbone_from_checkpoint=backbone_from_checkpoint,
+                        base_learner_state=base_learner_state)
     # A base learner (base_learner: True) brings its own trained backbone: nothing to calibrate.
     if not backbone_from_checkpoint and not cfg.pretrained_backbone and not cfg.base_learner:
         check_data_root(cfg)

@@ -37,39 +37,41 @@ def base_learner_training_command(cfg) -> str:
             f"config/{data_set}/{data_set}_split{split}_resnet{layers}_base.yaml")
 
 
-def load_base_learner(cfg, backbone: Optional[Backbone]) -> nn.Module:
+def load_base_learner(cfg, backbone: Optional[Backbone], state: Optional[dict] = None) -> nn.Module:
     """The trained base learner of the config's fold (BAM's PSPNet checkpoint): copies its
-    layer0..layer4 onto ``backbone`` (SCCAN's backbone names; None when a full SCCAN checkpoint
-    replaces the backbone next) and returns its frozen head ``learner_base = Sequential(ppm, cls)``
-    (layer4 features (B, 2048, h, w) -> (B, N+1, h, w) logits), as BAM's OneModel does.
+    layer0..layer4 onto ``backbone`` (SCCAN's backbone names) and returns its frozen head
+    ``learner_base = Sequential(ppm, cls)`` (layer4 features (B, 2048, h, w) -> (B, N+1, h, w)
+    logits), as BAM's OneModel does. ``state``: its weights, already read and checked
+    (:func:`precheck_base_learner`); None reads them.
 
-    A missing checkpoint is a one-line error naming the expected file and the command that makes
-    it, except where a full ensemble checkpoint is loaded next (``backbone`` None): that one
-    holds ``learner_base`` too, so the head's structure is enough. The PSPNet itself lives in
-    model/pspnet.py (BAM's base learner)."""
-    path = base_learner_checkpoint_path(cfg)
-    if not os.path.isfile(path) and backbone is not None:
-        raise _missing_base_learner(cfg, path)
+    ``backbone`` None: a full ensemble checkpoint is loaded next, which holds ``learner_base``
+    too, so only the head's structure is built and no file is read. Otherwise a missing
+    checkpoint is a one-line error naming the expected file and the command that makes it.
+    The PSPNet itself lives in model/pspnet.py (BAM's base learner)."""
     pspnet = _base_learner_network(cfg)
-    if not os.path.isfile(path):
+    if backbone is None:
         return _frozen_head(pspnet)
-    state = _checked_base_learner_state(pspnet, path)
+    if state is None:
+        path = base_learner_checkpoint_path(cfg)
+        if not os.path.isfile(path):
+            raise _missing_base_learner(cfg, path)
+        state = _checked_base_learner_state(pspnet, path)
     pspnet.load_state_dict(state, strict=True)
-    if backbone is not None:
-        backbone.load_state_dict(pspnet_backbone_state(state, prefix="body."), strict=True)
+    backbone.load_state_dict(pspnet_backbone_state(state, prefix="body."), strict=True)
     return _frozen_head(pspnet)
 
 
-def precheck_base_learner(cfg) -> None:
+def precheck_base_learner(cfg) -> Optional[dict]:
     """Before a training run writes anything: the base learner a ``base_learner: True`` config
-    reads exists, is a PSPNet checkpoint of the fold's structure and holds finite weights (read
-    memory-mapped; the model build reads it again)."""
+    reads exists, is a PSPNet checkpoint of the fold's structure and holds finite weights.
+    Returns its weights (None without a base learner), which the model build takes instead of
+    reading the file again (:func:`build_model`'s ``base_learner_state``)."""
     if not config_value(cfg, "base_learner"):
-        return
+        return None
     path = base_learner_checkpoint_path(cfg)
     if not os.path.isfile(path):
         raise _missing_base_learner(cfg, path)
-    _checked_base_learner_state(_base_learner_network(cfg), path, mmap=True)
+    return _checked_base_learner_state(_base_learner_network(cfg), path)
 
 
 def _missing_base_learner(cfg, path: str) -> FileNotFoundError:
@@ -84,8 +86,8 @@ def _base_learner_network(cfg) -> nn.Module:
                   pretrained_backbone=False)
 
 
-def _checked_base_learner_state(pspnet: nn.Module, path: str, mmap: bool = False) -> dict:
-    state = extract_state_dict(load_checkpoint(path, mmap=mmap))
+def _checked_base_learner_state(pspnet: nn.Module, path: str) -> dict:
+    state = extract_state_dict(load_checkpoint(path))
     check_state_dict(pspnet, state, source=path)  # names, shapes, number types, finite values
     return state
 
@@ -97,7 +99,7 @@ def _frozen_head(pspnet: nn.Module) -> nn.Module:
     return head.eval()
 
 
-def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
+def build_model(cfg, backbone_from_checkpoint: bool = False, base_learner_state: Optional[dict] = None) -> SCCAN:
     """Map a config namespace (``layers, shot, zoom_factor, backbone_weights,
     pretrained_backbone, random_backbone_residual_gain, feature_size, window_size,
     feature_dropout, fast_path, fast_path_training``) to an :class:`SCCAN`. A key the namespace (a Config, dict or object)
@@ -108,8 +110,8 @@ def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
     neither needed nor read.
 
     ``base_learner: True`` builds BAM's ensemble (``low_fea``, ``kshot_trans_dim``): the backbone
-    and the head ``learner_base`` come from the fold's base learner (:func:`load_base_learner`),
-    not from the ImageNet file."""
+    and the head ``learner_base`` come from the fold's base learner (:func:`load_base_learner`;
+    ``base_learner_state``: its weights when already read), not from the ImageNet file."""
     def value(key):
         return config_value(cfg, key)
 
@@ -126,7 +128,8 @@ def build_model(cfg, backbone_from_checkpoint: bool = False) -> SCCAN:
             random_residual_gain=float(value("random_backbone_residual_gain")))
     learner_base = None
     if with_base_learner:
-        learner_base = load_base_learner(cfg, None if backbone_from_checkpoint else backbone)
+        learner_base = load_base_learner(cfg, None if backbone_from_checkpoint else backbone,
+                                         base_learner_state)
     return SCCAN(backbone, shot=int(value("shot")), zoom_factor=int(value("zoom_factor")),
                  feature_size=int(value("feature_size")), window_size=int(value("window_size")),
                  feature_dropout=float(value("feature_dropout")), learner_base=learner_base,

@@ -1,7 +1,7 @@
 """The SCCAN meta learner (the original's ``OneModel`` in model/SCCAN.py)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -117,14 +117,29 @@ def lay_out_like_gradient(weight: torch.Tensor, channels_last: bool) -> None:
         weight.data = weight.data.as_strided(weight.shape, strides)
 
 
-class EnsembleOutputs(NamedTuple):
-    """The three outputs of SCCAN with a base learner, as BAM's eval forward returns them
-    (``final_out, meta_out, base_out``), each at the output size: final (B, 2, h, w) (merged
-    probabilities, not logits: BAM scores and trains on them as they are), meta (B, 2, h, w)
-    logits of the meta learner alone, base (B, N+1, h, w) logits of the base learner."""
-    final: torch.Tensor
+class SCCANOutput(NamedTuple):
+    """What :meth:`SCCAN.forward` returns, in training and in evaluation mode alike, each at the
+    output size (B, *, h, w):
+
+    - ``logits`` (B, 2, h, w): the scores the prediction is the argmax of. Without a base
+      learner the meta learner's logits; with one the ensemble's merged probabilities (not
+      logits: BAM scores and trains on them as they are, its ``final_out``).
+    - ``meta`` (B, 2, h, w): the meta learner's logits alone (``logits`` itself without a base
+      learner; BAM's ``meta_out``).
+    - ``base`` (B, N+1, h, w): the base learner's logits (BAM's ``base_out``); None without one.
+    """
+    logits: torch.Tensor
     meta: torch.Tensor
-    base: torch.Tensor
+    base: Optional[torch.Tensor] = None
+
+    @property
+    def final(self) -> torch.Tensor:
+        """BAM's name for :attr:`logits` with a base learner (``final_out``)."""
+        return self.logits
+
+
+# The name this type had when only the ensemble returned it (code written against it keeps working).
+EnsembleOutputs = SCCANOutput
 
 
 def episode_base_classes(cat_idx, batch: int) -> torch.Tensor:
@@ -356,7 +371,7 @@ class SCCAN(nn.Module):
         return self.cls_meta(meta).float(), query_features, support_features  # logits (B, 2, g, g)
 
     def _ensemble(self, meta_grid: torch.Tensor, query_features, support_features, shot: int,
-                  output_size: Tuple[int, int], episode_base_class=None) -> EnsembleOutputs:
+                  output_size: Tuple[int, int], episode_base_class=None) -> SCCANOutput:
         """BAM's scene difference, K-shot reweighting and classifier ensemble. SCCAN's meta
         logits live on its feature grid (g x g, 64 in the paper) while the base learner's live on
         layer4's grid: the base logits are resized to the meta grid before the mix; every output
@@ -375,17 +390,17 @@ class SCCAN(nn.Module):
         final_grid = ensemble_merge(meta_grid, base_grid, psi, self.gram_merge, self.cls_merge,
                                     episode_base_class).float()  # (B, 2, g, g)
         if self.zoom_factor == 1:
-            return EnsembleOutputs(final_grid, meta_grid, base_grid)
-        return EnsembleOutputs(resize(final_grid, output_size), resize(meta_grid, output_size),
-                               resize(base_native, output_size))
+            return SCCANOutput(final_grid, meta_grid, base_grid)
+        return SCCANOutput(resize(final_grid, output_size), resize(meta_grid, output_size),
+                           resize(base_native, output_size))
 
     @torch.no_grad()
     def ensemble_outputs(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
-                         support_features=None) -> EnsembleOutputs:
-        """Inference with a base learner (what BAM's eval forward returns, for the generalised
-        few-shot test and for scoring the meta learner alone): x (B, 3, H, W), s_x (B, K, 3, H, W),
-        s_y (B, K, H, W) -> :class:`EnsembleOutputs` (final (B, 2, h, w), meta (B, 2, h, w),
-        base (B, N+1, h, w)). The episode class is never left out of p_B here (inference)."""
+                         support_features=None) -> SCCANOutput:
+        """The evaluation forward of a model with a base learner, without gradient (the
+        generalised few-shot test, scoring the meta learner alone): :meth:`forward`'s output,
+        refused for a model without a base learner. The episode class is never left out of p_B
+        here (inference)."""
         if self.learner_base is None:
             raise ValueError("ensemble_outputs needs a model built with a base learner "
                              "(config key base_learner: True)")
@@ -393,57 +408,58 @@ class SCCAN(nn.Module):
         return self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
                               self._output_size(x))
 
-    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor,
-                y_m: Optional[torch.Tensor] = None, y_b: Optional[torch.Tensor] = None, cat_idx=None,
-                support_features=None
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor, s_y: torch.Tensor, cat_idx=None,
+                support_features=None) -> SCCANOutput:
         """Segment the support class in the query.
 
         Args:
             x: query images (B, 3, H, W), (H-1) and (W-1) multiples of 8.
             s_x: support images (B, K, 3, H, W).
             s_y: support labels (B, K, H, W), values {0, 1, 255}.
-            y_m: query labels (B, H, W), needed in training mode.
-            y_b: query labels in the base numbering (B, H, W) (0, base class index + 1, 255;
-                BAM's ``y_b``), needed in training mode with a base learner only.
-            cat_idx: the collated ``subcls_list`` of a training batch (a list holding the (B,)
-                train-class indices); used in training with a base learner only (the episode
-                class leaves p_B, BAM's ``cat_idx``).
+            cat_idx: the episode classes of a training batch (the collated ``subcls_list``: a
+                list holding the (B,) train-class indices, or that tensor); needed in training
+                mode with a base learner only (the episode class leaves p_B, BAM's ``cat_idx``).
             support_features: :meth:`support_features` of ``s_x``, computed earlier (optional).
         Returns:
-            eval mode: logits (B, 2, h, w), h = (H-1)/8*zoom_factor + 1 (with a base learner: the
-            ensemble's final output; all three via :meth:`ensemble_outputs`);
-            train mode: (prediction (B, h, w) long, main_loss, aux_loss1, aux_loss2): without a
-            base learner main_loss is the dice loss and both aux losses are 0; with one (BAM's
-            losses) main_loss = CE(final, y_m), aux_loss1 = the meta learner's dice loss,
-            aux_loss2 = CE(base, y_b) without gradient (the base learner is frozen; logged).
+            :class:`SCCANOutput` at the output size h = (H-1)/8*zoom_factor + 1 (w alike), the
+            same type in both modes; :meth:`losses` turns it into the training losses.
         """
         output_size = self._output_size(x)
         meta_grid, query_features, support_features = self._meta_forward(x, s_x, s_y, support_features)
-        if self.training and y_m is None:
-            raise ValueError("training mode needs the query label y_m")
-
         if self.learner_base is None:
             logits = self._to_output_size(meta_grid, output_size)  # (B, 2, h, w)
-            if not self.training:
-                return logits
-            main_loss = weighted_dice_loss(logits, y_m.long())
-            zero = torch.zeros((), device=logits.device)
-            return logits.argmax(dim=1), main_loss, zero, zero
+            return SCCANOutput(logits, logits)
+        episode_class = None
+        if self.training:
+            if cat_idx is None:
+                raise ValueError("training with a base learner needs cat_idx (the batch's subcls_list)")
+            episode_class = episode_base_classes(cat_idx, x.shape[0]).to(x.device)
+        return self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
+                              output_size, episode_class)
 
-        if not self.training:
-            return self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
-                                  output_size).final
+    def losses(self, output: SCCANOutput, y_m: torch.Tensor, y_b: Optional[torch.Tensor] = None
+               ) -> Dict[str, torch.Tensor]:
+        """The training losses of a :meth:`forward` output, by name (the training step weighs
+        and sums them).
+
+        Args:
+            output: :meth:`forward`'s output in training mode.
+            y_m: query labels (B, h, w) with values {0, 1, 255}.
+            y_b: query labels in the base numbering (B, h, w) (0, base class index + 1, 255;
+                BAM's ``y_b``); needed with a base learner only.
+        Returns:
+            without a base learner ``{"main_loss": dice(logits, y_m)}`` (the original's loss);
+            with one BAM's three: ``main_loss`` = CE(final, y_m), ``aux_loss1`` = the meta
+            learner's dice loss, ``aux_loss2`` = CE(base, y_b) without gradient (the base
+            learner is frozen; logged).
+        """
+        if self.learner_base is None:
+            return {"main_loss": weighted_dice_loss(output.logits, y_m.long())}
         if y_b is None:
             raise ValueError("training with a base learner needs the base label y_b (the training "
                              "dataset serves it with base_label=True)")
-        if cat_idx is None:
-            raise ValueError("training with a base learner needs cat_idx (the batch's subcls_list)")
-        episode_class = episode_base_classes(cat_idx, x.shape[0]).to(x.device)
-        outputs = self._ensemble(meta_grid, query_features, support_features, s_x.shape[1],
-                                 output_size, episode_class)
-        main_loss = F.cross_entropy(outputs.final, y_m.long(), ignore_index=IGNORE_LABEL)
-        aux_loss1 = weighted_dice_loss(outputs.meta, y_m.long())
+        main_loss = F.cross_entropy(output.logits, y_m.long(), ignore_index=IGNORE_LABEL)
+        aux_loss1 = weighted_dice_loss(output.meta, y_m.long())
         with torch.no_grad():
-            aux_loss2 = F.cross_entropy(outputs.base, y_b.long(), ignore_index=IGNORE_LABEL)
-        return outputs.final.argmax(dim=1), main_loss, aux_loss1, aux_loss2
+            aux_loss2 = F.cross_entropy(output.base, y_b.long(), ignore_index=IGNORE_LABEL)
+        return {"main_loss": main_loss, "aux_loss1": aux_loss1, "aux_loss2": aux_loss2}

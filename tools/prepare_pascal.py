@@ -57,7 +57,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 if not __package__:  # run as a file: the project's packages are not importable that way
     import _as_module  # noqa: F401  (tools/_as_module.py: says how to run it, exits)
@@ -287,43 +287,42 @@ def _convert_label_task(task: tuple) -> str:
     return "written"
 
 
-def prepare_pascal(
-    voc_root: str,
-    sbd_root: str,
-    out_root: str | None = None,
-    lists_dir: str = DEFAULT_LISTS_DIR,
-    force: bool = False,
-    workers: int = 1,
-    sbd_train_list: str | None = None,
-    replace_lists: bool = False,
-) -> dict:
-    """Do the whole preparation; returns a summary dict (counts, output paths and, under
-    'lists', what happened to each list: see `tools.preparation.write_list_unless_present`)."""
-    out_root = out_root or voc_root
-    voc_image_folder = os.path.join(voc_root, IMAGE_FOLDER)
-    voc_label_folder = os.path.join(voc_root, "SegmentationClass")
-    voc_list_folder = os.path.join(voc_root, "ImageSets", "Segmentation")
-    sbd_label_folder = os.path.join(sbd_root, "cls")
-    sbd_image_folder = os.path.join(sbd_root, "img")
-    sbd_train_list = sbd_train_list or os.path.join(sbd_root, "train_noval.txt")
+class _SourceFolders(NamedTuple):
+    """Where the VOC2012 devkit and the SBD release keep what the preparation reads."""
 
-    # --- check the layout before doing any work, naming what is missing ---------------------
+    voc_images: str
+    voc_labels: str
+    voc_lists: str
+    sbd_labels: str
+    sbd_images: str
+
+    @classmethod
+    def of(cls, voc_root: str, sbd_root: str) -> "_SourceFolders":
+        return cls(voc_images=os.path.join(voc_root, IMAGE_FOLDER),
+                   voc_labels=os.path.join(voc_root, "SegmentationClass"),
+                   voc_lists=os.path.join(voc_root, "ImageSets", "Segmentation"),
+                   sbd_labels=os.path.join(sbd_root, "cls"),
+                   sbd_images=os.path.join(sbd_root, "img"))
+
+
+def _check_layout(voc_root: str, sbd_root: str, sources: _SourceFolders, sbd_train_list: str) -> None:
+    """Check the layout before doing any work, naming what is missing."""
     _require_folder(voc_root, "the --voc VOC2012 devkit folder", VOC_LAYOUT)
-    _require_folder(voc_image_folder, "VOC2012 images", VOC_LAYOUT)
-    _require_folder(voc_label_folder, "VOC2012 class labels", VOC_LAYOUT)
+    _require_folder(sources.voc_images, "VOC2012 images", VOC_LAYOUT)
+    _require_folder(sources.voc_labels, "VOC2012 class labels", VOC_LAYOUT)
     for name in ("train.txt", "val.txt"):
-        _require_file(os.path.join(voc_list_folder, name), "VOC2012 segmentation list", VOC_LAYOUT)
+        _require_file(os.path.join(sources.voc_lists, name), "VOC2012 segmentation list", VOC_LAYOUT)
     _require_folder(sbd_root, "the --sbd SBD dataset folder", SBD_LAYOUT)
-    _require_folder(sbd_label_folder, "SBD class labels", SBD_LAYOUT)
+    _require_folder(sources.sbd_labels, "SBD class labels", SBD_LAYOUT)
     _require_file(
         sbd_train_list,
         "SBD train_noval list (5,623 ids; a separate download on the SBD page, or pass --sbd-train-list)",
         SBD_LAYOUT,
     )
 
-    voc_train_ids = read_id_list(os.path.join(voc_list_folder, "train.txt"))
-    voc_val_ids = read_id_list(os.path.join(voc_list_folder, "val.txt"))
-    sbd_train_noval_ids = read_id_list(sbd_train_list)
+
+def _read_unlisted_ids(sbd_root: str, sources: _SourceFolders) -> tuple[list[str], list[str]]:
+    """(SBD train + val ids, VOC2012 trainval ids): labelled ids that the lists may leave out."""
     # SBD train.txt / val.txt are optional: they only add labels outside the lists (for a
     # complete SegmentationClassAug folder), so their absence is a warning, not an error.
     sbd_extra_ids: list[str] = []
@@ -333,19 +332,19 @@ def prepare_pascal(
             sbd_extra_ids += read_id_list(path)
         else:
             print(f"WARNING: {path} not found; its ids get no SegmentationClassAug label", file=sys.stderr)
-    voc_trainval_path = os.path.join(voc_list_folder, "trainval.txt")
+    voc_trainval_path = os.path.join(sources.voc_lists, "trainval.txt")
     voc_extra_ids = read_id_list(voc_trainval_path) if os.path.isfile(voc_trainval_path) else []
+    return sbd_extra_ids, voc_extra_ids
 
-    lists = build_pascal_lists(voc_train_ids, voc_val_ids, sbd_train_noval_ids)
-    listed_ids = set(merge_without_duplicates(voc_train_ids, voc_val_ids, sbd_train_noval_ids))
-    all_ids = merge_without_duplicates(voc_train_ids, voc_val_ids, voc_extra_ids, sbd_train_noval_ids, sbd_extra_ids)
 
-    # --- decide the label source of every id: VOC2012 wins, then SBD ----------------------
+def _label_sources(all_ids: Sequence[str], listed_ids: set[str], sources: _SourceFolders) -> dict[str, tuple[str, str]]:
+    """Decide the label source of every id, {id: (kind, path)}: VOC2012 wins, then SBD. A listed
+    id without a label is an error; an unlisted one is skipped with a warning."""
     label_sources: dict[str, tuple[str, str]] = {}
     missing_listed, missing_extra = [], []
     for identifier in all_ids:
-        voc_path = os.path.join(voc_label_folder, identifier + ".png")
-        sbd_path = os.path.join(sbd_label_folder, identifier + ".mat")
+        voc_path = os.path.join(sources.voc_labels, identifier + ".png")
+        sbd_path = os.path.join(sources.sbd_labels, identifier + ".mat")
         if os.path.isfile(voc_path):
             label_sources[identifier] = ("voc", voc_path)
         elif os.path.isfile(sbd_path):
@@ -356,8 +355,8 @@ def prepare_pascal(
             missing_extra.append(identifier)
     if missing_listed:
         raise PrepareError(
-            f"no label for {len(missing_listed):,} listed ids (looked for {voc_label_folder}/<id>.png and "
-            f"{sbd_label_folder}/<id>.mat): {first_few(missing_listed)}"
+            f"no label for {len(missing_listed):,} listed ids (looked for {sources.voc_labels}/<id>.png and "
+            f"{sources.sbd_labels}/<id>.mat): {first_few(missing_listed)}"
         )
     if missing_extra:
         print(
@@ -365,18 +364,20 @@ def prepare_pascal(
             f"{first_few(missing_extra)}",
             file=sys.stderr,
         )
+    return label_sources
 
-    # --- images: every labelled id needs <out-root>/JPEGImages/<id>.jpg ---------------------
-    out_image_folder = os.path.join(out_root, IMAGE_FOLDER)
-    out_label_folder = os.path.join(out_root, LABEL_FOLDER)
-    os.makedirs(out_image_folder, exist_ok=True)
-    os.makedirs(out_label_folder, exist_ok=True)
+
+def _copy_images(label_sources: dict[str, tuple[str, str]], listed_ids: set[str], sources: _SourceFolders,
+                 out_image_folder: str) -> int:
+    """Every labelled id needs <out-root>/JPEGImages/<id>.jpg: copy the missing ones from VOC2012,
+    else SBD. An unlisted id without an image loses its entry in ``label_sources`` (a warning);
+    a listed one is an error. Returns the number of images copied."""
     images_copied, missing_images = 0, []
     for identifier in list(label_sources):
         destination = os.path.join(out_image_folder, identifier + ".jpg")
         if os.path.isfile(destination):
             continue
-        for source_folder in (voc_image_folder, sbd_image_folder):
+        for source_folder in (sources.voc_images, sources.sbd_images):
             source = os.path.join(source_folder, identifier + ".jpg")
             if os.path.isfile(source):
                 atomic_copy(source, destination)
@@ -387,8 +388,8 @@ def prepare_pascal(
     missing_listed_images = [identifier for identifier in missing_images if identifier in listed_ids]
     if missing_listed_images:
         raise PrepareError(
-            f"no image for {len(missing_listed_images):,} listed ids (looked in {voc_image_folder} and "
-            f"{sbd_image_folder}): {first_few(missing_listed_images)}"
+            f"no image for {len(missing_listed_images):,} listed ids (looked in {sources.voc_images} and "
+            f"{sources.sbd_images}): {first_few(missing_listed_images)}"
         )
     if missing_images:
         print(
@@ -399,8 +400,13 @@ def prepare_pascal(
         for identifier in missing_images:
             del label_sources[identifier]
     print(f"images copied into {out_image_folder}: {images_copied:,}")
+    return images_copied
 
-    # --- labels ------------------------------------------------------------------------------
+
+def _convert_labels(label_sources: dict[str, tuple[str, str]], out_image_folder: str, out_label_folder: str,
+                    force: bool, workers: int) -> dict:
+    """Write the SegmentationClassAug PNG of every id in ``label_sources``; returns the outcome
+    counts ('written', 'skipped')."""
     tasks = [
         (
             kind,
@@ -418,8 +424,12 @@ def prepare_pascal(
         f"({from_voc:,} from VOC2012, {len(label_sources) - from_voc:,} from SBD)"
     )
     report_count(f"labels in {LABEL_FOLDER}", len(label_sources), REFERENCE_LABEL_COUNT)
+    return outcomes
 
-    # --- lists (written last, so a list never names a label that is not there yet) ----------
+
+def _write_lists(lists: dict[str, list[str]], lists_dir: str, replace_lists: bool) -> dict[str, str]:
+    """Write the base lists (see `tools.preparation.write_list_unless_present`); returns what
+    happened to each."""
     os.makedirs(lists_dir, exist_ok=True)
     list_outcomes = {
         name: write_list_unless_present(os.path.join(lists_dir, name), lines, replace_lists)
@@ -429,6 +439,43 @@ def prepare_pascal(
     report_count(
         f"{os.path.join(lists_dir, TRAIN_LIST_NAME)} lines", len(lists[TRAIN_LIST_NAME]), REFERENCE_TRAIN_COUNT
     )
+    return list_outcomes
+
+
+def prepare_pascal(
+    voc_root: str,
+    sbd_root: str,
+    out_root: str | None = None,
+    lists_dir: str = DEFAULT_LISTS_DIR,
+    force: bool = False,
+    workers: int = 1,
+    sbd_train_list: str | None = None,
+    replace_lists: bool = False,
+) -> dict:
+    """Do the whole preparation; returns a summary dict (counts, output paths and, under
+    'lists', what happened to each list: see `tools.preparation.write_list_unless_present`)."""
+    out_root = out_root or voc_root
+    sources = _SourceFolders.of(voc_root, sbd_root)
+    sbd_train_list = sbd_train_list or os.path.join(sbd_root, "train_noval.txt")
+    _check_layout(voc_root, sbd_root, sources, sbd_train_list)
+
+    voc_train_ids = read_id_list(os.path.join(sources.voc_lists, "train.txt"))
+    voc_val_ids = read_id_list(os.path.join(sources.voc_lists, "val.txt"))
+    sbd_train_noval_ids = read_id_list(sbd_train_list)
+    sbd_extra_ids, voc_extra_ids = _read_unlisted_ids(sbd_root, sources)
+    lists = build_pascal_lists(voc_train_ids, voc_val_ids, sbd_train_noval_ids)
+    listed_ids = set(merge_without_duplicates(voc_train_ids, voc_val_ids, sbd_train_noval_ids))
+    all_ids = merge_without_duplicates(voc_train_ids, voc_val_ids, voc_extra_ids, sbd_train_noval_ids, sbd_extra_ids)
+
+    label_sources = _label_sources(all_ids, listed_ids, sources)
+    out_image_folder = os.path.join(out_root, IMAGE_FOLDER)
+    out_label_folder = os.path.join(out_root, LABEL_FOLDER)
+    os.makedirs(out_image_folder, exist_ok=True)
+    os.makedirs(out_label_folder, exist_ok=True)
+    images_copied = _copy_images(label_sources, listed_ids, sources, out_image_folder)
+    outcomes = _convert_labels(label_sources, out_image_folder, out_label_folder, force, workers)
+    # Lists written last, so a list never names a label that is not there yet.
+    list_outcomes = _write_lists(lists, lists_dir, replace_lists)
     return {
         "out_root": out_root,
         "lists_dir": lists_dir,

@@ -20,6 +20,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from util import transform as transforms
+from util.episode import LabelledImage
 from util.dataset import (DATA_SETS, EXPECTED_LAYOUT, IGNORE_LABEL, MODES, NUM_CLASSES, NUM_SPLITS,
                           _check_choice, base_remap_label, get_class_lists, read_image, read_label,
                           read_pair_list, resolve_path)
@@ -64,8 +65,8 @@ class BaseData(Dataset):
             so that a base learner trained from scratch is not taught that the novel classes
             are background).
 
-    ``dataset[i]`` -> ``(image (3, H, W) float32, label (H, W) int64)`` of line i, label values
-    0..len(base_classes) and 255.
+    ``dataset[i]`` -> :class:`~util.episode.LabelledImage` ``(image (3, H, W) float32, label (H, W)
+    int64)`` of line i, label values 0..len(base_classes) and 255.
     """
 
     def __init__(self, split: int = 0, data_root: Optional[str] = None, data_list: Optional[str] = None,
@@ -100,7 +101,7 @@ class BaseData(Dataset):
     def __len__(self) -> int:
         return len(self.data_list)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> LabelledImage:
         image_path, label_path = self.data_list[index]
         image, label = read_image(image_path), read_label(label_path, self.data_set)
         if image.shape[:2] != label.shape[:2]:
@@ -108,4 +109,4 @@ class BaseData(Dataset):
                              f"{image.shape[1]}, {label_path!r} is {label.shape[0]}x{label.shape[1]}")
         # read_label(path, data_set) has refused values that are no class of the dataset
         label = _remap_checked_label(label, self.base_classes, self.novel_label)
-        return self.transform(image, label)
+        return LabelledImage(*self.transform(image, label))

@@ -15,7 +15,7 @@ import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 __all__ = ["Key", "RANGES", "RELATIONS", "SCHEMA", "check_type", "config_value", "default_values",
-           "legacy_message", "range_problems"]
+           "is_number_between", "legacy_message", "range_problems"]
 
 
 class Key(NamedTuple):
@@ -214,6 +214,16 @@ def legacy_message(key: str, value: Any) -> str:
 class Range(NamedTuple):
     accepts: Callable[[Any], bool]
     expected: str       # completes "expected ..."
+
+
+def is_number_between(value: Any, low: float, high: float) -> bool:
+    """Whether ``value`` is an int or a float from ``low`` to ``high``, both included (NaN never is).
+
+    The range check of a value that no config type check has seen, such as a checkpoint's own
+    records: anything else is out of range, a bool too (an int subclass, but True for a
+    probability or an epoch is a mistake). Config keys go through ``RANGES`` instead, where
+    ``range_problems`` leaves a value of another type to check_type."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _at_least(low: int) -> Range:

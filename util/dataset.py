@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from model.constants import IGNORE_LABEL
 from util import transform as transform_module
+from util.episode import EvaluationEpisode, TrainingEpisode, TrainingEpisodeWithBaseLabel
 from util.image_files import ImageFileError, describe_classes, read_image_file, read_label_file
 from util.io import atomic_write_json, atomic_write_text, read_text, relative_to_cwd
 
@@ -581,11 +582,15 @@ class SemData(Dataset):
             carries the query label in the base numbering (:func:`base_remap_label`), transformed
             with the same draws (:func:`transform_with_base_label`); off, the items are unchanged.
 
-    ``dataset[i]`` returns, for train: ``(image (3,H,W) float32, label (H,W) int64,
-    s_x (K,3,H,W) float32, s_y (K,H,W) int64, subcls_list [int])``; for val the same plus
-    ``raw_label`` (the untransformed binarised query label, int64 ``(H0, W0)``). With
-    ``base_label`` a training item ends with the base label (H, W) int64 (BAM returns it third,
-    as ``label_b``; here it comes last so that the first five items read the same either way).
+    ``dataset[i]`` returns a named tuple (util/episode.py) whose items read, by position, as the
+    original's: for train a :class:`~util.episode.TrainingEpisode` ``(query_image (3,H,W)
+    float32, query_label (H,W) int64, support_images (K,3,H,W) float32, support_labels (K,H,W)
+    int64, class_index [int])`` (the original's ``image, label, s_x, s_y, subcls_list``); for val
+    an :class:`~util.episode.EvaluationEpisode`, the same plus ``raw_label`` (the untransformed
+    binarised query label, int64 ``(H0, W0)``). With ``base_label`` a training item is a
+    :class:`~util.episode.TrainingEpisodeWithBaseLabel` ending with the base label (H, W) int64
+    (BAM returns it third, as ``label_b``; here it comes last so that the first five items read
+    the same either way).
     ``s_x[0]`` is the LAST shot (the original's stacking order).
     """
 
@@ -691,69 +696,101 @@ class SemData(Dataset):
         when they were built from another data_root or for other classes (their record says).
         Returns whether the lists were built from the base list now.
         """
+        data_record = _read_source_record(self.data_list_path)
+        sub_record = _read_source_record(self.sub_class_file_list_path)
+        base_exists = bool(base_list) and os.path.isfile(base_list)
+        if not self._data_list_is_current(base_list, base_exists, data_record):
+            # Both files were written together from the base list, so a stale or missing
+            # data_list leaves no sub_class_file_list worth keeping.
+            self._check_sub_list_without_data_list(sub_record)
+            self._build_fss_lists(base_list, base_exists, sub_record, show_progress)
+            return True
+        if not self._sub_list_is_current(sub_record):
+            self._derive_sub_list(show_progress)
+        return False
+
+    # The warnings below name the caller of SemData: stacklevel counts this helper,
+    # _prepare_fss_lists and __init__.
+    def _data_list_is_current(self, base_list: Optional[str], base_exists: bool, data_record: Optional[dict]) -> bool:
+        """Whether the data_list exists and is kept as it is; warns when it is rebuilt, and refuses
+        one built for other data when its base list, needed to rebuild it, is missing."""
+        data_path = self.data_list_path
+        if not os.path.isfile(data_path):
+            return False
+        if _source_changed(data_record, base_list):
+            warnings.warn(f"{data_path} was built from another version of {base_list}; "
+                          f"rebuilding the FSS lists", stacklevel=4)
+            return False
+        other_data = _built_for_other_data(data_record, self.data_root, self.class_list)
+        if other_data is None:
+            return True
+        if base_exists:
+            warnings.warn(f"{data_path}{other_data}; rebuilding the FSS lists", stacklevel=4)
+            return False
+        if data_record.get("data_root") is not None:  # a real difference, not an older record
+            key = BASE_LIST_KEYS[self.mode]
+            raise FileNotFoundError(
+                f"{data_path}{other_data}, and {key} {base_list!r}, needed to rebuild it, "
+                f"{'is not set' if not base_list else 'does not exist'}: set {key}, or set list_root "
+                f"to another folder for this data")
+        return True
+
+    def _sub_list_is_current(self, sub_record: Optional[dict]) -> bool:
+        """Whether the sub_class_file_list beside a current data_list exists and is kept as it is;
+        warns when it is derived again."""
+        data_path, sub_path = self.data_list_path, self.sub_class_file_list_path
+        if not os.path.isfile(sub_path):
+            return False
+        reason = (f" was derived from another version of {data_path}" if _source_changed(sub_record, data_path)
+                  else _built_for_other_data(sub_record, self.data_root, self.class_list))
+        if reason is not None:
+            warnings.warn(f"{sub_path}{reason}; deriving it again", stacklevel=4)
+            return False
+        return True
+
+    def _check_sub_list_without_data_list(self, sub_record: Optional[dict]) -> None:
+        """Refuse a shipped sub_class_file_list whose data_list is missing (one derived here from a
+        data_list that is gone is simply rebuilt)."""
+        data_path, sub_path = self.data_list_path, self.sub_class_file_list_path
+        if not os.path.isfile(data_path) and os.path.isfile(sub_path) and sub_record is None:
+            raise FileNotFoundError(
+                f"{sub_path} exists but {data_path} does not; the original's make_dataset writes both "
+                f"in one pass, so they cannot be completed from the class lists alone: add the matching "
+                f"{os.path.basename(data_path)}, or delete {sub_path} to build both from the base list"
+            )
+
+    def _build_fss_lists(self, base_list: Optional[str], base_exists: bool, sub_record: Optional[dict],
+                         show_progress: bool) -> None:
+        """Build both FSS lists from the base list, with the data_list's source record."""
         key = BASE_LIST_KEYS[self.mode]
         data_path, sub_path = self.data_list_path, self.sub_class_file_list_path
-        data_record = _read_source_record(data_path)
-        sub_record = _read_source_record(sub_path)
-        has_data, has_sub = os.path.isfile(data_path), os.path.isfile(sub_path)
-        base_exists = bool(base_list) and os.path.isfile(base_list)
-        if has_data and _source_changed(data_record, base_list):
-            warnings.warn(f"{data_path} was built from another version of {base_list}; "
-                          f"rebuilding the FSS lists", stacklevel=3)
-            # Both files were written together from the base list, so both are stale.
-            has_data = has_sub = False
-        other_data = _built_for_other_data(data_record, self.data_root, self.class_list) if has_data else None
-        if other_data is not None:
-            if base_exists:
-                warnings.warn(f"{data_path}{other_data}; rebuilding the FSS lists", stacklevel=3)
-                has_data = has_sub = False
-            elif data_record.get("data_root") is not None:  # a real difference, not an older record
-                raise FileNotFoundError(
-                    f"{data_path}{other_data}, and {key} {base_list!r}, needed to rebuild it, "
-                    f"{'is not set' if not base_list else 'does not exist'}: set {key}, or set list_root "
-                    f"to another folder for this data")
-        if has_data and has_sub:
-            reason = (f" was derived from another version of {data_path}" if _source_changed(sub_record, data_path)
-                      else _built_for_other_data(sub_record, self.data_root, self.class_list))
-            if reason is not None:
-                warnings.warn(f"{sub_path}{reason}; deriving it again", stacklevel=3)
-                has_sub = False
-        if has_sub and not has_data:
-            if sub_record is None:
-                raise FileNotFoundError(
-                    f"{sub_path} exists but {data_path} does not; the original's make_dataset writes both "
-                    f"in one pass, so they cannot be completed from the class lists alone: add the matching "
-                    f"{os.path.basename(data_path)}, or delete {sub_path} to build both from the base list"
-                )
-            has_sub = False  # derived from a data_list that is gone
+        if not base_exists:
+            raise FileNotFoundError(
+                f"{key} {base_list!r}{relative_to_cwd(base_list)} not found (the base list, needed to build "
+                f"the missing FSS lists {data_path}); expected layout: {EXPECTED_LAYOUT[self.data_set]}"
+            )
+        if not read_pair_list(base_list, warn_repeats=False):  # make_fss_lists warns
+            raise ValueError(f"{key} {base_list!r} is empty (no '<image path> <label path>' lines): the FSS "
+                             f"lists are built from it; expected layout: {EXPECTED_LAYOUT[self.data_set]}")
+        self._check_list_folder_writable()
+        built_data_list, built_sub_lists = make_fss_lists(
+            self.data_root, base_list, self.class_list, filter_intersection=(self.mode == "train"),
+            show_progress=show_progress, data_set=self.data_set,
+        )
+        write_fss_lists(data_path, sub_path, built_data_list, built_sub_lists)
+        _write_source_record(data_path, "base_list", base_list, self.data_root, self.class_list)
+        if sub_record is not None:
+            os.remove(sub_path + SOURCE_RECORD_SUFFIX)
 
-        if not has_data:
-            if not base_exists:
-                raise FileNotFoundError(
-                    f"{key} {base_list!r}{relative_to_cwd(base_list)} not found (the base list, needed to build "
-                    f"the missing FSS lists {data_path}); expected layout: {EXPECTED_LAYOUT[self.data_set]}"
-                )
-            if not read_pair_list(base_list, warn_repeats=False):  # make_fss_lists warns
-                raise ValueError(f"{key} {base_list!r} is empty (no '<image path> <label path>' lines): the FSS "
-                                 f"lists are built from it; expected layout: {EXPECTED_LAYOUT[self.data_set]}")
-            self._check_list_folder_writable()
-            built_data_list, built_sub_lists = make_fss_lists(
-                self.data_root, base_list, self.class_list, filter_intersection=(self.mode == "train"),
-                show_progress=show_progress, data_set=self.data_set,
-            )
-            write_fss_lists(data_path, sub_path, built_data_list, built_sub_lists)
-            _write_source_record(data_path, "base_list", base_list, self.data_root, self.class_list)
-            if sub_record is not None:
-                os.remove(sub_path + SOURCE_RECORD_SUFFIX)
-            return True
-        if not has_sub:
-            self._check_list_folder_writable()
-            derived = derive_sub_class_file_list(
-                self.data_root, data_path, self.class_list, show_progress=show_progress, data_set=self.data_set
-            )
-            atomic_write_text(sub_path, _sub_class_file_list_text(derived))
-            _write_source_record(sub_path, "data_list", data_path, self.data_root, self.class_list)
-        return False
+    def _derive_sub_list(self, show_progress: bool) -> None:
+        """Derive the sub_class_file_list from the data_list beside it, with its source record."""
+        self._check_list_folder_writable()
+        derived = derive_sub_class_file_list(
+            self.data_root, self.data_list_path, self.class_list, show_progress=show_progress, data_set=self.data_set
+        )
+        atomic_write_text(self.sub_class_file_list_path, _sub_class_file_list_text(derived))
+        _write_source_record(self.sub_class_file_list_path, "data_list", self.data_list_path, self.data_root,
+                             self.class_list)
 
     def _resolve_pair(self, pair: PathPair) -> PathPair:
         return (resolve_path(pair[0], self.data_root, self.data_set),
@@ -814,8 +851,11 @@ class SemData(Dataset):
         return self._sample(index)[0]
 
     def load_episode(self, query, class_chosen: int, supports, _query_label: Optional[np.ndarray] = None):
-        """Build the return tuple of `__getitem__` for a given episode (no draws for the choice;
-        the transforms still draw, query first then supports in shot order)."""
+        """Build what `__getitem__` returns for a given episode (no draws for the choice; the
+        transforms still draw, query first then supports in shot order): a
+        :class:`~util.episode.TrainingEpisode` (with the base label:
+        :class:`~util.episode.TrainingEpisodeWithBaseLabel`) in train mode, an
+        :class:`~util.episode.EvaluationEpisode` otherwise."""
         image_path, label_path = query
         image = read_image(image_path)
         label = read_label(label_path, self.data_set) if _query_label is None else _query_label
@@ -854,10 +894,10 @@ class SemData(Dataset):
         if self.mode == "train":
             subcls_list = [self.train_classes.index(class_chosen)]
             if self.base_label:
-                return image, label, s_x, s_y, subcls_list, base_label
-            return image, label, s_x, s_y, subcls_list
+                return TrainingEpisodeWithBaseLabel(image, label, s_x, s_y, subcls_list, base_label)
+            return TrainingEpisode(image, label, s_x, s_y, subcls_list)
         subcls_list = [self.val_classes.index(class_chosen)]
-        return image, label, s_x, s_y, subcls_list, torch.from_numpy(raw_label).long()
+        return EvaluationEpisode(image, label, s_x, s_y, subcls_list, torch.from_numpy(raw_label).long())
 
     def __getitem__(self, index: int):
         episode, query_label = self._sample(index)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from util import transform as transform_module
+from util.episode import EvaluationEpisode
 from util.dataset import (EXPECTED_LAYOUT, _label_classes, base_remap_label, draw_supports, get_class_lists,
                           read_image, read_label, read_pair_list, read_support, resolve_path,
                           transform_supports)
@@ -50,10 +51,12 @@ class GFSSData(Dataset):
     """The generalised few-shot episodes of a fold (BAM's test_GFSS data).
 
     Args: as :class:`util.dataset.SemData` (``data_list`` is the val base list; every line is a
-    query, in order). ``dataset[i]`` returns (image (3, H, W), target (H, W) int64 (transformed),
-    s_x (K, 3, H, W), s_y (K, H, W), [index of the chosen class in the fold's novel list],
-    raw target (H0, W0) int64 (untransformed)), the layout of a validation episode, so that the
-    evaluation protocol's targets (evaluation/protocol.py) apply as they are.
+    query, in order). ``dataset[i]`` returns an :class:`~util.episode.EvaluationEpisode` (the
+    layout of a validation episode, so that the evaluation protocol's targets
+    (evaluation/protocol.py) apply as they are): query image (3, H, W), query label = the
+    transformed target (H, W) int64, support images (K, 3, H, W), support labels (K, H, W),
+    class index [index of the chosen class in the fold's novel list], raw label = the
+    untransformed target (H0, W0) int64.
     """
 
     def __init__(self, split: int = 0, shot: int = 1, data_root: Optional[str] = None,
@@ -100,5 +103,5 @@ class GFSSData(Dataset):
         transform = self.transform if self.transform is not None else transform_module.ToTensor()
         image, transformed_target = transform(image, target)
         s_x, s_y = transform_supports(transform, support_images, support_labels)
-        return (image, transformed_target, s_x, s_y, [self.novel_classes.index(chosen)],
-                torch.from_numpy(target).long())
+        return EvaluationEpisode(image, transformed_target, s_x, s_y, [self.novel_classes.index(chosen)],
+                                 torch.from_numpy(target).long())

@@ -208,9 +208,10 @@ def test_predictor_equals_the_evaluation_pipeline_on_the_same_episodes(tiny, mon
     # the median difference of one episode gives masks with both classes, so that the
     # comparison below is not between two empty masks.
     random.seed(0)
-    image, _, s_x, s_y = dataset[0][:4]
+    episode = dataset[0]
     with torch.no_grad():
-        logits = model(x=image[None], s_x=s_x[None], s_y=s_y[None])
+        logits = model(x=episode.query_image[None], s_x=episode.support_images[None],
+                       s_y=episode.support_labels[None]).logits
         model.cls_meta[-1].bias[1] -= (logits[0, 1] - logits[0, 0]).median()
     seen, scored, outputs = [], [], []
     original_update = evaluation.metrics.FewShotMeter.update
@@ -219,7 +220,7 @@ def test_predictor_equals_the_evaluation_pipeline_on_the_same_episodes(tiny, mon
                         or original_update(meter, prediction, target, class_index))
 
     def recording_model(x, s_x, s_y):
-        outputs.append(model(x=x, s_x=s_x, s_y=s_y))
+        outputs.append(model(x=x, s_x=s_x, s_y=s_y).logits)
         return outputs[-1]
 
     class Observer:
@@ -236,7 +237,7 @@ def test_predictor_equals_the_evaluation_pipeline_on_the_same_episodes(tiny, mon
     scoring = Predictor.from_model(model, cfg, device="cpu", mapping="protocol")
     non_trivial = 0
     for batch, (scored_prediction, target), logits in zip(seen, scored, outputs):
-        episode = json.loads(batch.extras[0][0])
+        episode = json.loads(batch.records[0])
         masks = [binarize_label(read_label(label), episode["class_chosen"]) for _, label in episode["supports"]]
         for predictor in (exact, scoring):
             predictor.set_support([image for image, _ in episode["supports"]], masks)

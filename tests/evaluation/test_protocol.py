@@ -7,6 +7,7 @@ from evaluation.baselines import AllForeground
 from evaluation.episodes import EpisodeRecorder, RecordingDataset
 from evaluation.protocol import EvaluationProtocol, evaluation_passes, inference_context
 from experiment.build import build_dataset, build_val_loader
+from util.episode import EvaluationEpisode
 
 
 @pytest.mark.parametrize("test_num,length,batch,expected", [
@@ -77,8 +78,10 @@ class OneEpisodeLoader:
 
     def __init__(self, raw_label):
         label = torch.tensor(raw_label)[None]
-        self.batch = (torch.zeros(1, 3, *label.shape[-2:]), label, torch.zeros(1, 1, 3, *label.shape[-2:]),
-                      torch.zeros(1, 1, *label.shape[-2:]), [torch.tensor([0])], label)
+        self.batch = EvaluationEpisode(
+            query_image=torch.zeros(1, 3, *label.shape[-2:]), query_label=label,
+            support_images=torch.zeros(1, 1, 3, *label.shape[-2:]),
+            support_labels=torch.zeros(1, 1, *label.shape[-2:]), class_index=[torch.tensor([0])], raw_label=label)
 
     def __len__(self):
         return 2

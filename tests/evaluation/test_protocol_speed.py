@@ -25,7 +25,7 @@ class Centred(torch.nn.Module):
         self.outputs = []
 
     def forward(self, x, s_x, s_y):
-        logits = self.model(x=x, s_x=s_x, s_y=s_y)
+        logits = self.model(x=x, s_x=s_x, s_y=s_y).logits
         difference = (logits[:, 1] - logits[:, 0]).flatten(1)  # (B, h*w)
         logits[:, 1] -= difference.median(dim=1).values.view(-1, 1, 1)
         self.outputs.append(logits.clone())

@@ -2,15 +2,21 @@
 per-class IoU chart."""
 import os
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from evaluation.protocol import EvaluatedBatch
 from evaluation.visualisation import (ANNOTATION_COLOUR, PREDICTION_COLOUR, VisualisationWriter,
-                                      class_iou_chart, episode_iou, mask_overlay, prediction_overlay)
+                                      class_iou_chart, class_iou_figure, episode_iou, mask_overlay,
+                                      prediction_overlay)
 from tests.support.files import page_references
 from util.transform import IMAGE_MEAN, IMAGE_STD
 
@@ -99,17 +105,79 @@ def _is_bar(pixels):
     return np.abs(pixels.astype(int) - ANNOTATION_COLOUR).sum(axis=-1) < 10
 
 
-def _bars(chart):
-    """(centre column, height in pixels) of each bar, found by its colour, left to right; the
-    height is read a quarter of the way in, beside the whisker that runs down the centre."""
+def _is_ink(pixels):
+    return pixels.astype(int).sum(axis=-1) < 200
+
+
+def _bar_columns(chart):
+    """(first column, column after the last) of each bar, found by its colour, left to right."""
     columns = _is_bar(chart).any(axis=0)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], columns.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def _bars(chart):
+    """(centre column, height in pixels) of each bar, left to right; the height is read a quarter
+    of the way in, beside the whisker that runs down the centre."""
     return [((start + end) // 2, int(_is_bar(chart[:, (3 * start + end) // 4]).sum()))
-            for start, end in zip(edges[::2], edges[1::2])]
+            for start, end in _bar_columns(chart)]
 
 
-def test_chart_bars_follow_the_class_iou_and_show_the_spread_of_several_runs():
-    bars = _bars(class_iou_chart([1, 2, 3], [[0.2, 0.8, 0.05]], "one run"))
+def _ink_inside_bars(chart):
+    """Dark pixels within the rectangles of the bars (their top and bottom read a quarter of the way in)."""
+    count = 0
+    for start, end in _bar_columns(chart):
+        rows = np.flatnonzero(_is_bar(chart[:, (3 * start + end) // 4]))
+        count += int(_is_ink(chart[rows.min():rows.max() + 1, start:end]).sum())
+    return count
+
+
+def _bar_heights(figure):
+    (bars,) = [container for container in figure.axes[0].containers if isinstance(container, BarContainer)]
+    return [patch.get_height() for patch in bars]
+
+
+def _dots(figure):
+    return [collection for collection in figure.axes[0].collections if isinstance(collection, PathCollection)]
+
+
+def _whiskers(figure):
+    return [container for container in figure.axes[0].containers if isinstance(container, ErrorbarContainer)]
+
+
+def test_chart_figure_has_a_bar_per_class_at_its_iou_with_its_value_and_the_miou_line():
+    figure = class_iou_figure([3, 7, 12], [[0.2, 0.8, 0.05]], "one run", "seed 123")
+    axes = figure.axes[0]
+    assert _bar_heights(figure) == pytest.approx([0.2, 0.8, 0.05])
+    assert axes.get_ylim() == (0, 1)
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["3", "7", "12"]
+    assert [text.get_text() for text in axes.texts] == ["0.20", "0.80", "0.05"]
+    assert [text.get_text() for text in figure.texts] == ["one run", "seed 123"]
+    (miou,) = [line for line in axes.get_lines() if line.get_label().startswith("mIoU")]
+    assert miou.get_ydata() == pytest.approx([0.35, 0.35])
+    assert axes.get_legend().get_texts()[0].get_text() == "mIoU 0.350 (mean of the bars)"
+    assert _dots(figure) == [] and _whiskers(figure) == []  # one run: no spread to show
+
+
+def test_chart_figure_shows_each_run_as_a_dot_and_the_spread_as_a_whisker():
+    figure = class_iou_figure([1, 2, 3], [[0.2, 0.8, 0.05], [0.4, 0.6, 0.05]], "two runs")
+    axes = figure.axes[0]
+    assert _bar_heights(figure) == pytest.approx([0.3, 0.7, 0.05])
+    (dots,) = _dots(figure)
+    assert np.allclose(sorted(map(tuple, dots.get_offsets().tolist())),
+                       [(0, 0.2), (0, 0.4), (1, 0.6), (1, 0.8), (2, 0.05), (2, 0.05)])
+    (whiskers,) = _whiskers(figure)
+    segments = [sorted(segment[:, 1]) for segment in whiskers.lines[2][0].get_segments()]
+    assert segments == [pytest.approx([0.2, 0.4]), pytest.approx([0.6, 0.8]), pytest.approx([0.05, 0.05])]
+    # each value label sits on the higher of the bar and its whisker
+    assert [text.xy[1] for text in axes.texts] == pytest.approx([0.4, 0.8, 0.05])
+    assert figure.texts[1].get_text() == "bars: mean of 2 runs; dots: each run; whiskers: lowest to highest"
+
+
+def test_rendered_chart_is_rgb_with_bar_heights_proportional_to_the_iou_and_ink_only_for_several_runs():
+    one = class_iou_chart([1, 2, 3], [[0.2, 0.8, 0.05]], "one run")
+    assert one.ndim == 3 and one.shape[2] == 3 and one.dtype == np.uint8
+    bars = _bars(one)
     assert len(bars) == 3 and bars[0][0] < bars[1][0] < bars[2][0]
     assert bars[1][1] == pytest.approx(4 * bars[0][1], rel=0.05)
     assert bars[0][1] == pytest.approx(4 * bars[2][1], rel=0.1)
@@ -117,11 +185,43 @@ def test_chart_bars_follow_the_class_iou_and_show_the_spread_of_several_runs():
     (_, low), (centre, middle), _ = _bars(spread)
     assert middle == pytest.approx(bars[1][1] * 0.7 / 0.8, rel=0.05)  # the mean of 0.8 and 0.6
     assert low == pytest.approx(bars[1][1] * 0.3 / 0.8, rel=0.05)
-    # whisker caps of dark ink at the two runs' values, 0.8 and 0.6
-    quarter = (3 * (centre - 10) + centre + 10) // 4
-    bottom = np.flatnonzero(_is_bar(spread[:, quarter])).max()
+    # Inside the bars only the runs' dots and whiskers are dark.
+    assert _ink_inside_bars(one) == 0 and _ink_inside_bars(spread) > 0
+    # whisker caps of dark ink beside the centre, at the two runs' values 0.8 and 0.6
+    bottom = np.flatnonzero(_is_bar(spread[:, centre - 8])).max()
     per_unit = bars[1][1] / 0.8
     for value in (0.8, 0.6):
         row = int(round(bottom - value * per_unit))
-        rows = spread[row - 2:row + 3, centre + 5].astype(int).sum(axis=1)
-        assert (rows < 200).any(), value
+        assert _is_ink(spread[row - 2:row + 3, centre + 4]).any(), value
+
+
+def test_chart_draws_no_bar_for_a_class_of_iou_0_or_nan_and_still_labels_it():
+    runs = [[0.5, 0.0, float("nan")]]
+    chart = class_iou_chart([1, 2, 3], runs, "zero and nan")
+    assert chart.dtype == np.uint8 and len(_bars(chart)) == 1
+    figure = class_iou_figure([1, 2, 3], runs, "zero and nan")
+    assert [text.get_text() for text in figure.axes[0].texts] == ["0.50", "0.00", "nan"]
+    assert figure.axes[0].get_legend().get_texts()[0].get_text() == "mIoU nan (mean of the bars)"
+    # a NaN in one run leaves the other run's dot
+    figure = class_iou_figure([1, 2], [[0.5, float("nan")], [0.5, 0.25]], "one nan of two")
+    (dots,) = _dots(figure)
+    offsets = np.asarray(dots.get_offsets())
+    second = offsets[offsets[:, 0] == 1, 1]
+    assert np.isnan(second).sum() == 1 and np.nanmax(second) == pytest.approx(0.25)
+
+
+def test_chart_widens_for_a_long_title_and_reads_it_as_plain_text():
+    title = "per-class IoU: exp/run_$\\frac$/" + "pascal/split0/resnet50/" * 4
+    figure = class_iou_figure([1, 2], [[0.5, 0.5]], title, "seed $\\x$")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # a title read as a formula would fail here: \frac without its arguments
+    assert figure.bbox.width > 480 and figure.texts[0].get_window_extent().x1 <= figure.bbox.width
+    assert class_iou_chart([1, 2], [[0.5, 0.5]], title).shape[1] == figure.bbox.width
+
+
+def test_the_chart_leaves_pyplot_and_its_backend_alone():
+    code = ("import sys; from evaluation.visualisation import class_iou_chart; "
+            "class_iou_chart([1, 2], [[0.5, 0.25], [0.4, 0.2]], 'chart'); print('matplotlib.pyplot' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert result.stdout.strip() == "False"

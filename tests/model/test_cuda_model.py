@@ -35,7 +35,7 @@ def test_parity_fixture_on_the_gpu(fixture, fast_path):
             models[case["layers"]] = model.to(DEVICE)
         with torch.no_grad():
             logits = models[case["layers"]](case["x"].to(DEVICE), case["s_x"].to(DEVICE),
-                                            case["s_y"].to(DEVICE))
+                                            case["s_y"].to(DEVICE)).logits
         assert_close(logits.cpu(), case["logits"], atol=1e-4, rtol=0)
 
 
@@ -44,8 +44,8 @@ def test_bf16_autocast_agrees_with_fp32_on_the_gpu():
     model = train_small_model().to(DEVICE)
     x, s_x, s_y, _ = (tensor.to(DEVICE) for tensor in square_episodes(16, torch.Generator().manual_seed(1)))
     with torch.no_grad():
-        fp32 = model(x, s_x, s_y)
+        fp32 = model(x, s_x, s_y).logits
         with autocast(DEVICE, "bf16"):
-            bf16 = model(x, s_x, s_y)
+            bf16 = model(x, s_x, s_y).logits
     assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
     assert (fp32.argmax(1) == bf16.argmax(1)).float().mean() >= 0.995

@@ -173,9 +173,9 @@ def test_ensemble_meta_logits_equal_the_plain_model_logits_for_the_same_weights(
     off, on = _pair_of_models(shot=2)
     x, s_x, s_y = _episode(shot=2)
     with torch.no_grad():
-        expected = off.eval()(x, s_x, s_y)
+        expected = off.eval()(x, s_x, s_y).logits
         outputs = on.eval().ensemble_outputs(x, s_x, s_y)
-        final = on(x, s_x, s_y)
+        final = on(x, s_x, s_y).logits
     assert_close(outputs.meta, expected, atol=1e-6, rtol=0)
     assert outputs.final.shape == (1, 2, 65, 65) and outputs.base.shape == (1, BASE_CLASSES + 1, 65, 65)
     assert_close(final, outputs.final)
@@ -192,7 +192,7 @@ def test_episode_class_leaves_the_base_foreground_in_training_only():
     label = s_y[:, 0]
     with torch.no_grad():
         model.eval()(x, s_x, s_y)
-        model.train()(x, s_x, s_y, y_m=label, y_b=label, cat_idx=[torch.tensor([0, 2])])
+        model.train()(x, s_x, s_y, cat_idx=[torch.tensor([0, 2])])
     evaluation, training = seen
     assert evaluation.shape == training.shape == (2, 1, 16, 16)  # the meta grid
     # Recompute p_B on the meta grid from the base logits, with and without the episode class.
@@ -225,15 +225,16 @@ def test_training_losses_and_gradients_of_the_ensemble(monkeypatch):
     label[:, :4] = 255
     base_label = torch.randint(0, BASE_CLASSES + 1, label.shape)
     base_label[:, -5:] = 255  # ignored pixels in the base label too (a different region)
-    prediction, main_loss, aux_loss1, aux_loss2 = model(x, s_x, s_y, y_m=label, y_b=base_label,
-                                                        cat_idx=[torch.tensor([1, 0])])
-    assert prediction.shape == (2, 65, 65)
+    output = model(x, s_x, s_y, cat_idx=[torch.tensor([1, 0])])
+    losses = model.losses(output, label, base_label)
+    assert list(losses) == ["main_loss", "aux_loss1", "aux_loss2"]
+    main_loss, aux_loss1, aux_loss2 = losses.values()
     assert main_loss.requires_grad and aux_loss1.requires_grad and not aux_loss2.requires_grad
     (outputs,) = recorded
     with torch.no_grad():  # the final output is the merged probabilities, taken as logits (as BAM)
         assert_close(main_loss, nn.functional.cross_entropy(outputs.final, label, ignore_index=255))
         assert_close(aux_loss2, nn.functional.cross_entropy(outputs.base, base_label, ignore_index=255))
-    assert torch.equal(prediction, outputs.final.argmax(1))
+    assert output is outputs  # the forward returns what the losses were taken from
     assert float(aux_loss2) > 0
     (main_loss + aux_loss1 + aux_loss2).backward()
     assert model.gram_merge.weight.grad is not None and model.cls_merge.weight.grad is not None
@@ -242,7 +243,9 @@ def test_training_losses_and_gradients_of_the_ensemble(monkeypatch):
     # The base learner's BatchNorm keeps its (trained) statistics in training mode.
     assert not model.learner_base[1].training and model.learner_base[0].training
     with pytest.raises(ValueError, match="y_b"):
-        model(x, s_x, s_y, y_m=label, cat_idx=[torch.tensor([1, 0])])
+        model.losses(output, label)
+    with pytest.raises(ValueError, match="cat_idx"):
+        model(x, s_x, s_y)
 
 
 def test_training_dice_loss_is_the_meta_learners_loss():
@@ -255,8 +258,8 @@ def test_training_dice_loss_is_the_meta_learners_loss():
     label = s_y[:, 0]
     with torch.no_grad():
         meta = model.ensemble_outputs(x, s_x, s_y).meta
-        _, main_loss, aux_loss1, _ = model.train()(x, s_x, s_y, y_m=label, y_b=label,
-                                                   cat_idx=[torch.tensor([0])])
+        aux_loss1 = model.losses(model.train()(x, s_x, s_y, cat_idx=[torch.tensor([0])]), label,
+                                 label)["aux_loss1"]
     assert_close(aux_loss1, weighted_dice_loss(meta, label))
 
 

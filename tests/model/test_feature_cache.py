@@ -211,9 +211,9 @@ def test_sccan_with_cache_returns_identical_logits(model):
                 (images[3:4], images[0:2])]  # every image comes back in another role
     masks = (torch.rand(1, 2, 33, 33, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     with torch.no_grad():
-        plain = [model(x, s_x[None], masks) for x, s_x in episodes]
+        plain = [model(x, s_x[None], masks).logits for x, s_x in episodes]
         with attached_feature_cache(model, budget_mb=64) as cache:
-            cached = [model(x, s_x[None], masks) for x, s_x in episodes]
+            cached = [model(x, s_x[None], masks).logits for x, s_x in episodes]
     assert model.feature_cache is None  # detached again
     for expected, actual in zip(plain, cached):
         assert torch.equal(actual, expected)

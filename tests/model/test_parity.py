@@ -49,7 +49,7 @@ def test_logits_and_dice_loss_match_original(fixture, models, case_index, fast_p
     for key, expected in case["weight_sums"].items():
         assert abs(float(state[key].double().sum()) - expected) < 1e-6 * max(1.0, abs(expected)), key
     with torch.no_grad():
-        logits = model(case["x"], case["s_x"], case["s_y"])
+        logits = model(case["x"], case["s_x"], case["s_y"]).logits
     assert logits.shape == case["logits"].shape
     assert_close(logits, case["logits"], **TOLERANCE)
     assert_close(weighted_dice_loss(logits, case["y"]), case["dice_loss"], **TOLERANCE)

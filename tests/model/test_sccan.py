@@ -4,10 +4,12 @@ import os
 
 import pytest
 import torch
+from torch.testing import assert_close
 
 from model import count_parameters
 from model.backbone import Backbone
-from model.sccan import SCCAN, min_max_normalise
+from model.loss import weighted_dice_loss
+from model.sccan import SCCAN, SCCANOutput, min_max_normalise
 from tests.support import FIXTURES
 
 
@@ -73,8 +75,10 @@ def test_eval_forward_shapes(small_model):
     s_x = torch.randn(2, 2, 3, 65, 81)
     s_y = (torch.rand(2, 2, 65, 81) > 0.5).float()
     with torch.no_grad():
-        logits = small_model(x, s_x, s_y)
-    assert logits.shape == (2, 2, 65, 81)
+        output = small_model(x, s_x, s_y)
+    assert isinstance(output, SCCANOutput) and output.logits.shape == (2, 2, 65, 81)
+    # Without a base learner the meta learner's logits are the output's logits, and no base ones.
+    assert output.meta is output.logits and output.base is None
 
 
 def test_support_features_computed_once_give_the_same_logits(small_model):
@@ -89,9 +93,11 @@ def test_support_features_computed_once_give_the_same_logits(small_model):
         assert [level.shape[0] for level in features] == [2] * 4
         for _ in range(2):
             x = torch.randn(1, 3, 65, 65)
-            assert torch.equal(small_model(x, s_x, s_y, support_features=features), small_model(x, s_x, s_y))
+            assert torch.equal(small_model(x, s_x, s_y, support_features=features).logits,
+                               small_model(x, s_x, s_y).logits)
         other = small_model.support_features(torch.randn(1, 2, 3, 65, 65))
-        assert not torch.equal(small_model(x, s_x, s_y, support_features=other), small_model(x, s_x, s_y))
+        assert not torch.equal(small_model(x, s_x, s_y, support_features=other).logits,
+                               small_model(x, s_x, s_y).logits)
 
 
 def _dead_support_branch(name):
@@ -112,9 +118,13 @@ def test_one_training_step_gradients(small_model):
     s_y[:, :, 0:3] = 255
     y = torch.zeros(2, 65, 65, dtype=torch.long)
     y[:, 20:50, 20:45] = 1
-    prediction, main_loss, aux1, aux2 = small_model(x, s_x, s_y, y)
-    assert prediction.shape == (2, 65, 65) and prediction.dtype == torch.long
-    assert torch.isfinite(main_loss) and float(aux1) == 0 and float(aux2) == 0
+    output = small_model(x, s_x, s_y)
+    assert output.logits.shape == (2, 2, 65, 65) and output.base is None
+    losses = small_model.losses(output, y)
+    # The paper's SCCAN has one loss: the dice loss of its logits.
+    assert list(losses) == ["main_loss"]
+    assert_close(losses["main_loss"], weighted_dice_loss(output.logits, y))
+    main_loss = losses["main_loss"]
     main_loss.backward()
     dead = []
     for name, parameter in small_model.named_parameters():

@@ -77,7 +77,8 @@ def recorded_steps(monkeypatch):
     def train_step(self, batch, current, iterations):
         fast = self.model.uses_fast_path
         result = original(self, batch, current, iterations)
-        steps.append(dict(loss=result[0].detach().item(), shot=batch[2].shape[1], fast=fast))
+        loss, _ = result
+        steps.append(dict(loss=loss.detach().item(), shot=batch.support_images.shape[1], fast=fast))
         return result
 
     monkeypatch.setattr(Trainer, "train_step", train_step)

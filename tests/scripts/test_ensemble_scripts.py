@@ -55,7 +55,7 @@ def stand_in_base_learner(monkeypatch):
     """load_base_learner without a PSPNet checkpoint: :class:`StandInBaseLearner`."""
     calls = []
 
-    def load(cfg, backbone):
+    def load(cfg, backbone, state=None):
         calls.append(backbone)
         return StandInBaseLearner()
 
@@ -150,14 +150,14 @@ def test_training_with_the_ensemble_passes_the_base_label(toy_data_root, tmp_pat
     train_list = str(tmp_path / "train_small.txt")
     reduced_train_list(toy_data_root, train_list)
     seen = []
-    original_forward = model.sccan.SCCAN.forward
+    original_losses = model.sccan.SCCAN.losses
 
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("y_b"))
-        return original_forward(self, *args, **kwargs)
+    def spy(self, output, y_m, y_b=None):
+        seen.append(y_b)
+        return original_losses(self, output, y_m, y_b)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model.sccan.SCCAN, "forward", spy)
+        patch.setattr(model.sccan.SCCAN, "losses", spy)
         trainer = train_sccan.main(["--config", CONFIG, "--opts",
                                     *_opts(toy_data_root, tmp_path, train_list=train_list, epochs=1)])
     assert stand_in_base_learner and trainer.state.iteration > 0

@@ -67,7 +67,9 @@ def test_checkpoints_with_non_finite_weights_are_refused(toy, sccan_state, tmp_p
     base["cls.4.bias"] = base["cls.4.bias"].clone().fill_(float("inf"))
     base_path = str(tmp_path / "base_best.pth")
     torch.save({"epoch": 1, "state_dict": base, "optimizer": {}}, base_path)
-    result = run("test_sccan.py", "--config", CONFIG, "--weight", path, "--opts",
+    # (a full checkpoint holds the base learner: the file is read where the model is built from
+    # it, as for the untrained baseline)
+    result = run("test_sccan.py", "--config", CONFIG, "--untrained", "--opts",
                  *_opts(toy, tmp_path / "exp", base_learner=True, base_learner_weights=base_path))
     assert_user_error(result, base_path, "cls.4.bias has 16 NaN/inf value(s)")
     # a training run that would read it is refused before its folder, config and log exist
@@ -87,9 +89,13 @@ def test_a_checkpoint_of_the_wrong_kind_says_what_it_is_and_where_it_belongs(toy
     last = assert_user_error(result, pspnet, "is a base learner (BAM's PSPNet) checkpoint",
                              "base_learner_weights", "not a SCCAN checkpoint")
     assert len(last) < 300, last
-    result = run("test_sccan.py", "--config", CONFIG, "--weight", sccan, "--opts",
+    result = run("test_sccan.py", "--config", CONFIG, "--untrained", "--opts",
                  *_opts(toy, tmp_path / "exp", base_learner=True, base_learner_weights=sccan))
     assert_user_error(result, sccan, "is a SCCAN checkpoint", "not a base learner")
+    # The plain checkpoint tested as an ensemble one: its missing base learner is named.
+    result = run("test_sccan.py", "--config", CONFIG, "--weight", sccan, "--opts",
+                 *_opts(toy, tmp_path / "exp", base_learner=True, base_learner_weights=pspnet))
+    assert_user_error(result, sccan, "plain SCCAN one (no base learner)", "base_learner: False")
 
 
 # --------------------------------------------------------------------------- the folder lock

@@ -1,6 +1,7 @@
 """test_sccan.py on the toy dataset: dump/replay, seeds, visualisation, the scored target of each
 protocol (default, HSNet resize, ori_resize False), the configs' ignore/padding labels, the
 baselines."""
+import datetime
 import json
 import os
 import re
@@ -39,7 +40,16 @@ def test_dump_and_replay_give_identical_numbers(toy_data_root, tmp_path):
     for key in ("mIoU", "FB_IoU", "pIoU", "class_IoU"):
         assert first["runs"][0][key] == replay["runs"][0][key], key
     with open(tmp_path / "b.json") as handle:
-        assert json.load(handle)["runs"][0]["mIoU"] == replay["runs"][0]["mIoU"]
+        written = json.load(handle)
+    assert written["runs"][0]["mIoU"] == replay["runs"][0]["mIoU"]
+    # How the result was produced travels with it: the config as resolved after --opts, the
+    # overrides, the predictor, the replayed file, the torch version and the finishing time.
+    assert written["config_values"]["test_num"] == 8 and written["config_values"]["split"] == 0
+    assert written["config_values"]["data_root"] == toy_data_root
+    assert written["opts"][written["opts"].index("test_num") + 1] == "8"
+    assert written["predictor"] == "untrained" and written["episodes_from"] == episodes
+    assert first["episodes_from"] is None and written["torch"] == torch.__version__
+    assert datetime.datetime.fromisoformat(written["finished_at"]).tzinfo is not None
 
 
 def test_seeds_and_visualisation(toy_data_root, tmp_path):

@@ -260,7 +260,7 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     iterations = 4 // cfg.batch_size
     poly_learning_rate(optimizer, cfg.base_lr, 1, cfg.epochs * iterations, power=cfg.power,
                        index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
-    averaged_reference_step(model, (optimizer,), records, lambda output: output[1])
+    averaged_reference_step(model, (optimizer,), records, lambda output, batch: output[1])
     after = records[0]["after"]
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     for key, value in model.state_dict().items():

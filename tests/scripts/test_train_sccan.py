@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import train_sccan
+from engine.loop import weighted_loss
 from engine.optimization import build_optimizers, poly_learning_rate
-from engine.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps
+from engine.trainer import NonFiniteLossError, Trainer, fast_optimizer_steps, sccan_loss_weights
 from evaluation.protocol import EvaluationProtocol
 from experiment import build as experiment_build
 from experiment.build import build_dataset, build_experiment_model, build_val_loader
@@ -160,8 +161,8 @@ def test_ddp_two_processes_gloo_train_as_one_process_on_both_batches(toy_data_ro
     iterations = episodes // 2 // cfg.batch_size
     poly_learning_rate(sgd, cfg.base_lr, 1, cfg.epochs * iterations, power=cfg.power,
                        index_split=cfg.index_split, warmup=cfg.warmup, warmup_step=iterations // 2)
-    averaged_reference_step(model, (sgd, adamw), records, lambda output: output[1] + cfg.aux_weight1 * output[2]
-                            + cfg.aux_weight2 * output[3])
+    averaged_reference_step(model, (sgd, adamw), records, lambda output, batch: weighted_loss(
+        model.losses(output, batch["query_label"]), sccan_loss_weights(cfg)))
     after = records[0]["after"]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(after[key], value, rtol=1e-5, atol=1e-7, msg=key)

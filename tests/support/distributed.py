@@ -22,7 +22,8 @@ def free_port() -> int:
 def _record_the_training(trainer_module) -> dict:
     """Make ``trainer_module`` (engine.trainer or engine.base_trainer) record, in this process: the
     dataset index of every training sample it loads, and around its first step the weights
-    before and after it, the step's inputs and the RNG state its forward starts from (dropout).
+    before and after it, the step's batch and forward inputs and the RNG state its forward
+    starts from (dropout).
     Returns the record, filled as the training runs (``after`` when the second step starts)."""
     drawn, inputs = [], []
     record = {"drawn": drawn}
@@ -35,7 +36,22 @@ def _record_the_training(trainer_module) -> dict:
                 drawn.append(int(index))
                 return loaded.__getitem__(self, index)
         dataset.__class__ = Recording
-        return build_train_loader(dataset, *args, **kwargs)
+        loader, sampler = build_train_loader(dataset, *args, **kwargs)
+        return RecordingLoader(loader), sampler
+
+    class RecordingLoader:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                # The first step's, by field name (a plain dict: the record is read back with
+                # weights_only, which knows no named tuples).
+                record.setdefault("batch", batch._asdict())
+                yield batch
 
     def recording_network(model, context, **kwargs):
         network = distributed_network(model, context, **kwargs)
@@ -106,13 +122,14 @@ def averaged_reference_step(model, optimizers, records, loss_of) -> None:
     """What DistributedDataParallel's step must equal, computed in one process (on one thread,
     as each rank): each rank's first-step forward on its own batch from its own RNG state (its
     dropout masks), the mean of the ranks' losses backward (DDP averages the gradients), one step
-    of every optimizer. ``loss_of(output)``: the scalar training loss of one forward's output."""
+    of every optimizer. ``loss_of(output, batch)``: the scalar training loss of one forward's
+    output on its batch (a dict of the batch's fields)."""
     with one_thread_as_in_each_rank():
         losses = []
         for record in records:
             torch.set_rng_state(record["rng"])
             args, kwargs = record["inputs"]
-            losses.append(loss_of(model(*args, **kwargs)))
+            losses.append(loss_of(model(*args, **kwargs), record["batch"]))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         (sum(losses) / len(losses)).backward()
@@ -162,7 +179,7 @@ def ddp_and_plain_training_steps(device: torch.device, steps: int = 3):
         model.train()
         torch.manual_seed(1)  # the same dropout masks (cls_meta's Dropout2d) for both models
         for x, s_x, s_y, y in batches:
-            _, loss, _, _ = forward(x.to(device), s_x.to(device), s_y.to(device), y.to(device))
+            loss = plain.losses(forward(x.to(device), s_x.to(device), s_y.to(device)), y.to(device))["main_loss"]
             sgd.zero_grad()
             adamw.zero_grad()
             loss.backward()

@@ -42,7 +42,7 @@ def train_small_model(iterations: int = 80) -> SCCAN:
     model.train()
     for _ in range(iterations):
         x, s_x, s_y, y = square_episodes(4, generator)
-        _, loss, _, _ = model(x, s_x, s_y, y)
+        loss = model.losses(model(x, s_x, s_y), y)["main_loss"]
         sgd.zero_grad()
         adamw.zero_grad()
         loss.backward()

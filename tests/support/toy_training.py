@@ -74,7 +74,7 @@ def train_briefly(data_root: str, folder: str, size: int, grid: int, window: int
         poly_learning_rate(sgd, cfg.base_lr, iteration, iterations, power=cfg.power, index_split=cfg.index_split)
         chosen = order.choice(episodes, batch, replace=False)
         x, y, s_x, s_y = (torch.stack([fixed[index][part] for index in chosen]) for part in range(4))
-        _, loss, _, _ = model(x, s_x, s_y, y_m=y)
+        loss = model.losses(model(x, s_x, s_y), y)["main_loss"]
         sgd.zero_grad()
         adamw.zero_grad()
         loss.backward()

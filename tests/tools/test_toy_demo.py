@@ -34,7 +34,7 @@ class EpisodesScored:
         self.episodes.clear()
 
     def observe(self, batch):
-        self.episodes += [json.loads(item) for item in batch.extras[0]] if batch.extras else [None]
+        self.episodes += [json.loads(item) for item in batch.records] if batch.records is not None else [None]
 
 
 def all_foreground_scores(episodes, test_classes):

@@ -13,7 +13,8 @@ import yaml
 from tests.support import REPOSITORY_ROOT
 from tests.support.files import write_yaml
 from util.config import Config, ConfigError, LegacyKeyWarning, load_config
-from util.config_schema import RANGES, SCHEMA, check_type, config_value, default_values, range_problems
+from util.config_schema import (RANGES, SCHEMA, check_type, config_value, default_values, is_number_between,
+                                range_problems)
 
 pytestmark = pytest.mark.usefixtures("fresh_legacy_warnings")
 
@@ -35,12 +36,13 @@ PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if path not in TOY_CONFIGS
                  and path not in ENSEMBLE_CONFIGS and path not in BASE_CONFIGS]
 
 
-def test_the_shipped_configs_are_32_paper_32_ensemble_16_base_and_4_toy():
+def test_the_shipped_configs_are_32_paper_32_ensemble_16_base_and_10_toy():
     assert len(PAPER_CONFIGS) == 32 and len(ENSEMBLE_CONFIGS) == 32 and len(BASE_CONFIGS) == 17
     assert [os.path.basename(path) for path in TOY_CONFIGS] == [
         "toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml",
-        "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"]
-    assert len(SHIPPED_CONFIGS) == 32 + 32 + 16 + 4  # the toy base config is one of BASE_CONFIGS
+        "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"] + [
+        f"toy_split{split}_resnet50{suffix}.yaml" for split in (1, 2, 3) for suffix in ("", "_5s")]
+    assert len(SHIPPED_CONFIGS) == 32 + 32 + 16 + 10  # the toy base config is one of BASE_CONFIGS
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
@@ -390,10 +392,11 @@ def test_the_smallest_accepted_sizes_run_and_the_next_smaller_do_not(tmp_path):
         s_y = torch.zeros(2, shot, side, side, dtype=torch.long)
         s_y[..., 2:6, 2:6] = 1
         with torch.no_grad():
-            assert model.eval()(x, s_x, s_y).shape == (2, 2, side, side)
+            assert model.eval()(x, s_x, s_y).logits.shape == (2, 2, side, side)
         if not base_learner:
-            prediction, main_loss, _, _ = model.train()(x, s_x, s_y, y_m=s_y[:, 0])
-            assert prediction.shape == (2, side, side) and torch.isfinite(main_loss)
+            output = model.train()(x, s_x, s_y)
+            main_loss = model.losses(output, s_y[:, 0])["main_loss"]
+            assert output.logits.shape == (2, 2, side, side) and torch.isfinite(main_loss)
     pspnet.train()
     assert pspnet(torch.randn(2, 3, side, side), torch.zeros(2, side, side, dtype=torch.long))[0].shape == \
         (2, side, side)
@@ -403,3 +406,14 @@ def test_the_smallest_accepted_sizes_run_and_the_next_smaller_do_not(tmp_path):
     odd.transformer = type(odd.transformer)(dim=256, depth=8, num_heads=8, window_size=3)
     with pytest.raises(RuntimeError):
         odd.eval()(x, s_x[:, :1], s_y[:, :1])
+
+
+def test_is_number_between_takes_ints_and_floats_within_both_bounds_and_nothing_else():
+    infinity = float("inf")
+    assert is_number_between(0, 0, 1) and is_number_between(1.0, 0, 1) and is_number_between(-1, -1, infinity)
+    assert is_number_between(infinity, 0, infinity)
+    assert not is_number_between(1.0001, 0, 1) and not is_number_between(-0.5, 0, 1)
+    assert not is_number_between(-2, -1, infinity)
+    # a bool is an int to Python but no probability or epoch; NaN compares false with every bound
+    for other in (True, False, None, "0.5", [0.5], float("nan")):
+        assert not is_number_between(other, -infinity, infinity), other

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from tests.support.datasets import SMALL, all_fold0_train_classes_dataset, block_label, write_mini_dataset
 from util.dataset import (SemData, fill_bounding_boxes, get_class_lists, read_label, transform_supports,
                           write_fss_lists)
+from util.episode import (EvaluationEpisode, TrainingEpisode, TrainingEpisodeWithBaseLabel,
+                          class_indices)
 from util.transform import ToTensor, build_train_transform, build_val_transform
 
 
@@ -431,3 +433,37 @@ def test_a_query_or_support_the_transform_refuses_is_named(tmp_path):
     with pytest.raises(ValueError) as error:
         data.load_episode(six, 6, [tall])
     assert str(error.value) == f"support image {tall[0]!r}: too elongated for val_size"
+
+
+# ------------------------------------------------------------------------------ named items
+@pytest.mark.parametrize("mode, base_label, kind", [("train", False, TrainingEpisode),
+                                                    ("train", True, TrainingEpisodeWithBaseLabel),
+                                                    ("val", False, EvaluationEpisode)])
+def test_items_are_named_and_read_by_position_as_the_originals(toy_data_root, mode, base_label, kind):
+    """Our code reads episodes by name; code ported from the original unpacks them by position
+    in the original's order (image, label, s_x, s_y, subcls_list[, raw_label]), and a loader's
+    batch keeps the names."""
+    data = toy_dataset(toy_data_root, split=0, shot=2, mode=mode, base_label=base_label)
+    random.seed(5)
+    chosen = data.sample_episode(5)["class_chosen"]
+    random.seed(5)
+    item = data[5]
+    assert type(item) is kind
+    image, label, s_x, s_y, subcls, *rest = item
+    assert image is item.query_image and label is item.query_label and subcls is item.class_index
+    assert s_x is item.support_images and s_y is item.support_labels
+    assert s_x.shape[:2] == (2, 3) and s_y.shape[0] == 2 and label.shape == image.shape[1:]
+    classes = data.train_classes if mode == "train" else data.val_classes
+    assert subcls == [classes.index(chosen)]
+    if kind is EvaluationEpisode:
+        assert rest == [item.raw_label] and item.raw_label.dtype == torch.int64
+    elif kind is TrainingEpisodeWithBaseLabel:
+        assert rest == [item.base_label] and item.base_label.shape == label.shape
+    else:
+        assert rest == []
+    # (validation batches hold one episode: the raw labels keep each image's own size)
+    size = 2 if mode == "train" else 1
+    batch = next(iter(DataLoader(data, batch_size=size, shuffle=False)))
+    assert type(batch) is kind
+    assert batch.query_image.shape == (size, *image.shape) and batch.support_images.shape == (size, *s_x.shape)
+    assert isinstance(batch.class_index, list) and class_indices(batch).shape == (size,)

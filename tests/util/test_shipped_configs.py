@@ -175,8 +175,9 @@ def test_toy_configs_load_and_mark_their_cost_cuts():
     folder = os.path.dirname(CONFIG)
     names = sorted(os.listdir(folder))
     assert names == ["toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml",
-                     "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"]
-    for name in names[:3]:
+                     "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"] + [
+        f"toy_split{split}_resnet50{suffix}.yaml" for split in (1, 2, 3) for suffix in ("", "_5s")]
+    for name in [name for name in names if not name.endswith("_base.yaml")]:
         cfg = load_config(os.path.join(folder, name))
         assert cfg.pretrained_backbone is False and cfg.data_root == "data/toy"
         assert cfg.list_root.startswith("data/toy") and cfg.save_path.startswith("exp/toy/")
@@ -184,6 +185,22 @@ def test_toy_configs_load_and_mark_their_cost_cuts():
         with open(os.path.join(folder, name)) as handle:
             assert "COST CUT" in handle.read()
     assert load_config(os.path.join(folder, names[1])).shot == 5
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+@pytest.mark.parametrize("shot, suffix", [(1, ""), (5, "_5s")])
+def test_the_toy_configs_of_every_fold_differ_from_fold_0_only_in_the_fold(split, shot, suffix):
+    folder = os.path.dirname(CONFIG)
+    fold0 = load_config(os.path.join(folder, f"toy_split0_resnet50{suffix}.yaml"))
+    config = load_config(os.path.join(folder, f"toy_split{split}_resnet50{suffix}.yaml"))
+    assert {key for key in fold0 if config[key] != fold0[key]} == {"split", "save_path", "config_file"}
+    assert (config.split, config.shot, config.layers) == (split, shot, 50)
+    assert config.save_path == f"exp/toy/SCCAN/split{split}/resnet50{suffix}"
+    assert config.weight == f"final_{shot}shot.pth"
+    # 1-shot and 5-shot of one fold: the shot, its output names and the 5-shot's shorter training.
+    one_shot = load_config(os.path.join(folder, f"toy_split{split}_resnet50.yaml"))
+    assert {key for key in one_shot if config[key] != one_shot[key]} == (
+        set() if shot == 1 else {"shot", "save_path", "weight", "epochs", "config_file"})
 
 
 def test_toy_base_config_marks_its_cost_cuts_and_keeps_the_real_base_learner():
