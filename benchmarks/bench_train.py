@@ -58,7 +58,7 @@ def apply_variant(trainer, name: str) -> None:
         place_optimizer_state(optimizer)
 
 
-def main(argv=None):
+def parse_arguments(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="training config (its data must exist)")
     add_variant_argument(parser, default=("reference", "fast-steps", "fast"))
@@ -68,43 +68,39 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: key value ...")
     add_debug_argument(parser)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import train_sccan  # the training script's own trainer construction
+    return parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as folder:
-        trainer = train_sccan.build_trainer(
-            ["--config", args.config, "--overwrite", "--opts",
-             *merge_opts(args.opts, ["save_path", folder, "evaluate", "False", "resume", "''"])])
-        device = trainer.device
-        set_strict_fp32(device)
-        cfg = trainer.cfg
-        iterations = len(trainer.train_loader)
-        total = cfg.epochs * iterations
-        batches = endless(trainer.train_loader)
-        step = [0]
 
-        def one_step(read_loss: bool):
-            step[0] += 1
-            loss = trainer.train_step(next(batches), 1 + step[0] % (total - 1), iterations)[0]
-            if read_loss:  # the old loop synchronised on every iteration
-                loss.item()
+def time_variants(trainer, args):
+    """({variant: seconds of each timed step}, {variant: peak memory}) over alternating rounds."""
+    device = trainer.device
+    iterations = len(trainer.train_loader)
+    total = trainer.cfg.epochs * iterations
+    batches = endless(trainer.train_loader)
+    step = [0]
 
-        trainer.set_training_mode()
-        seconds = {name: [] for name in args.variants}
-        peaks = {name: 0 for name in args.variants}
-        for round_index in range(args.rounds):
-            for name in args.variants:
-                apply_variant(trainer, name)
-                read_loss = not VARIANTS[name].fast_steps
-                for _ in range(args.warmup if round_index == 0 else 0):
-                    one_step(read_loss)
-                reset_peak_memory(device)
-                seconds[name] += [timed(lambda: one_step(read_loss), device) for _ in range(args.iterations)]
-                peaks[name] = max(peaks[name], peak_memory(device))
-        trainer.close()
+    def one_step(read_loss: bool):
+        step[0] += 1
+        loss = trainer.train_step(next(batches), 1 + step[0] % (total - 1), iterations)[0]
+        if read_loss:  # the old loop synchronised on every iteration
+            loss.item()
 
+    trainer.model.train()
+    seconds = {name: [] for name in args.variants}
+    peaks = {name: 0 for name in args.variants}
+    for round_index in range(args.rounds):
+        for name in args.variants:
+            apply_variant(trainer, name)
+            read_loss = not VARIANTS[name].fast_steps
+            for _ in range(args.warmup if round_index == 0 else 0):
+                one_step(read_loss)
+            reset_peak_memory(device)
+            seconds[name] += [timed(lambda: one_step(read_loss), device) for _ in range(args.iterations)]
+            peaks[name] = max(peaks[name], peak_memory(device))
+    return seconds, peaks
+
+
+def print_table(argv, args, cfg, device, seconds: dict, peaks: dict) -> None:
     print(header("bench_train", argv, f"config {args.config}: batch {cfg.batch_size}, {cfg.shot}-shot, "
                  f"ResNet-{cfg.layers}, crop {cfg.train_h}x{cfg.train_w}, grid {cfg.feature_size} / "
                  f"window {cfg.window_size}, workers {cfg.workers}, device {device}; median of "
@@ -116,6 +112,22 @@ def main(argv=None):
         value = median(seconds[name])
         print(f"| {device.type} | {name} | {value:.3f} | {1 / value:.2f} | {first / value:.2f}x | "
               f"{format_memory(peaks[name])} |", flush=True)
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import train_sccan  # the training script's own trainer construction
+
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = train_sccan.build_trainer(
+            ["--config", args.config, "--overwrite", "--opts",
+             *merge_opts(args.opts, ["save_path", folder, "evaluate", "False", "resume", "''"])])
+        set_strict_fp32(trainer.device)
+        seconds, peaks = time_variants(trainer, args)
+        trainer.close()
+    print_table(argv, args, trainer.cfg, trainer.device, seconds, peaks)
 
 
 if __name__ == "__main__":

@@ -268,45 +268,47 @@ def _read_meta(out_dir: str):
         return None
 
 
-def _generate_into(directory: str, num_images: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(directory, "JPEGImages"))
-    os.makedirs(os.path.join(directory, "SegmentationClassAug"))
-    num_val = num_images // 3
-    num_train = num_images - num_val
+def _draw_image_classes(index: int, num_train: int, groups: List[List[int]], usage: Dict[int, int],
+                        rng: np.random.Generator) -> Tuple[str, List[int]]:
+    """Subset ('train' or 'val') and classes of image ``index``; the first ``num_train`` are training images."""
+    if index < num_train:
+        if rng.random() < 0.75:
+            # One fold group: kept by the training filter of the three other folds.
+            count = int(rng.choice([1, 2, 3], p=[0.25, 0.45, 0.30]))
+            return "train", _pick_classes(groups[index % NUM_FOLDS], count, usage, rng)
+        # Two groups: kept by two folds, and a query with classes of two groups.
+        first, second = rng.choice(NUM_FOLDS, 2, replace=False)
+        return "train", (_pick_classes(groups[int(first)], 1, usage, rng)
+                         + _pick_classes(groups[int(second)], 1, usage, rng))
+    count = int(rng.choice([1, 2, 3], p=[0.15, 0.45, 0.40]))
+    return "val", _pick_classes(list(range(1, NUM_CLASSES + 1)), count, usage, rng)
+
+
+def _write_image_and_label(directory: str, name: str, image: np.ndarray, label: np.ndarray) -> None:
+    cv2.imwrite(os.path.join(directory, "JPEGImages", name + ".jpg"),
+                cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    cv2.imwrite(os.path.join(directory, "SegmentationClassAug", name + ".png"), label)
+
+
+def _render_all_images(directory: str, num_images: int, num_train: int, rng: np.random.Generator):
+    """Draw and write every image and label; returns (base list lines, classes of every image),
+    both keyed by subset."""
     groups = [fold_test_classes(fold) for fold in range(NUM_FOLDS)]
     usage = {c: 0 for c in range(1, NUM_CLASSES + 1)}
-    lines = {"train": [], "val": []}
+    lines: Dict[str, List[str]] = {"train": [], "val": []}
     image_classes: Dict[str, List[List[int]]] = {"train": [], "val": []}
     for index in range(num_images):
-        if index < num_train:
-            subset = "train"
-            if rng.random() < 0.75:
-                # One fold group: kept by the training filter of the three other folds.
-                count = int(rng.choice([1, 2, 3], p=[0.25, 0.45, 0.30]))
-                classes = _pick_classes(groups[index % NUM_FOLDS], count, usage, rng)
-            else:
-                # Two groups: kept by two folds, and a query with classes of two groups.
-                first, second = rng.choice(NUM_FOLDS, 2, replace=False)
-                classes = (_pick_classes(groups[int(first)], 1, usage, rng)
-                           + _pick_classes(groups[int(second)], 1, usage, rng))
-        else:
-            subset = "val"
-            count = int(rng.choice([1, 2, 3], p=[0.15, 0.45, 0.40]))
-            classes = _pick_classes(list(range(1, NUM_CLASSES + 1)), count, usage, rng)
+        subset, classes = _draw_image_classes(index, num_train, groups, usage, rng)
         order = rng.permutation(len(classes))
         image, label, kept = _render_image([classes[i] for i in order], rng)
         name = f"toy_{index:06d}"
-        cv2.imwrite(os.path.join(directory, "JPEGImages", name + ".jpg"),
-                    cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        cv2.imwrite(os.path.join(directory, "SegmentationClassAug", name + ".png"), label)
+        _write_image_and_label(directory, name, image, label)
         lines[subset].append(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png\n")
         image_classes[subset].append(sorted(kept))
-    for subset in ("train", "val"):
-        with open(os.path.join(directory, f"{subset}.txt"), "w") as handle:
-            handle.writelines(lines[subset])
+    return lines, image_classes
 
-    stats = fold_statistics(image_classes)
+
+def _check_enough_images_per_class(stats: Dict[str, dict], num_images: int) -> None:
     for fold, fold_stats in stats.items():
         for key in ("train_min_images_per_class", "val_min_images_per_class"):
             if fold_stats[key] < MIN_IMAGES_PER_CLASS:
@@ -315,7 +317,10 @@ def _generate_into(directory: str, num_images: int, seed: int) -> dict:
                     f"{fold_stats[key]} image(s) for some class ({key}); 5-shot needs "
                     f"{MIN_IMAGES_PER_CLASS}. Use more images (e.g. --num-images 300)."
                 )
-    meta = {
+
+
+def _dataset_meta(num_images: int, seed: int, num_train: int, num_val: int, stats: Dict[str, dict]) -> dict:
+    return {
         "parameters": _parameters(num_images, seed),
         "data_set": "pascal",
         "layout": "JPEGImages/*.jpg, SegmentationClassAug/*.png, train.txt, val.txt (paths relative to this folder)",
@@ -325,23 +330,68 @@ def _generate_into(directory: str, num_images: int, seed: int) -> dict:
         "classes": {str(c): class_description(c) for c in range(1, NUM_CLASSES + 1)},
         "fold_statistics": stats,
     }
+
+
+def _readme_text(num_images: int, seed: int, num_train: int, num_val: int) -> str:
+    return (
+        "Toy few-shot segmentation dataset (PASCAL layout), generated by tools/make_toy_dataset.py\n"
+        f"seed={seed} num_images={num_images} (train {num_train}, val {num_val}) "
+        f"generator_version={GENERATOR_VERSION}\n"
+        "Use data_set=pascal, data_root=<this folder>, train_list=<this folder>/train.txt, "
+        "val_list=<this folder>/val.txt, list_root=<this folder>/fss_list.\n"
+        "Labels: 0 background, 1..20 classes, 255 boundary band. Classes:\n"
+        + "".join(
+            f"  {c:2d}: {d['shape']:8s} {d['style']}\n"
+            for c, d in ((c, class_description(c)) for c in range(1, NUM_CLASSES + 1))
+        )
+        + "Per-fold FSS list statistics: see meta.json (fold_statistics).\n"
+    )
+
+
+def _generate_into(directory: str, num_images: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(directory, "JPEGImages"))
+    os.makedirs(os.path.join(directory, "SegmentationClassAug"))
+    num_val = num_images // 3
+    num_train = num_images - num_val
+    lines, image_classes = _render_all_images(directory, num_images, num_train, rng)
+    for subset in ("train", "val"):
+        with open(os.path.join(directory, f"{subset}.txt"), "w") as handle:
+            handle.writelines(lines[subset])
+
+    stats = fold_statistics(image_classes)
+    _check_enough_images_per_class(stats, num_images)
+    meta = _dataset_meta(num_images, seed, num_train, num_val, stats)
     with open(os.path.join(directory, "meta.json"), "w") as handle:
         json.dump(meta, handle, indent=1, sort_keys=True)
     with open(os.path.join(directory, "README.txt"), "w") as handle:
-        handle.write(
-            "Toy few-shot segmentation dataset (PASCAL layout), generated by tools/make_toy_dataset.py\n"
-            f"seed={seed} num_images={num_images} (train {num_train}, val {num_val}) "
-            f"generator_version={GENERATOR_VERSION}\n"
-            "Use data_set=pascal, data_root=<this folder>, train_list=<this folder>/train.txt, "
-            "val_list=<this folder>/val.txt, list_root=<this folder>/fss_list.\n"
-            "Labels: 0 background, 1..20 classes, 255 boundary band. Classes:\n"
-            + "".join(
-                f"  {c:2d}: {d['shape']:8s} {d['style']}\n"
-                for c, d in ((c, class_description(c)) for c in range(1, NUM_CLASSES + 1))
-            )
-            + "Per-fold FSS list statistics: see meta.json (fold_statistics).\n"
-        )
+        handle.write(_readme_text(num_images, seed, num_train, num_val))
     return meta
+
+
+def _share_like_a_data_folder(path: str) -> None:
+    # mkdtemp creates the folder 0700; the dataset is meant to be shared like any data folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _move_into_place(temp_dir: str, out_dir: str, parameters: dict) -> None:
+    """Rename the finished ``temp_dir`` to ``out_dir``, replacing an older toy dataset there."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if os.path.isdir(out_dir):
+        # A toy dataset with other parameters (its meta.json says so): replace it whole,
+        # including its cached fss_list, which would be stale.
+        trash = tempfile.mkdtemp(dir=parent, prefix=".toy_old_")
+        os.rename(out_dir, os.path.join(trash, "old"))
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(temp_dir, out_dir)
+    except OSError:
+        # Another process finished the same dataset first (e.g. parallel test sessions).
+        existing = _read_meta(out_dir)
+        if existing is None or existing.get("parameters") != parameters:
+            raise
 
 
 def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose: bool = False,
@@ -373,24 +423,9 @@ def make_toy_dataset(out_dir: str, num_images: int = 300, seed: int = 0, verbose
     temp_dir = tempfile.mkdtemp(dir=parent, prefix=".toy_tmp_")
     start = time.time()
     try:
-        # mkdtemp creates the folder 0700; the dataset is meant to be shared like any data folder.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_dir, 0o777 & ~umask)
+        _share_like_a_data_folder(temp_dir)
         _generate_into(temp_dir, num_images, seed)
-        if os.path.isdir(out_dir):
-            # A toy dataset with other parameters (its meta.json says so): replace it whole,
-            # including its cached fss_list, which would be stale.
-            trash = tempfile.mkdtemp(dir=parent, prefix=".toy_old_")
-            os.rename(out_dir, os.path.join(trash, "old"))
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(temp_dir, out_dir)
-        except OSError:
-            # Another process finished the same dataset first (e.g. parallel test sessions).
-            existing = _read_meta(out_dir)
-            if existing is None or existing.get("parameters") != parameters:
-                raise
+        _move_into_place(temp_dir, out_dir, parameters)
     finally:
         if os.path.isdir(temp_dir):
             shutil.rmtree(temp_dir, ignore_errors=True)

@@ -171,23 +171,12 @@ def _write_label_task(task: tuple) -> str:
     return "written"
 
 
-def build_coco_split(
-    coco_root: str,
-    split: str,
-    lists_dir: str,
-    force: bool = False,
-    workers: int = 1,
-    expected_classes=None,
-    replace_lists: bool = False,
-) -> dict:
-    """Labels and list of one split. ``expected_classes`` (a category-id -> class map from another
-    split) guards against two splits numbering the classes differently. The summary's
-    'list_outcome' says what happened to the list (see `tools.preparation.write_list_unless_present`)."""
+def _load_split_annotations(coco_root: str, split: str, image_folder: str):
+    """The split's loaded ``COCO`` object and its annotation file; warns when its image folder is absent."""
     COCO, _ = _import_pycocotools()
     annotation_file = os.path.join(coco_root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(annotation_file):
         raise PrepareError(f"missing file {annotation_file} (COCO {split} instance annotations); expected layout: {COCO_LAYOUT}")
-    image_folder = os.path.join(coco_root, split)
     if not os.path.isdir(image_folder):
         # Labels can be built without the images, but the list would name files that are absent.
         print(f"WARNING: missing folder {image_folder} (COCO {split} images); expected layout: {COCO_LAYOUT}", file=sys.stderr)
@@ -196,6 +185,12 @@ def build_coco_split(
         coco = COCO(annotation_file)
     except (ValueError, KeyError, TypeError, AssertionError) as error:
         raise PrepareError(f"cannot read {annotation_file} as COCO instance annotations: {error}") from error
+    return coco, annotation_file
+
+
+def _checked_class_map(coco, annotation_file: str, expected_classes) -> dict[int, int]:
+    """``category_to_class_map(coco)``, refused when it does not fit a uint8 label or differs from
+    ``expected_classes``."""
     cat_to_class = category_to_class_map(coco)
     if len(cat_to_class) != EXPECTED_NUMBER_OF_CLASSES:
         print(
@@ -206,8 +201,13 @@ def build_coco_split(
         raise PrepareError(f"{annotation_file}: {len(cat_to_class)} categories do not fit an 8-bit label")
     if expected_classes is not None and cat_to_class != expected_classes:
         raise PrepareError(f"{annotation_file}: its categories differ from the other split's; class numbers would disagree")
+    return cat_to_class
 
-    label_folder = os.path.join(coco_root, "annotations", split)
+
+def _label_tasks_and_list_lines(coco, split: str, image_folder: str, label_folder: str,
+                                cat_to_class: dict[int, int], force: bool):
+    """(label-writing tasks for every image, list lines of the annotated images, the annotated
+    images missing from ``image_folder``), in ascending image-id order."""
     os.makedirs(label_folder, exist_ok=True)
     tasks, list_lines, missing_images = [], [], []
     for image_id in sorted(coco.imgs):
@@ -222,6 +222,38 @@ def build_coco_split(
             list_lines.append(f"{split}/{file_name} annotations/{split}/{stem}.png")
             if not os.path.isfile(os.path.join(image_folder, file_name)):
                 missing_images.append(file_name)
+    return tasks, list_lines, missing_images
+
+
+def _write_split_list(lists_dir: str, split: str, list_lines: list[str], replace_lists: bool) -> tuple[str, str]:
+    """Write the split's list unless one is present; returns (list path, list outcome)."""
+    os.makedirs(lists_dir, exist_ok=True)
+    list_path = os.path.join(lists_dir, list_file_name(split))
+    list_outcome = write_list_unless_present(list_path, list_lines, replace_lists)
+    if list_outcome == "written":
+        print(f"{list_path}: written in ascending image-id order")
+    report_count(f"{list_path} lines", len(list_lines), REFERENCE_LIST_COUNTS.get(split))
+    return list_path, list_outcome
+
+
+def build_coco_split(
+    coco_root: str,
+    split: str,
+    lists_dir: str,
+    force: bool = False,
+    workers: int = 1,
+    expected_classes=None,
+    replace_lists: bool = False,
+) -> dict:
+    """Labels and list of one split. ``expected_classes`` (a category-id -> class map from another
+    split) guards against two splits numbering the classes differently. The summary's
+    'list_outcome' says what happened to the list (see `tools.preparation.write_list_unless_present`)."""
+    image_folder = os.path.join(coco_root, split)
+    coco, annotation_file = _load_split_annotations(coco_root, split, image_folder)
+    cat_to_class = _checked_class_map(coco, annotation_file, expected_classes)
+    label_folder = os.path.join(coco_root, "annotations", split)
+    tasks, list_lines, missing_images = _label_tasks_and_list_lines(
+        coco, split, image_folder, label_folder, cat_to_class, force)
 
     outcomes = run_tasks(_write_label_task, tasks, workers, f"annotations/{split}")
     print(f"{split} labels: {outcomes['written']:,} written, {outcomes['skipped']:,} already valid and skipped")
@@ -232,12 +264,7 @@ def build_coco_split(
             file=sys.stderr,
         )
 
-    os.makedirs(lists_dir, exist_ok=True)
-    list_path = os.path.join(lists_dir, list_file_name(split))
-    list_outcome = write_list_unless_present(list_path, list_lines, replace_lists)
-    if list_outcome == "written":
-        print(f"{list_path}: written in ascending image-id order")
-    report_count(f"{list_path} lines", len(list_lines), REFERENCE_LIST_COUNTS.get(split))
+    list_path, list_outcome = _write_split_list(lists_dir, split, list_lines, replace_lists)
     return {
         "split": split,
         "list_path": list_path,

@@ -80,7 +80,7 @@ def scored_run(summary: dict, output) -> dict:
     return run["outputs"][output] if output else run
 
 
-def main(argv=None):
+def parse_arguments(argv):
     parser = config_argparser(__doc__.splitlines()[0] + " (--opts go to the SCCAN stage and the tests)",
                               prog="python -m tools.toy_demo", default_config=DEFAULT_CONFIG)
     parser.add_argument("--base-config", default=DEFAULT_BASE_CONFIG,
@@ -89,42 +89,51 @@ def main(argv=None):
                         help="overrides for the stage-1 config")
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse the base learner and the final SCCAN checkpoint of a previous run")
-    arguments = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def load_configs(arguments):
+    """(stage-2 config, stage-1 config); refused when stage 2 would not read stage 1's base learner."""
     cfg = load_config(arguments.config, arguments.opts)
     base_cfg = load_config(arguments.base_config, arguments.base_opts, opts_name="--base-opts")
-    two_stages = bool(cfg.base_learner)
-    if two_stages and base_learner_checkpoint_path(base_cfg) != base_learner_checkpoint_path(cfg):
+    if cfg.base_learner and base_learner_checkpoint_path(base_cfg) != base_learner_checkpoint_path(cfg):
         raise UserError(f"stage 1 writes its base learner to {base_learner_checkpoint_path(base_cfg)!r} "
                         f"but stage 2 reads {base_learner_checkpoint_path(cfg)!r}: set the same "
                         f"base_learner_weights in {arguments.base_config} and {arguments.config}")
-    start = time.time()
+    return cfg, base_cfg
 
-    if not os.path.isfile(os.path.join(cfg.data_root, "meta.json")):
-        print(f"generating the toy dataset in {cfg.data_root} ...", flush=True)
-        make_toy_dataset(cfg.data_root)
-    common = ["--config", arguments.config]
-    opts = ["--opts", *arguments.opts] if arguments.opts else []
-    base_opts = ["--opts", *arguments.base_opts] if arguments.base_opts else []
 
+def script_opts(values) -> list:
+    """``values`` as a script's --opts arguments (none when empty)."""
+    return ["--opts", *values] if values else []
+
+
+def run_training(arguments, base_cfg, two_stages: bool, start: float) -> dict:
+    """Run stage 1 (two-stage configs only) and stage 2; returns the seconds of each stage.
+    Stage 1 counts from ``start`` (the toy data generation included)."""
     stages = {}
-    if not arguments.skip_training and two_stages:
+    if two_stages:
         # The demo is a fresh run by definition: it replaces an earlier toy run's checkpoints.
-        base_trainer = train_base.main(["--config", arguments.base_config, "--overwrite"] + base_opts)
+        base_trainer = train_base.main(["--config", arguments.base_config, "--overwrite"]
+                                       + script_opts(arguments.base_opts))
         stages["stage 1 (base learner)"] = time.time() - start
         print(f"stage 1: base learner val mIoU {base_trainer.state.best.miou:.4f} (background + "
               f"{base_class_count(base_cfg.data_set) - 1} base classes), "
               f"{stages['stage 1 (base learner)']:.0f}s", flush=True)
-    if not arguments.skip_training:
-        stage_2_start = time.time()
-        train_sccan.main(common + ["--overwrite"] + opts)
-        stages["stage 2 (SCCAN + ensemble)" if two_stages else "training"] = time.time() - stage_2_start
-    tested_at = time.time()
+    stage_2_start = time.time()
+    train_sccan.main(["--config", arguments.config, "--overwrite"] + script_opts(arguments.opts))
+    stages["stage 2 (SCCAN + ensemble)" if two_stages else "training"] = time.time() - stage_2_start
+    return stages
 
-    out = result_dir(cfg)
+
+def run_tests(arguments, out: str, table: list, two_stages: bool):
+    """Run test_sccan.py once per distinct run of ``table`` (and the generalised test of a
+    two-stage config); returns ({result stem: summary}, generalised summary or None)."""
+    common = ["--config", arguments.config]
+    opts = script_opts(arguments.opts)
     episodes = os.path.join(out, "toy_demo_episodes.json")
-    table = ROWS if two_stages else ONE_STAGE_ROWS
     summaries = {}
-    for name, flags, stem, output in table:
+    for _, flags, stem, _ in table:
         if stem not in summaries:
             # The first run draws and records the episodes; every other run replays exactly those.
             episode_flags = ["--episodes-from", episodes] if summaries else ["--dump-episodes", episodes]
@@ -133,10 +142,11 @@ def main(argv=None):
     gfss = None
     if two_stages:
         gfss = test_sccan.run(common + ["--gfss", "--output", os.path.join(out, "toy_gfss.json")] + opts)
-    stages["tests"] = time.time() - tested_at
+    return summaries, gfss
 
-    first = summaries[table[0][2]]
-    rows = {name: scored_run(summaries[stem], output) for name, _, stem, output in table}
+
+def results_text(cfg, first: dict, rows: dict, gfss, stages: dict, total_seconds: float) -> str:
+    """The printed tables: one row per predictor, the generalised test, the time of each stage."""
     lines = ["", f"Toy fold {cfg.split}, {cfg.shot}-shot, novel classes {first['class_ids']}, "
              f"{first['test_num']} identical episodes for every row:",
              "", "| predictor | mIoU | FB-IoU | pIoU |", "|---|---|---|---|"]
@@ -150,8 +160,29 @@ def main(argv=None):
                   f"| {run['mIoU_n']:.4f} | {run['mIoU_b']:.4f} | {run['mIoU_t']:.4f} |"]
     lines.append("")
     timing = ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in stages.items())
-    lines.append(f"{timing}, total {time.time() - start:.0f}s")
-    print("\n".join(lines), flush=True)
+    lines.append(f"{timing}, total {total_seconds:.0f}s")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    arguments = parse_arguments(argv)
+    cfg, base_cfg = load_configs(arguments)
+    two_stages = bool(cfg.base_learner)
+    start = time.time()
+    if not os.path.isfile(os.path.join(cfg.data_root, "meta.json")):
+        print(f"generating the toy dataset in {cfg.data_root} ...", flush=True)
+        make_toy_dataset(cfg.data_root)
+
+    stages = {} if arguments.skip_training else run_training(arguments, base_cfg, two_stages, start)
+    tested_at = time.time()
+    out = result_dir(cfg)
+    table = ROWS if two_stages else ONE_STAGE_ROWS
+    summaries, gfss = run_tests(arguments, out, table, two_stages)
+    stages["tests"] = time.time() - tested_at
+
+    rows = {name: scored_run(summaries[stem], output) for name, _, stem, output in table}
+    first = summaries[table[0][2]]
+    print(results_text(cfg, first, rows, gfss, stages, time.time() - start), flush=True)
     atomic_write_json(os.path.join(out, "toy_demo.json"),
                       dict(rows=rows, gfss=gfss and gfss["runs"][0], seconds=stages))
     return dict(rows=rows, gfss=gfss, seconds=stages)
