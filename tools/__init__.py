@@ -8,6 +8,9 @@
 * ``prepare_coco``: COCO 2014 instance annotations -> label PNGs and the COCO base lists.
 * ``make_configs``: (re)writes or checks the 32 paper configs from one template.
 * ``gpu_check``: every check that needs a GPU, in one command and one report.
+* ``results_table``: the paper's tables of the result files under a folder, beside the published figures.
+* ``run_grid``: every fold, shot and backbone of a dataset tested (and trained) here, on several GPUs or
+  on Slurm, then its table; ``grid`` plans its cells, ``grid_jobs`` runs them (the executors).
 
 The speed benchmarks and the feature probe are in ``benchmarks/``. ``_as_module`` is the guard
 every tool imports when it is run as a file instead of as a module. Helpers of the two prepare tools: ``preparation`` (their error type, input lists, base-list
