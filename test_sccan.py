@@ -24,7 +24,7 @@ from evaluation.gfss import check_gfss_request, run_generalised_test
 from evaluation.protocol import EvaluationProtocol, run_seeds, summarise_runs
 from evaluation.results import check_default_result_output, check_result_outputs, run_record, write_result
 from evaluation.visualisation import VisualisationWriter
-from experiment.build import build_dataset, default_result_path, tensorboard_writer, test_class_ids
+from experiment.build import build_dataset, default_result_path, tensorboard_writer, test_class_ids, test_config
 from util.cli import run_entry_point
 from util.config import load_config
 from util.runtime import get_logger, init_distributed, set_seed
@@ -33,8 +33,10 @@ STARTUP_SEED = 123
 
 
 def parse_arguments(argv=None):
+    """The command line and the config it evaluates (test_list in place of val_list when set,
+    test_num from --episodes: experiment/build.test_config)."""
     arguments = evaluation_argument_parser().parse_args(argv)
-    return arguments, load_config(arguments.config, arguments.opts)
+    return arguments, test_config(load_config(arguments.config, arguments.opts), arguments.episodes)
 
 
 def run(argv=None) -> dict:

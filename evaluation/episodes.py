@@ -21,9 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from torch.utils.data import DataLoader, Dataset
 
-from experiment.build import build_val_loader
+from experiment.build import build_val_loader, test_class_ids
 from util.cli import error_message
-from util.dataset import get_class_lists
 from util.episode import RecordedEpisode
 from util.image_files import file_problem, read_image_file, read_label_file
 from util.io import atomic_write_json, read_text, relative_to_cwd
@@ -35,7 +34,8 @@ __all__ = ["RecordingDataset", "ReplayDataset", "EpisodeRecorder", "check_episod
 
 
 def _jsonable(episode: dict) -> dict:
-    return {"query": list(episode["query"]), "class_chosen": int(episode["class_chosen"]),
+    chosen = episode["class_chosen"]  # a class id, or a class folder's name
+    return {"query": list(episode["query"]), "class_chosen": chosen if isinstance(chosen, str) else int(chosen),
             "supports": [list(pair) for pair in episode["supports"]]}
 
 
@@ -176,8 +176,10 @@ def _check_episode(path: str, number: int, episode) -> None:
     if not _is_path_pair(episode["query"]):
         raise ValueError(f"{where} is malformed: query must be {pair}, got {_shown(episode['query'])}")
     class_chosen = episode["class_chosen"]
-    if isinstance(class_chosen, bool) or not isinstance(class_chosen, int):
-        raise ValueError(f"{where} is malformed: class_chosen must be an integer class id, got {_shown(class_chosen)}")
+    # A class id of the numbered datasets, or a class folder's name (util/episode_data/class_folders.py).
+    if isinstance(class_chosen, bool) or not isinstance(class_chosen, (int, str)) or class_chosen == "":
+        raise ValueError(f"{where} is malformed: class_chosen must be an integer class id or a class folder's "
+                         f"name, got {_shown(class_chosen)}")
     supports = episode["supports"]
     if not isinstance(supports, list) or not supports:
         raise ValueError(f"{where} is malformed: supports must be a non-empty list of {pair} pairs, "
@@ -284,7 +286,9 @@ def check_episodes_fit(path: str, episodes: Sequence[dict], test_classes: Sequen
     dumped = f" (the file was dumped with {dumped})" if dumped else ""
     for number, episode in enumerate(episodes):
         if episode["class_chosen"] not in test_classes:
-            raise ValueError(f"{path}: episode {number} is of class {episode['class_chosen']}, not one "
+            chosen = episode["class_chosen"]
+            shown = repr(chosen) if isinstance(chosen, str) else chosen  # '2' is not the class id 2
+            raise ValueError(f"{path}: episode {number} is of class {shown}, not one "
                              f"of this config's test classes {list(test_classes)}{dumped}: replay a file "
                              f"with the config it was dumped with (was it dumped for another fold, or edited?)")
         if len(episode["supports"]) != shot:
@@ -348,7 +352,7 @@ def read_episode_file(path: str, cfg, option: str = "--episodes-from") -> List[d
     config's test classes and shot) and :func:`check_episode_files`."""
     episodes, meta = load_episode_file(path, option)
     check_episode_meta(path, meta, cfg)
-    test_classes = get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
+    test_classes = test_class_ids(cfg)
     check_episodes_fit(path, episodes, test_classes, cfg.shot, meta)
     check_episode_files(path, episodes)
     return episodes

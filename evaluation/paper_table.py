@@ -47,7 +47,9 @@ __all__ = ["FORMATS", "PAPER_EPISODES", "PAPER_SETTINGS", "Collection", "Report"
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = ("terminal", "markdown", "latex", "csv")
 TOY, TOY_DATA = "toy", "toy data"
-DATASET_NAMES = {"pascal": "PASCAL-5i", "coco": "COCO-20i", TOY: "toy data"}
+DATASET_NAMES = {"pascal": "PASCAL-5i", "coco": "COCO-20i", TOY: "toy data", "cross_domain": "cross-domain (PATNet)",
+                 "fss": "FSS-1000",
+                 "class_folders": "own data (class folders)", "semantic": "own data (semantic labels)"}
 PAPER_TABLES = {"pascal": 1, "coco": 2}
 # The paper's test protocol, as the original code runs it (https://github.com/Sam1224/SCCAN):
 # test_sccan.py sets test_num 1000 for PASCAL and 4000 for COCO; every original config has
@@ -65,6 +67,14 @@ TRAINED_PREDICTOR = "trained"
 BASELINE_WEIGHTS = ("all-foreground baseline", "untrained model", "training-free prior baseline")
 BASELINE_SUFFIX = " with the previous episode's supports"
 COLUMNS = tuple(f"fold {fold}" for fold in range(NUM_SPLITS)) + ("mean", "FB-IoU")
+# PATNet's cross-domain benchmark (docs/DATASETS.md): one section, a column per target dataset in
+# PATNet's order (its README), each result placed in its dataset's column; mean and FB-IoU over
+# the four. Its episodes per dataset: PATNet data/{deepglobe,isic,lung}.py num=600, data/fss.py
+# one per test image (2,400).
+CROSS_DOMAIN = "cross_domain"
+CROSS_DOMAIN_BENCHMARKS = ("deepglobe", "isic", "lung", "fss")
+CROSS_DOMAIN_COLUMNS = ("Deepglobe", "ISIC2018", "Chest X-ray", "FSS-1000", "mean", "FB-IoU")
+CROSS_DOMAIN_EPISODES = {"deepglobe": 600, "isic": 600, "lung": 600, "fss": 2400}
 RESULT_KEYS = ("config", "test_num", "hsnet_resize", "runs")
 # The keys that place a result in its cell, checked in a recorded config.
 CELL_KEYS = ("data_set", "split", "shot", "layers")
@@ -129,6 +139,7 @@ class Section:
     title: str
     protocol: str                           # the CSV's protocol column
     groups: Tuple[Tuple[Row, ...], ...]     # one group of rows per backbone and shot
+    columns: Tuple[str, ...] = COLUMNS     # the figures' columns (the cross-domain section: its datasets)
 
 
 @dataclass(frozen=True)
@@ -191,15 +202,24 @@ def read_result(path: str, shown: Optional[str] = None) -> Result:
         cfg = _recorded_config(document["config_values"], document["config"])
     else:  # written before test_sccan.py recorded its resolved config
         cfg = _config_of(document["config"])
-    try:
-        class_ids = get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
-    except ValueError as error:
-        raise Unplaceable(f"its config does not name a fold ({error})") from None
+    if cfg.data_set not in PAPER_EPISODES:  # FSS-1000, one's own data: a section of their own
+        class_ids = document.get("class_ids")
+    else:
+        try:
+            class_ids = get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
+        except ValueError as error:
+            raise Unplaceable(f"its config does not name a fold ({error})") from None
     if document.get("class_ids") is not None and document["class_ids"] != class_ids:
         raise Unplaceable(f"its class ids {document['class_ids']} are not those of fold {cfg.split} of its config "
                           f"{document['config']} ({class_ids}): the config was changed since, or overridden "
                           f"with --opts")
     resize = "hsnet" if document["hsnet_resize"] else "pfenet"
+    benchmark = cross_domain_benchmark(cfg)
+    if benchmark is not None:  # the column of its target dataset in the cross-domain section
+        return Result(shown, CROSS_DOMAIN, cfg.layers, cfg.shot, CROSS_DOMAIN_BENCHMARKS.index(benchmark), "pfenet",
+                      cross_domain_deviations(benchmark, document), tuple(run.get("seed") for run in runs),
+                      tuple(100 * run["mIoU"] for run in runs), tuple(100 * run["FB_IoU"] for run in runs),
+                      _finished_at(document.get("finished_at")))
     deviations = protocol_deviations(cfg, document)
     dataset = TOY if TOY_DATA in deviations else cfg.data_set  # the toy data has PASCAL's layout
     return Result(shown, dataset, cfg.layers, cfg.shot, cfg.split, resize, deviations,
@@ -264,11 +284,38 @@ def _config_of(recorded):
         raise Unplaceable(f"its config {recorded} cannot be read ({error})") from None
 
 
+def cross_domain_benchmark(cfg) -> Optional[str]:
+    """The cross-domain target dataset of a result's config, or None: data_set 'deepglobe', 'isic'
+    or 'lung', or FSS-1000 tested with a config of config/cross_domain/ (a PASCAL checkpoint)."""
+    if cfg.data_set in CROSS_DOMAIN_BENCHMARKS and cfg.data_set != "fss":
+        return cfg.data_set
+    folder = os.path.basename(os.path.dirname(str(cfg.config_file).replace("\\", "/")))
+    return "fss" if cfg.data_set == "fss" and folder == "cross_domain" else None
+
+
+def cross_domain_deviations(benchmark: str, document: dict) -> Tuple[str, ...]:
+    """The note of a cross-domain result's section, and what departs from PATNet's protocol."""
+    deviations = ["PATNet's cross-domain benchmark, which the SCCAN paper does not report: a PASCAL-trained "
+                  "checkpoint tested on each target dataset (columns); mean and FB-IoU over the four"]
+    name = CROSS_DOMAIN_COLUMNS[CROSS_DOMAIN_BENCHMARKS.index(benchmark)]
+    if document["test_num"] != CROSS_DOMAIN_EPISODES[benchmark]:
+        deviations.append(f"{name}: {document['test_num']} episodes (PATNet {CROSS_DOMAIN_EPISODES[benchmark]})")
+    predictor = document.get("predictor")
+    if predictor is not None and predictor != TRAINED_PREDICTOR:
+        deviations.append(f"predictor: {document.get('weights', '')} (test_sccan.py --{predictor})")
+    return tuple(deviations)
+
+
 def protocol_deviations(cfg, document: dict) -> Tuple[str, ...]:
     """What departs from the paper's protocol in a result (``document``) of config ``cfg``, one
     phrase each; empty for a paper-protocol result."""
     deviations = []
     episodes = document["test_num"]
+    if cfg.data_set not in PAPER_EPISODES:
+        # No table of the paper to compare with (FSS-1000 follows HSNet's protocol, docs/DATASETS.md):
+        # one section per dataset, its results in the fold columns of their configs' split.
+        return (f"{DATASET_NAMES.get(cfg.data_set, cfg.data_set)}, which the SCCAN paper does not report "
+                f"({episodes} episodes, seed {document['runs'][0].get('seed')})",)
     if episodes != PAPER_EPISODES[cfg.data_set]:
         deviations.append(f"{episodes} episodes (paper {PAPER_EPISODES[cfg.data_set]})")
     folders = os.path.normpath(str(cfg.data_root)).replace("\\", "/").split("/")
@@ -319,7 +366,7 @@ def build_report(collection: Collection, figures: PublishedFigures) -> Report:
                     continue
                 shown, why = _shown_result(found)
                 chosen[fold] = shown
-                where = f"{short} ResNet-{layers} {shot}-shot fold {fold}"
+                where = f"{short} ResNet-{layers} {shot}-shot {_columns(dataset)[fold]}"
                 if len(found) > 1:
                     duplicate_notes.append(
                         f"{where}: {len(found)} results; shown: {shown.path} ({why}); not shown: "
@@ -330,7 +377,7 @@ def build_report(collection: Collection, figures: PublishedFigures) -> Report:
             groups.append(_group(dataset, layers, shot, resize, chosen, markers.get(section_key), figures))
         sections.append(Section(dataset, _title(dataset, resize, markers.get(section_key)),
                                 _protocol(resize, markers.get(section_key), notes[-1] if deviations else ""),
-                                tuple(groups)))
+                                tuple(groups), _columns(dataset)))
     if seed_notes:
         notes.append("a ± b: the mean and standard deviation of a run's seeds; " + "; ".join(seed_notes))
     notes += duplicate_notes
@@ -368,8 +415,14 @@ def _legend(collection: Collection, figures: PublishedFigures) -> str:
             f"over folds 0-3, only when all four are there. The source of every published figure: {source}")
 
 
+def _columns(dataset: str) -> Tuple[str, ...]:
+    return CROSS_DOMAIN_COLUMNS if dataset == CROSS_DOMAIN else COLUMNS
+
+
 def _title(dataset: str, resize: str, marker: Optional[str]) -> str:
     name = DATASET_NAMES.get(dataset, dataset)
+    if dataset == CROSS_DOMAIN:
+        return f"{name}: a PASCAL-trained checkpoint on each target dataset {marker}"
     if marker:
         return f"{name}: not the paper's protocol {marker}"
     table = PAPER_TABLES.get(dataset, "?")
@@ -442,7 +495,7 @@ def _rows(section: Section, missing: str, plus_minus: str, kind=lambda kind: kin
 def _terminal(report: Report) -> str:
     blocks = []
     for section in report.sections:
-        header = ["backbone", "shot", ""] + list(COLUMNS)
+        header = ["backbone", "shot", ""] + list(section.columns)
         lines = [header] + [line for group in _rows(section, "—", " ± ") for line in group]
         widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
         text = [section.title] + ["  ".join(cell.ljust(width) if column < 3 else cell.rjust(width)
@@ -455,8 +508,8 @@ def _terminal(report: Report) -> str:
 def _markdown(report: Report) -> str:
     blocks = []
     for section in report.sections:
-        lines = [f"### {section.title}", "", "| backbone | shot | | " + " | ".join(COLUMNS) + " |",
-                 "|---|---|---|" + "---:|" * len(COLUMNS)]
+        lines = [f"### {section.title}", "", "| backbone | shot | | " + " | ".join(section.columns) + " |",
+                 "|---|---|---|" + "---:|" * len(section.columns)]
         lines += ["| " + " | ".join(line) + " |" for group in _rows(section, "—", " ± ") for line in group]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n\n" + "".join(f"- {note}\n" for note in report.notes)
@@ -465,14 +518,23 @@ def _markdown(report: Report) -> str:
 def _latex(report: Report) -> str:
     blocks = []
     for section in report.sections:
-        lines = [f"% {section.title}", r"\begin{tabular}{lll" + "r" * len(COLUMNS) + "}", r"\toprule",
-                 "Backbone & Shot & & " + " & ".join(column[0].upper() + column[1:] for column in COLUMNS) + r" \\"]
+        lines = [f"% {section.title}", r"\begin{tabular}{lll" + "r" * len(section.columns) + "}", r"\toprule",
+                 "Backbone & Shot & & " + " & ".join(column[0].upper() + column[1:] for column in section.columns)
+                 + r" \\"]
         for group in _rows(section, "--", r" $\pm$ ", lambda kind: kind.replace("Δ", r"$\Delta$")):
             lines.append(r"\midrule")
             lines += [" & ".join(line) + r" \\" for line in group]
         lines += [r"\bottomrule", r"\end{tabular}"]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n\n" + "".join(f"% note: {note}\n" for note in report.notes)
+
+
+def _csv_dataset(section: Section) -> str:
+    """The CSV's dataset label; the cross-domain section says what its fold columns hold."""
+    name = DATASET_NAMES.get(section.dataset, section.dataset)
+    if section.columns == COLUMNS:
+        return name
+    return f"{name} (fold_0..fold_3: {', '.join(section.columns[:NUM_SPLITS])})"
 
 
 def _csv(report: Report) -> str:
@@ -489,7 +551,7 @@ def _csv(report: Report) -> str:
                 cells = [_number(figure and replace(figure, std=None), "", "").lstrip("+") for figure in row.figures]
                 stds = ["" if figure is None or figure.std is None else f"{figure.std:.2f}"
                         for figure in row.figures[:NUM_SPLITS]]
-                writer.writerow([DATASET_NAMES.get(section.dataset, section.dataset), section.protocol,
+                writer.writerow([_csv_dataset(section), section.protocol,
                                  group[0].backbone, group[0].shot, row.kind]
                                 + [value for pair in zip(cells[:NUM_SPLITS], stds) for value in pair]
                                 + cells[NUM_SPLITS:])

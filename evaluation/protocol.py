@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from evaluation.metrics import FewShotMeter, pad_to_square
 from model.constants import IGNORE_LABEL
 from model.feature_cache import attached_feature_cache, keys_from_host
-from util.episode import class_indices
+from util.episode import class_indices, seed_episode_draws
 from util.runtime import autocast, check_amp, gather_from_ranks, progress_bar, set_seed
 
 __all__ = ["TARGETS", "EvaluatedBatch", "EvaluationProtocol", "FewShotScoring", "evaluation_passes",
@@ -183,6 +183,7 @@ class EvaluationProtocol:
             raise ValueError(f"{type(scoring).__name__} cannot be split across processes")
         if seed is not None:
             set_seed(seed, self.seed_deterministic)
+            seed_episode_draws(getattr(loader, "dataset", None), seed)
         for observer in observers:
             observer.start()
         if scoring is None:

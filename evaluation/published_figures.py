@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import yaml
 
-from util.dataset import DATA_SETS, NUM_SPLITS
+from util.dataset import NUM_SPLITS, PAPER_DATA_SETS
 from util.io import read_text
 
 __all__ = ["PUBLISHED_FIGURES", "RESIZES", "PublishedFigures", "PublishedFiguresError", "ReleasedCheckpoint",
@@ -133,7 +133,7 @@ class _Entry:
 
 def _table_row(path: str, index: int, entry) -> TableRow:
     checked = _Entry(path, f"tables[{index}]", entry, TABLE_KEYS)
-    dataset, resize = checked.choice("dataset", DATA_SETS), checked.choice("resize", RESIZES)
+    dataset, resize = checked.choice("dataset", PAPER_DATA_SETS), checked.choice("resize", RESIZES)
     layers, shot = checked.choice("layers", LAYERS), _shot(checked)
     folds = entry["miou"]
     if not isinstance(folds, list) or len(folds) != NUM_SPLITS:
@@ -147,7 +147,7 @@ def _table_row(path: str, index: int, entry) -> TableRow:
 
 def _checkpoint(path: str, index: int, entry) -> ReleasedCheckpoint:
     checked = _Entry(path, f"checkpoints[{index}]", entry, CHECKPOINT_KEYS)
-    dataset, layers, shot = checked.choice("dataset", DATA_SETS), checked.choice("layers", LAYERS), _shot(checked)
+    dataset, layers, shot = checked.choice("dataset", PAPER_DATA_SETS), checked.choice("layers", LAYERS), _shot(checked)
     fold = checked.choice("fold", tuple(range(NUM_SPLITS)))
     file, miou = checked.text("file"), checked.figure("miou")
     named = _NAME_MIOU.search(file or "")

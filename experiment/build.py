@@ -13,6 +13,9 @@ from model.backbone import calibrate_frozen_batch_norm
 from util import transform as transforms
 from util.base_dataset import BaseData
 from util.dataset import SemData, get_class_lists, read_image, read_pair_list, relative_to_cwd, resolve_path
+from util.episode_data.class_folders import (CLASS_FOLDER_LAYOUT, ClassFolderData, MaskRule, class_images,
+                                             read_class_split)
+from util.episode_data.cross_domain import CROSS_DOMAIN_LAYOUTS, CrossDomainData
 from util.gfss_dataset import GFSSData
 from util.runtime import limit_opencv_threads
 
@@ -76,6 +79,12 @@ def check_data_root(cfg) -> None:
                 f"(python -m tools.toy_demo does this by itself)")
     elif cfg.data_set == "coco":
         hint = "download COCO 2014 and run python -m tools.prepare_coco (README, 'Data')"
+    elif cfg.data_set in CLASS_FOLDER_DATA_SETS:
+        hint = (f"it holds one folder per class ({CLASS_FOLDER_LAYOUT}); check it with python -m "
+                f"tools.check_data --layout class_folders (docs/DATASETS.md)")
+    elif cfg.data_set in CROSS_DOMAIN_LAYOUTS:
+        hint = (f"prepare it with python -m {CROSS_DOMAIN_LAYOUTS[cfg.data_set].prepare_tool} "
+                f"(docs/DATASETS.md, 'Cross-domain benchmark')")
     else:
         hint = "download VOC2012 + SBD and run python -m tools.prepare_pascal (README, 'Data')"
     raise FileNotFoundError(f"data_root {cfg.data_root!r} (config key data_root){relative_to_cwd(cfg.data_root)} "
@@ -87,7 +96,29 @@ def result_dir(cfg) -> str:
 
 
 def test_class_ids(cfg):
-    return get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco)[1]
+    if cfg.data_set in CROSS_DOMAIN_LAYOUTS:  # the benchmark's class folders 1..N, in PATNet's order
+        return CROSS_DOMAIN_LAYOUTS[cfg.data_set].class_ids
+    if cfg.data_set in CLASS_FOLDER_DATA_SETS:  # the evaluation split's class names, sorted
+        return read_class_split(cfg.val_list, "config key val_list (split file)")
+    return class_lists(cfg)[1]
+
+
+def class_lists(cfg):
+    """The fold's (train classes, test classes) of a config with numbered classes: PASCAL's and
+    COCO's fixed folds, or the user's ``fold_classes`` of data_set 'semantic'."""
+    return get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco, **semantic_folds(cfg))
+
+
+def test_config(cfg, episodes: Optional[int] = None):
+    """The config test_sccan.py evaluates: ``val_list`` replaced by ``test_list`` when that is set
+    (e.g. FSS-1000's test classes, while training validates on its val classes), and ``test_num``
+    by ``episodes`` when given (the class-folder data draw that many episodes). A copy."""
+    cfg = cfg.copy()
+    if cfg.test_list:
+        cfg.val_list = cfg.test_list
+    if episodes:
+        cfg.test_num = episodes
+    return cfg
 
 
 def transform_and_list(cfg, mode: str, hsnet_resize: bool = False):
@@ -108,16 +139,62 @@ def transform_and_list(cfg, mode: str, hsnet_resize: bool = False):
     return transform, data_list
 
 
-def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True) -> SemData:
+def _build_cross_domain_dataset(cfg, mode: str, hsnet_resize: bool, show_progress: bool) -> CrossDomainData:
+    """PATNet's cross-domain test episodes (util/episode_data/cross_domain.py): inputs resized to
+    val_size squared whatever ``hsnet_resize`` says (PATNet's square resize), scored at 400 x 400."""
+    if mode != "val":
+        raise ValueError(f"data_set {cfg.data_set!r} is a test-only benchmark (PATNet's cross-domain test of a "
+                         f"PASCAL-trained model): train with a PASCAL config, then test with this one")
+    check_data_root(cfg)
+    return CrossDomainData(cfg.data_set, cfg.data_root, cfg.shot, transforms.build_hsnet_val_transform(cfg.val_size),
+                           episodes=cfg.test_num, seed=cfg.manual_seed)
+
+
+# data_set -> builder(cfg, mode, hsnet_resize, show_progress) of the datasets that are not SemData's.
+DATASET_BUILDERS = {name: _build_cross_domain_dataset for name in CROSS_DOMAIN_LAYOUTS}
+
+
+def _build_class_folder_dataset(cfg, mode: str, hsnet_resize: bool, show_progress: bool) -> ClassFolderData:
+    """Class-folder episodes (util/episode_data/class_folders.py: FSS-1000 and one's own folders):
+    the classes of the split file train_list or val_list, the transforms of SemData's data."""
+    if cfg.base_learner:
+        raise ValueError(f"data_set {cfg.data_set!r}: class folders have no base classes for BAM's base learner "
+                         f"(base_learner: True); train SCCAN alone")
+    check_data_root(cfg)
+    transform, split_file = transform_and_list(cfg, mode, hsnet_resize)
+    key = "train_list" if mode == "train" else "val_list"
+    rule = MaskRule(cfg.foreground_threshold, None if cfg.mask_ignore_value < 0 else cfg.mask_ignore_value)
+    return ClassFolderData(cfg.data_root, read_class_split(split_file, f"config key {key} (split file)"),
+                           shot=cfg.shot, mode=mode, transform=transform, mask_rule=rule,
+                           episodes=cfg.test_num, seed=cfg.manual_seed, ann_type=cfg.ann_type)
+
+
+# FSS-1000 (HSNet's split, lists/fss/) and one's own class folders: the same data, other configs.
+CLASS_FOLDER_DATA_SETS = ("fss", "class_folders")
+DATASET_BUILDERS.update({name: _build_class_folder_dataset for name in CLASS_FOLDER_DATA_SETS})
+
+
+def build_dataset(cfg, mode: str, hsnet_resize: bool = False, show_progress: bool = True):
     """The training or validation episode dataset of a config; with ``base_learner`` the training
     items also carry the base label (BAM's ``y_b``, for the ensemble's losses)."""
+    if cfg.data_set in DATASET_BUILDERS:
+        return DATASET_BUILDERS[cfg.data_set](cfg, mode, hsnet_resize, show_progress)
     check_data_root(cfg)
     transform, data_list = transform_and_list(cfg, mode, hsnet_resize)
     return SemData(split=cfg.split, shot=cfg.shot, data_root=cfg.data_root, data_list=data_list,
                    data_set=cfg.data_set, use_split_coco=cfg.use_split_coco,
                    transform=transform, mode=mode, ann_type=cfg.ann_type,
                    list_root=cfg.list_root or None, show_progress=show_progress,
-                   base_label=bool(cfg.base_learner) and mode == "train")
+                   base_label=bool(cfg.base_learner) and mode == "train",
+                   **semantic_folds(cfg))
+
+
+def semantic_folds(cfg) -> dict:
+    """SemData's fold arguments of data_set 'semantic' (the user's fold_classes and num_classes);
+    none for PASCAL and COCO, whose folds are fixed."""
+    if cfg.data_set != "semantic":
+        return {}
+    return dict(fold_classes=cfg.fold_classes, num_classes=cfg.num_classes)
 
 
 def build_gfss_dataset(cfg, show_progress: bool = True):
@@ -154,20 +231,31 @@ def build_experiment_model(cfg, device, backbone_from_checkpoint: bool = False,
             raise FileNotFoundError(f"train_list {cfg.train_list!r} (config key train_list) not "
                                     f"found; the random backbone is calibrated on its first images")
         transform = transforms.build_val_transform(cfg.val_size, True)
-        pairs = read_pair_list(cfg.train_list)[:CALIBRATION_IMAGES]
-        if not pairs:
+        paths = _calibration_image_paths(cfg)
+        if not paths:
             raise ValueError(f"train_list {cfg.train_list!r} is empty: the random backbone "
                              f"(pretrained_backbone: False) is calibrated on its first "
                              f"{CALIBRATION_IMAGES} images")
         images = []
-        for image_path, label_path, _ in pairs:
-            image = read_image(resolve_path(image_path, cfg.data_root))
+        for path in paths:
+            image = read_image(path)
             try:
                 images.append(transform(image, np.zeros(image.shape[:2], np.uint8))[0])
             except ValueError as error:  # an image too elongated for val_size
-                raise ValueError(f"{resolve_path(image_path, cfg.data_root)!r}: {error}") from None
+                raise ValueError(f"{path!r}: {error}") from None
         calibrate_frozen_batch_norm(model.backbone, torch.stack(images))
     return model.to(device)
+
+
+def _calibration_image_paths(cfg) -> list:
+    """The first CALIBRATION_IMAGES training images: of the base list, or for class folders of
+    the training classes in the dataset's order (sorted classes, sorted file names)."""
+    if cfg.data_set in CLASS_FOLDER_DATA_SETS:
+        paths = []
+        for name in read_class_split(cfg.train_list, "config key train_list (split file)"):
+            paths += [image for image, _ in class_images(cfg.data_root, name)][:CALIBRATION_IMAGES - len(paths)]
+        return paths
+    return [resolve_path(image, cfg.data_root) for image, _, _ in read_pair_list(cfg.train_list)[:CALIBRATION_IMAGES]]
 
 
 def build_base_dataset(cfg, mode: str) -> BaseData:

@@ -34,7 +34,9 @@ def _keys(section: str, *rows: tuple) -> dict[str, Key]:
 SCHEMA: dict[str, Key] = {
     **_keys(
         "Data",
-        ("data_set", str, "pascal", "'pascal' or 'coco'"),
+        ("data_set", str, "pascal", "'pascal' or 'coco'; test only: PATNet's cross-domain "
+         "'deepglobe', 'isic', 'lung'; "
+         "one's own data: 'class_folders', 'semantic'; FSS-1000: 'fss' (docs/DATASETS.md)"),
         ("data_root", str, "../data/VOCdevkit2012/VOC2012", "dataset folder; list paths are relative to it"),
         ("train_list", str, "./lists/pascal/voc_sbd_merge_noduplicate.txt", "base list of training images"),
         ("val_list", str, "./lists/pascal/val.txt", "base list of validation images"),
@@ -57,6 +59,16 @@ SCHEMA: dict[str, Key] = {
          "workers between epochs (saves their start-up; the episode draws then differ from the "
          "original's per-epoch reseeding and resume is no longer exact)"),
         ("list_root", str, "", "folder of the few-shot lists; '' = ./lists/<data_set>/fss_list"),
+        ("test_list", str, "", "test_sccan.py's list ('' = val_list); for class folders (data_set "
+         "'fss', 'class_folders') train_list, val_list and test_list are split files of class names"),
+        ("foreground_threshold", int, 1, "class folders: mask values from this one up are foreground, "
+         "lower ones background (1: any non-zero value; FSS-1000 128, HSNet's read_mask)"),
+        ("mask_ignore_value", int, -1, "class folders: mask pixels of this value are ignored "
+         "(-1: none; e.g. 255)"),
+        ("fold_classes", list, [], "data_set 'semantic': the test classes of each fold, e.g. "
+         "[[1, 2], [3, 4]]; fold <split> tests fold_classes[split] and trains on the other classes"),
+        ("num_classes", int, 0, "data_set 'semantic': the labels hold class ids 1..num_classes "
+         "(0 background, 255 ignored)"),
     ),
     **_keys(
         "Train",
@@ -264,7 +276,7 @@ _SIDE = Range(_stride_8_side, f"an int 9..{MAX_SIDE} with (value - 1) a multiple
                               f"stride (e.g. 473, 417, 65, 33)")
 
 RANGES: dict[str, Range] = {
-    "split": _one_of(0, 1, 2, 3),
+    "split": _at_least(0),  # the upper bound depends on data_set (RELATIONS)
     "shot": _at_least(1),
     "train_h": _SIDE,
     "train_w": _SIDE,
@@ -303,6 +315,9 @@ RANGES: dict[str, Range] = {
     "kshot_trans_dim": _at_least(0),
     "merge_tau": Range(lambda value: 0 <= value <= 1, "a probability 0..1"),
     "test_num": _at_least(1),
+    "foreground_threshold": Range(lambda value: 1 <= value <= 255, "a mask value 1..255 (masks are 8-bit)"),
+    "mask_ignore_value": Range(lambda value: -1 <= value <= 255, "-1 (none) or a mask value 0..255"),
+    "num_classes": Range(lambda value: 0 <= value <= 254, "0..254 (label ids are 8-bit, 255 is ignored)"),
     "eval_feature_cache_mb": Range(lambda value: math.isfinite(value) and value >= 0,
                                    "a finite value >= 0 (0 = off)"),
     "distributed_timeout_minutes": _positive(),
@@ -321,6 +336,10 @@ RELATIONS: tuple = (
     Relation(("rotate_min", "rotate_max"), lambda low, high: low < high, "rotate_min < rotate_max"),
     Relation(("feature_size", "window_size"), lambda grid, window: grid % window == 0,
              "feature_size a multiple of window_size (windows tile the transformer grid)"),
+    # The paper's datasets have four folds; one's own semantic labels as many as fold_classes lists.
+    Relation(("data_set", "split", "fold_classes"),
+             lambda data_set, split, folds: split < (max(len(folds), 1) if data_set == "semantic" else 4),
+             "split 0..3 (the four folds), or with data_set 'semantic' 0..len(fold_classes) - 1"),
 )
 
 

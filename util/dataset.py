@@ -45,6 +45,7 @@ from util.io import atomic_write_json, atomic_write_text, read_text, relative_to
 
 __all__ = [
     "DATA_SETS",
+    "PAPER_DATA_SETS",
     "MODES",
     "ANNOTATION_TYPES",
     "MIN_CLASS_PIXELS",
@@ -71,7 +72,10 @@ __all__ = [
     "SemData",
 ]
 
-DATA_SETS = ("pascal", "coco")
+# The paper's datasets, whose folds are fixed; 'semantic' (one's own labels) takes its folds from
+# the config (get_class_lists).
+PAPER_DATA_SETS = ("pascal", "coco")
+DATA_SETS = PAPER_DATA_SETS + ("semantic",)
 MODES = ("train", "val")
 ANNOTATION_TYPES = ("mask", "bbox")
 NUM_CLASSES = {"pascal": 20, "coco": 80}
@@ -91,6 +95,11 @@ EXPECTED_LAYOUT = {
         "'<image path> <label path>' relative to data_root, e.g. "
         "'train2014/COCO_train2014_000000000009.jpg annotations/train2014/COCO_train2014_000000000009.png'"
     ),
+    "semantic": (
+        "images and single-channel 8-bit label PNGs of class ids (0 background, 1..num_classes, 255 "
+        "ignored) anywhere below data_root; base list lines '<image path> <label path>' relative to "
+        "data_root, e.g. 'images/0001.jpg labels/0001.png'; the folds are the config's fold_classes"
+    ),
 }
 
 # The data_root of the original's configs, joined by its make_dataset into every path of the FSS
@@ -108,13 +117,18 @@ def _check_choice(name: str, value, allowed: Sequence) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(repr(a) for a in allowed)}")
 
 
-def get_class_lists(data_set: str, split: int, use_split_coco: bool = False) -> Tuple[List[int], List[int]]:
+def get_class_lists(data_set: str, split: int, use_split_coco: bool = False,
+                    fold_classes: Optional[Sequence[Sequence[int]]] = None,
+                    num_classes: Optional[int] = None) -> Tuple[List[int], List[int]]:
     """The fold's ``(train_classes, val_classes)``, 1-based class ids in ascending order.
 
     PASCAL (20 classes): fold i tests 5i+1 .. 5i+5. COCO (80 classes): with ``use_split_coco``
-    fold i tests {i+1, i+5, ..., i+77}; without, 20i+1 .. 20i+20. The train classes are the rest.
+    fold i tests {i+1, i+5, ..., i+77}; without, 20i+1 .. 20i+20. 'semantic' (one's own data):
+    fold i tests ``fold_classes[i]`` of the classes 1..``num_classes``. The train classes are the rest.
     """
     _check_choice("data_set", data_set, DATA_SETS)
+    if data_set == "semantic":
+        return _user_fold(split, fold_classes, num_classes)
     _check_choice("split", split, tuple(range(NUM_SPLITS)))
     class_list = list(range(1, NUM_CLASSES[data_set] + 1))
     if data_set == "pascal":
@@ -124,6 +138,28 @@ def get_class_lists(data_set: str, split: int, use_split_coco: bool = False) -> 
     else:
         val_classes = list(range(20 * split + 1, 20 * split + 21))
     train_classes = [c for c in class_list if c not in val_classes]
+    return train_classes, val_classes
+
+
+def _user_fold(split: int, fold_classes, num_classes) -> Tuple[List[int], List[int]]:
+    """data_set 'semantic': ``(train classes, test classes)`` of fold ``split`` of the config's
+    ``fold_classes``; every mistake named with its config key."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"data_set 'semantic' needs config key num_classes: the class ids 1..num_classes of "
+                         f"the labels (at least 2), got {num_classes!r}")
+    if not isinstance(fold_classes, (list, tuple)) or not fold_classes or not all(
+            isinstance(fold, (list, tuple)) and fold for fold in fold_classes):
+        raise ValueError(f"data_set 'semantic' needs config key fold_classes: a list of folds, each a non-empty "
+                         f"list of the class ids it tests, e.g. [[1, 2], [3, 4]]; got {fold_classes!r}")
+    for fold, classes in enumerate(fold_classes):
+        wrong = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= num_classes]
+        if wrong or len(set(classes)) != len(classes):
+            raise ValueError(f"config key fold_classes: fold {fold} {list(classes)} must name distinct class ids "
+                             f"1..{num_classes} (num_classes){f'; not class ids: {wrong}' if wrong else ''}")
+    if not isinstance(split, int) or not 0 <= split < len(fold_classes):
+        raise ValueError(f"config key split {split!r}: fold_classes defines folds 0..{len(fold_classes) - 1}")
+    val_classes = sorted(fold_classes[split])
+    train_classes = [c for c in range(1, num_classes + 1) if c not in val_classes]
     return train_classes, val_classes
 
 
@@ -153,7 +189,7 @@ def resolve_path(path: str, data_root: str, data_set: Optional[str] = None) -> s
     if data_root and _strip_root(path, data_root) is not None:
         return path
     if data_set is not None:
-        below_original_root = _strip_root(path, ORIGINAL_DATA_ROOTS[data_set])
+        below_original_root = _strip_root(path, ORIGINAL_DATA_ROOTS.get(data_set, ""))
         if below_original_root is not None:
             return os.path.join(data_root, below_original_root)
     return os.path.join(data_root, path)
@@ -208,15 +244,16 @@ def read_image(path: str) -> np.ndarray:
     return np.float32(image)
 
 
-def read_label(path: str, data_set: Optional[str] = None) -> np.ndarray:
+def read_label(path: str, data_set: Optional[str] = None, num_classes: Optional[int] = None) -> np.ndarray:
     """Read a label map as uint8 ``(H, W)``: the original's ``cv2.imread(path, IMREAD_GRAYSCALE)``
     for every proper label. A missing, truncated, colour (e.g. VOC's palette PNG expanded to RGB)
     or 16-bit file is refused, naming it; with ``data_set``, so are values that are no class of
-    that dataset, background or 255 (the original scores them silently as background)."""
-    if data_set is None:
+    that dataset, background or 255 (the original scores them silently as background).
+    ``num_classes``: the class count of a dataset without a fixed one ('semantic')."""
+    count = num_classes or NUM_CLASSES.get(data_set)
+    if data_set is None or count is None:
         return read_label_file(path)
-    return read_label_file(path, NUM_CLASSES[data_set], IGNORE_LABEL,
-                           expected=describe_classes(NUM_CLASSES[data_set], data_set, IGNORE_LABEL))
+    return read_label_file(path, count, IGNORE_LABEL, expected=describe_classes(count, data_set, IGNORE_LABEL))
 
 
 def _label_classes(label: np.ndarray) -> List[int]:
@@ -224,9 +261,10 @@ def _label_classes(label: np.ndarray) -> List[int]:
     return [int(c) for c in np.unique(label) if c != 0 and c != IGNORE_LABEL]
 
 
-def _read_list_label(label_path: str, data_root: str, data_set: Optional[str], where: str) -> np.ndarray:
+def _read_list_label(label_path: str, data_root: str, data_set: Optional[str], where: str,
+                     num_classes: Optional[int] = None) -> np.ndarray:
     try:
-        return read_label(resolve_path(label_path, data_root, data_set), data_set)
+        return read_label(resolve_path(label_path, data_root, data_set), data_set, num_classes)
     except (ImageFileError, FileNotFoundError) as error:
         raise type(error)(f"{where}: {error}") from None
 
@@ -243,6 +281,7 @@ def make_fss_lists(
     filter_intersection: bool,
     show_progress: bool = True,
     data_set: Optional[str] = None,
+    num_classes: Optional[int] = None,
 ) -> Tuple[List[PathPair], Dict[int, List[PathPair]]]:
     """Build the FSS lists from a base list, in its order, like the original's ``make_dataset``.
 
@@ -262,7 +301,7 @@ def make_fss_lists(
     for image_path, label_path, line_number in tqdm(
         pairs, desc=f"building FSS lists from {os.path.basename(base_list)}", disable=not show_progress
     ):
-        label = _read_list_label(label_path, data_root, data_set, f"{base_list}:{line_number}")
+        label = _read_list_label(label_path, data_root, data_set, f"{base_list}:{line_number}", num_classes)
         classes = _label_classes(label)
         if filter_intersection and not set(classes).issubset(class_set):
             continue
@@ -281,6 +320,7 @@ def derive_sub_class_file_list(
     class_list: Sequence[int],
     show_progress: bool = True,
     data_set: Optional[str] = None,
+    num_classes: Optional[int] = None,
 ) -> Dict[int, List[PathPair]]:
     """Rebuild the ``sub_class_file_list`` that belongs to an existing ``data_list`` file.
 
@@ -297,7 +337,7 @@ def derive_sub_class_file_list(
         read_pair_list(data_list_path, warn_repeats=False),  # the caller's load_fss_lists warns
         desc=f"deriving the class lists of {os.path.basename(data_list_path)}", disable=not show_progress,
     ):
-        label = _read_list_label(label_path, data_root, data_set, f"{data_list_path}:{line_number}")
+        label = _read_list_label(label_path, data_root, data_set, f"{data_list_path}:{line_number}", num_classes)
         counted = _counted_classes(label, _label_classes(label), class_set)
         if not counted:
             without_class.append(line_number)
@@ -474,13 +514,13 @@ def draw_supports(files: Sequence[PathPair], query: PathPair, shot: int) -> List
 
 
 def read_support(image_path: str, label_path: str, class_chosen: int, ann_type: str = "mask",
-                 data_set: Optional[str] = None):
+                 data_set: Optional[str] = None, num_classes: Optional[int] = None):
     """A support image and its label: 1 where ``class_chosen``, boxes for ``ann_type`` 'bbox',
     then 255 where the label was 255 (restored after the box filling, as the original does).
     ``data_set`` checks the label's values (`read_label`).
     Returns (image float32 (H, W, 3), label uint8 (H, W))."""
     support_image = read_image(image_path)
-    raw_support_label = read_label(label_path, data_set)
+    raw_support_label = read_label(label_path, data_set, num_classes)
     support_label = np.zeros_like(raw_support_label)
     support_label[raw_support_label == class_chosen] = 1
     if ann_type == "bbox":
@@ -566,7 +606,7 @@ class SemData(Dataset):
         data_root: dataset root (see `EXPECTED_LAYOUT`).
         data_list: base list (``<image> <label>`` lines); needed only when the FSS lists must be
             built (they are kept under ``list_root`` and reused when present).
-        data_set: 'pascal' or 'coco' (the toy dataset is 'pascal').
+        data_set: 'pascal', 'coco' (the toy dataset is 'pascal') or 'semantic' (one's own).
         use_split_coco: COCO fold definition (see `get_class_lists`).
         transform: ``t(image, label) -> (image tensor (3, H, W), label tensor (H, W))`` applied to
             the query then to each support; None means `transform.ToTensor` only.
@@ -581,6 +621,8 @@ class SemData(Dataset):
         base_label: training with a base learner (BAM's ensemble): each training item also
             carries the query label in the base numbering (:func:`base_remap_label`), transformed
             with the same draws (:func:`transform_with_base_label`); off, the items are unchanged.
+        fold_classes, num_classes: data_set 'semantic' (one's own labels): the test classes of
+            each fold and the class count (:func:`get_class_lists`).
 
     ``dataset[i]`` returns a named tuple (util/episode.py) whose items read, by position, as the
     original's: for train a :class:`~util.episode.TrainingEpisode` ``(query_image (3,H,W)
@@ -608,9 +650,12 @@ class SemData(Dataset):
         list_root: Optional[str] = None,
         show_progress: bool = True,
         base_label: bool = False,
+        fold_classes: Optional[Sequence[Sequence[int]]] = None,
+        num_classes: Optional[int] = None,
     ):
         _check_choice("data_set", data_set, DATA_SETS)
-        _check_choice("split", split, tuple(range(NUM_SPLITS)))
+        if data_set != "semantic":  # the user's folds are checked by get_class_lists
+            _check_choice("split", split, tuple(range(NUM_SPLITS)))
         _check_choice("mode", mode, MODES)
         _check_choice("ann_type", ann_type, ANNOTATION_TYPES)
         if not isinstance(shot, int) or shot < 1:
@@ -631,8 +676,9 @@ class SemData(Dataset):
         self.ann_type = ann_type
         self.transform = transform
         self.base_label = base_label
-        self.num_classes = NUM_CLASSES[data_set]
-        self.train_classes, self.val_classes = get_class_lists(data_set, split, use_split_coco)
+        self.num_classes = num_classes if data_set == "semantic" else NUM_CLASSES[data_set]
+        self.train_classes, self.val_classes = get_class_lists(data_set, split, use_split_coco, fold_classes,
+                                                               num_classes)
         # The mode's class list: episode classes and subcls indices come from it.
         self.class_list = self.train_classes if mode == "train" else self.val_classes
         # None or '' (the configs' spelling of 'default') -> the original's ./lists/<data_set>/fss_list.
@@ -775,7 +821,7 @@ class SemData(Dataset):
         self._check_list_folder_writable()
         built_data_list, built_sub_lists = make_fss_lists(
             self.data_root, base_list, self.class_list, filter_intersection=(self.mode == "train"),
-            show_progress=show_progress, data_set=self.data_set,
+            show_progress=show_progress, data_set=self.data_set, num_classes=self.num_classes,
         )
         write_fss_lists(data_path, sub_path, built_data_list, built_sub_lists)
         _write_source_record(data_path, "base_list", base_list, self.data_root, self.class_list)
@@ -786,7 +832,8 @@ class SemData(Dataset):
         """Derive the sub_class_file_list from the data_list beside it, with its source record."""
         self._check_list_folder_writable()
         derived = derive_sub_class_file_list(
-            self.data_root, self.data_list_path, self.class_list, show_progress=show_progress, data_set=self.data_set
+            self.data_root, self.data_list_path, self.class_list, show_progress=show_progress, data_set=self.data_set,
+            num_classes=self.num_classes
         )
         atomic_write_text(self.sub_class_file_list_path, _sub_class_file_list_text(derived))
         _write_source_record(self.sub_class_file_list_path, "data_list", self.data_list_path, self.data_root,
@@ -819,7 +866,7 @@ class SemData(Dataset):
                 raise FileNotFoundError(
                     f"{path!r} (first entry of {self.data_list_path}) does not exist. Relative list paths "
                     f"are joined with data_root={self.data_root!r}{relative_to_cwd(self.data_root)} unless they already start with it "
-                    f"(paths under the original's {ORIGINAL_DATA_ROOTS[self.data_set]!r} are moved onto it): "
+                    f"(paths under the original's {ORIGINAL_DATA_ROOTS.get(self.data_set)!r} are moved onto it): "
                     f"check data_root (expected layout: {EXPECTED_LAYOUT[self.data_set]}); if "
                     f"{self.list_root} holds lists made for other data, set list_root to another folder "
                     f"(the shipped lists there are never rewritten)"
@@ -832,7 +879,7 @@ class SemData(Dataset):
     def _sample(self, index: int):
         """Episode choice with the original's draws, in the order of its ``__getitem__``. Returns (episode dict, query label)."""
         image_path, label_path = self.data_list[index]
-        label = read_label(label_path, self.data_set)
+        label = read_label(label_path, self.data_set, self.num_classes)
         candidates = [c for c in _label_classes(label) if c in self.class_list]
         if not candidates:
             raise ValueError(f"{label_path}: no class of {self.class_list} in the label of data_list entry {index}")
@@ -858,7 +905,7 @@ class SemData(Dataset):
         :class:`~util.episode.EvaluationEpisode` otherwise."""
         image_path, label_path = query
         image = read_image(image_path)
-        label = read_label(label_path, self.data_set) if _query_label is None else _query_label
+        label = read_label(label_path, self.data_set, self.num_classes) if _query_label is None else _query_label
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(
                 f"query image and label sizes differ: {image_path!r} is {image.shape[0]}x{image.shape[1]}, "
@@ -871,7 +918,8 @@ class SemData(Dataset):
         # changed since the lists were built) would be scored against an empty mask.
         if not (label == 1).any():
             raise ValueError(f"query label {label_path!r} has no pixel of the episode's class {class_chosen}")
-        support_images, support_labels = zip(*(read_support(*pair, class_chosen, self.ann_type, self.data_set)
+        support_images, support_labels = zip(*(read_support(*pair, class_chosen, self.ann_type, self.data_set,
+                                                            self.num_classes)
                                                for pair in supports))
         for (_, support_label_path), support_label in zip(supports, support_labels):
             if not (support_label == 1).any():

@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Union
 import torch
 
 __all__ = ["TrainingEpisode", "TrainingEpisodeWithBaseLabel", "EvaluationEpisode", "RecordedEpisode",
-           "LabelledImage", "class_indices"]
+           "LabelledImage", "class_indices", "seed_episode_draws"]
 
 
 # The fields every episode starts with, in the original's order; each kind adds its own after.
@@ -63,3 +63,16 @@ def class_indices(episode: Episode) -> torch.Tensor:
     index = episode.class_index
     index = index[0] if isinstance(index, (list, tuple)) else index
     return torch.as_tensor(index).reshape(-1).long()
+
+
+def seed_episode_draws(dataset, seed: int) -> None:
+    """Give ``seed`` to a dataset whose draws are keyed by (seed, episode index) rather than taken
+    from the global generators (util/episode_data: ``set_episode_seed``), looking through wrappers
+    that keep the wrapped dataset as ``.dataset`` (episode recording). Other datasets are left
+    alone: their draws already follow the global seeding."""
+    while dataset is not None:
+        setter = getattr(dataset, "set_episode_seed", None)
+        if setter is not None:
+            setter(seed)
+            return
+        dataset = getattr(dataset, "dataset", None)

@@ -22,7 +22,7 @@ import numpy as np
 from util.io import relative_to_cwd
 
 __all__ = ["ImageFileError", "file_problem", "truncation_problem", "colour_problem", "label_value_problem",
-           "read_image_file", "read_label_file", "describe_classes", "LABEL_READ_FLAGS"]
+           "read_image_file", "read_label_file", "read_checked", "describe_classes", "LABEL_READ_FLAGS"]
 
 # Keep the stored depth and the colour channels, so that 16-bit and colour labels can be told
 # apart; unlike IMREAD_UNCHANGED this still applies the EXIF orientation, as the original's
@@ -105,7 +105,9 @@ def label_value_problem(label: np.ndarray, num_classes: int, ignore_label: int =
             f"{ignore_label} (ignored)")
 
 
-def _read(path: str, flags: int, what: str) -> np.ndarray:
+def read_checked(path: str, flags: int, what: str) -> np.ndarray:
+    """``cv2.imread(path, flags)``, refusing a missing, unreadable or truncated file with one line
+    naming it as ``what`` (e.g. 'mask')."""
     array = cv2.imread(path, flags)
     problem = truncation_problem(path)
     if problem is not None:
@@ -117,7 +119,7 @@ def _read(path: str, flags: int, what: str) -> np.ndarray:
 
 def read_image_file(path: str, what: str = "image") -> np.ndarray:
     """``cv2.imread(path, IMREAD_COLOR)`` (BGR uint8), refusing a missing or truncated file."""
-    return _read(path, cv2.IMREAD_COLOR, what)
+    return read_checked(path, cv2.IMREAD_COLOR, what)
 
 
 def read_label_file(path: str, num_classes: Optional[int] = None, ignore_label: int = 255,
@@ -125,7 +127,7 @@ def read_label_file(path: str, num_classes: Optional[int] = None, ignore_label: 
     """A label file as uint8 ``(H, W)``, equal to ``cv2.imread(path, IMREAD_GRAYSCALE)`` for every
     file that is a proper label. Refused, naming the file: missing, truncated, colour, more than
     8 bits, and (with ``num_classes``) values outside 0..num_classes and ``ignore_label``."""
-    label = _read(path, LABEL_READ_FLAGS, "label")
+    label = read_checked(path, LABEL_READ_FLAGS, "label")
     problem = colour_problem(label)
     if problem is not None:
         raise ImageFileError(f"label {path!r} {problem}; expected {expected}")

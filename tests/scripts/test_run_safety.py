@@ -290,7 +290,7 @@ def test_episode_files_are_checked_for_kind_structure_and_fit(toy, sccan_state, 
                                                                                "split": 0, "shot": 1})
     with pytest.raises(ValueError, match=r"episode 0 has 1 supports but the config's shot is 5"):
         check_episodes_fit(str(episodes_file), episodes, [1, 2, 3, 4, 5], 5)
-    for broken, message in ((dict(episode, class_chosen="3"), "episode 0 is malformed"),
+    for broken, message in ((dict(episode, class_chosen=3.0), "episode 0 is malformed"),
                             (dict(episode, supports=[]), "episode 0 is malformed"),
                             ({"query": ["a.jpg", "a.png"]}, r"episode 0 lacks \['class_chosen', 'supports'\]"),
                             ([1, 2], "episode 0 is a list")):

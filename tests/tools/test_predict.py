@@ -264,3 +264,25 @@ def test_support_pairs_split_where_both_files_exist(tmp_path):
     mask.write_bytes(b"")
     assert predict.split_support(f"{image}:{mask}") == (str(image), str(mask))
     assert predict.split_support("a.jpg:b.png") == ("a.jpg", "b.png")  # neither exists: the first colon
+
+
+def test_the_fss_1000_config_predicts_as_the_toy_one_with_a_binary_0_255_mask(files, tmp_path, capsys):
+    # FSS-1000's masks are 0/255 (and class folders' any non-zero value): the same support as a
+    # 0/255 mask through the FSS-1000 config gives the toy config's masks for the same weights.
+    label = cv2.imread(files["mask"], cv2.IMREAD_UNCHANGED)
+    binary = np.where(label == 2, 255, 0).astype(np.uint8)  # the toy label's class 2, ignore dropped
+    toy_label = np.where(label == 2, 2, 0).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "binary.png"), binary)
+    cv2.imwrite(str(tmp_path / "toy.png"), toy_label)
+    query = os.path.join(files["queries"], "odd.png")
+    fss = os.path.join(REPOSITORY_ROOT, "config", "fss", "fss_resnet50.yaml")
+    arguments = _arguments(files, tmp_path / "fss", "--query", query, support=f"{files['support']}:{tmp_path / 'binary.png'}")
+    arguments[arguments.index(CONFIG)] = fss
+    # The model keys in which the two configs differ, set to the toy's (the weights are the toy model's).
+    arguments += ["window_size", "4", "random_backbone_residual_gain", "0.1", "pretrained_backbone", "False"]
+    [from_fss] = predict.main(arguments)
+    [from_toy] = predict.main(_arguments(files, tmp_path / "toy", "--query", query,
+                                         support=f"{files['support']}:{tmp_path / 'toy.png'}"))
+    capsys.readouterr()
+    masks = [cv2.imread(result["files"]["mask"], cv2.IMREAD_UNCHANGED) for result in (from_fss, from_toy)]
+    assert 0.05 < from_fss["foreground"] < 0.95 and np.array_equal(masks[0], masks[1])

@@ -32,7 +32,11 @@ TOY_CONFIGS = [path for path in SHIPPED_CONFIGS if os.sep + "toy" + os.sep in pa
 ENSEMBLE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_bam.yaml") and path not in TOY_CONFIGS]
 # The base-learner configs (train_base.py) set only the keys BAM's base training reads.
 BASE_CONFIGS = [path for path in SHIPPED_CONFIGS if path.endswith("_base.yaml")]
-PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if path not in TOY_CONFIGS
+# The configs of the datasets beyond the paper's two (docs/DATASETS.md): FSS-1000 and the
+# cross-domain benchmark; their own tests check them.
+OTHER_DATA_CONFIGS = [path for path in SHIPPED_CONFIGS
+                      if os.path.basename(os.path.dirname(path)) in ("fss", "cross_domain")]
+PAPER_CONFIGS = [path for path in SHIPPED_CONFIGS if path not in TOY_CONFIGS and path not in OTHER_DATA_CONFIGS
                  and path not in ENSEMBLE_CONFIGS and path not in BASE_CONFIGS]
 
 
@@ -42,7 +46,9 @@ def test_the_shipped_configs_are_32_paper_32_ensemble_16_base_and_10_toy():
         "toy_split0_resnet50.yaml", "toy_split0_resnet50_5s.yaml",
         "toy_split0_resnet50_bam.yaml", "toy_split0_resnet50_base.yaml"] + [
         f"toy_split{split}_resnet50{suffix}.yaml" for split in (1, 2, 3) for suffix in ("", "_5s")]
-    assert len(SHIPPED_CONFIGS) == 32 + 32 + 16 + 10  # the toy base config is one of BASE_CONFIGS
+    assert len(SHIPPED_CONFIGS) == 32 + 32 + 16 + 10 + len(OTHER_DATA_CONFIGS)  # toy base: one of BASE_CONFIGS
+    assert {os.path.basename(path) for path in OTHER_DATA_CONFIGS} >= {
+        f"fss_resnet{layers}{suffix}.yaml" for layers in (50, 101) for suffix in ("", "_5s")}
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
@@ -271,7 +277,7 @@ NAN, INF = float("nan"), float("inf")
 # key -> (values accepted, values refused), each checked alone on the schema defaults; the
 # boundary values are the first of each list.
 RANGE_CASES = {
-    "split": ([0, 3], [-1, 4]),
+    "split": ([0, 3], [-1]),  # 4 for PASCAL/COCO: a relation with data_set (test_semantic_labels.py)
     "shot": ([1, 5], [0, -1]),
     "train_h": ([9, 17, 473, 4097], [8, 10, 1, 0, 472, 4105, 100001]),
     "train_w": ([9, 417, 4097], [8, 16, -7, 4105]),
@@ -304,6 +310,9 @@ RANGE_CASES = {
     "kshot_trans_dim": ([0], [-1]),
     "merge_tau": ([0, 1], [-0.1, 1.1]),
     "test_num": ([1], [0]),
+    "foreground_threshold": ([1, 128, 255], [0, 256]),
+    "mask_ignore_value": ([-1, 0, 255], [-2, 256]),
+    "num_classes": ([0, 2, 254], [-1, 255]),
     "eval_feature_cache_mb": ([0], [-1, INF]),
     "distributed_timeout_minutes": ([0.5], [0, -1, INF]),
 }

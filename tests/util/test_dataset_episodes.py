@@ -265,7 +265,7 @@ def test_missing_data_root_and_base_list(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"data_set": "toy"}, "unknown data_set 'toy'; allowed: 'pascal', 'coco'"),
+    ({"data_set": "toy"}, "unknown data_set 'toy'; allowed: 'pascal', 'coco', 'semantic'"),
     ({"split": 5}, "unknown split 5; allowed: 0, 1, 2, 3"),
     ({"mode": "test"}, "unknown mode 'test'; allowed: 'train', 'val'"),
     ({"ann_type": "polygon"}, "unknown ann_type 'polygon'; allowed: 'mask', 'bbox'"),

@@ -579,7 +579,7 @@ def test_loading_a_data_list_warns_about_repeats_unless_told_not_to(tmp_path):
 
 def test_class_lists_take_the_default_coco_folds_and_name_a_bad_choice():
     assert get_class_lists("coco", 1)[1] == list(range(21, 41))  # use_split_coco defaults to False
-    for arguments, message in ((("toy", 0), "unknown data_set 'toy'; allowed: 'pascal', 'coco'"),
+    for arguments, message in ((("toy", 0), "unknown data_set 'toy'; allowed: 'pascal', 'coco', 'semantic'"),
                                (("pascal", 4), "unknown split 4; allowed: 0, 1, 2, 3")):
         with pytest.raises(ValueError) as error:
             get_class_lists(*arguments)
