@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from experiment.build import evaluated_list_key
 from evaluation.visualisation import class_iou_chart, write_png
 from util.cli import UserError
 from util.io import atomic_write_json, check_distinct_paths, check_output_path
@@ -41,7 +42,7 @@ def check_result_outputs(arguments, cfg, output: str, output_name: str) -> None:
         [(output_name, output), (f"the chart of {output_name} (<name>.png)", chart),
          ("--dump-episodes", arguments.dump_episodes), ("--save-vis", arguments.save_vis)],
         [("--config", arguments.config), ("--weight", arguments.weight),
-         ("--episodes-from", arguments.episodes_from), ("config key val_list", cfg.val_list),
+         ("--episodes-from", arguments.episodes_from), (f"config key {evaluated_list_key(cfg)}", cfg.val_list),
          ("config key base_learner_weights", cfg.base_learner_weights if cfg.base_learner else None)])
     if chart and os.path.isdir(chart):
         raise UserError(f"{output_name} {output}: its per-class chart is written beside it as {chart}, "

@@ -99,7 +99,7 @@ def test_class_ids(cfg):
     if cfg.data_set in CROSS_DOMAIN_LAYOUTS:  # the benchmark's class folders 1..N, in PATNet's order
         return CROSS_DOMAIN_LAYOUTS[cfg.data_set].class_ids
     if cfg.data_set in CLASS_FOLDER_DATA_SETS:  # the evaluation split's class names, sorted
-        return read_class_split(cfg.val_list, "config key val_list (split file)")
+        return read_class_split(cfg.val_list, f"config key {evaluated_list_key(cfg)} (split file)")
     return class_lists(cfg)[1]
 
 
@@ -107,6 +107,12 @@ def class_lists(cfg):
     """The fold's (train classes, test classes) of a config with numbered classes: PASCAL's and
     COCO's fixed folds, or the user's ``fold_classes`` of data_set 'semantic'."""
     return get_class_lists(cfg.data_set, cfg.split, cfg.use_split_coco, **semantic_folds(cfg))
+
+
+def evaluated_list_key(cfg) -> str:
+    """The config key of the list an evaluation reads as ``cfg.val_list``: ``test_list`` once
+    :func:`test_config` has put it there, for the messages."""
+    return "test_list" if cfg.test_list and cfg.val_list == cfg.test_list else "val_list"
 
 
 def test_config(cfg, episodes: Optional[int] = None):

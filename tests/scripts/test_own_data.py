@@ -72,3 +72,24 @@ def test_train_then_test_on_semantic_labels_with_the_configs_folds(tmp_path):
     summary = test_sccan.run(["--config", CONFIG, "--weight", os.path.join(save_path, "snapshot", "final_1shot.pth"),
                               "--output", str(tmp_path / "a.json"), "--opts", *opts])
     assert summary["class_ids"] == [3, 4] and len(summary["runs"][0]["class_IoU"]) == 2
+
+
+def test_an_output_onto_the_test_split_file_names_the_test_list_key(tmp_path):
+    import warnings
+    from types import SimpleNamespace
+
+    from evaluation.results import check_result_outputs
+    from experiment.build import test_config
+    from util.cli import UserError
+    from util.config import load_config
+
+    split = write_split(tmp_path / "test.txt", ["fox"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, opts in (("test_list", ["test_list", str(split)]), ("val_list", ["val_list", str(split), "test_list", ""])):
+            cfg = test_config(load_config(os.path.join(os.path.dirname(CONFIG), "..", "fss", "fss_resnet50.yaml"),
+                                          ["data_set", "class_folders", *opts]))
+            arguments = SimpleNamespace(config=CONFIG, weight=None, episodes_from=None, dump_episodes=None,
+                                        save_vis=None, output=str(split))
+            with pytest.raises(UserError, match=f"is the same file as config key {key}: writing it would overwrite"):
+                check_result_outputs(arguments, cfg, str(split), "--output")
