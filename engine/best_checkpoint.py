@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["epoch_label", "format_epoch_label", "half_epoch_index", "best_checkpoint_name",
-           "BestCheckpoint"]
+__all__ = ["epoch_label", "format_epoch_label", "half_epoch_index", "best_checkpoint_prefix",
+           "best_checkpoint_name", "BestCheckpoint"]
 
 
 def epoch_label(epoch: int, half: bool = False) -> float:
@@ -30,10 +30,15 @@ def half_epoch_index(iterations: int) -> int:
     return round(iterations / 2)
 
 
+def best_checkpoint_prefix(shot: int) -> str:
+    """What every best checkpoint name of a ``shot``-shot training starts with: ``train_epoch_``,
+    or ``train<K>_epoch_`` for K > 1."""
+    return ("train" if shot == 1 else f"train{shot}") + "_epoch_"
+
+
 def best_checkpoint_name(shot: int, label: float, miou: float) -> str:
     """train_epoch_<label>_<miou>.pth, or train<K>_epoch_... for K > 1 (the released names)."""
-    prefix = "train" if shot == 1 else f"train{shot}"
-    return f"{prefix}_epoch_{format_epoch_label(label)}_{miou:.4f}.pth"
+    return f"{best_checkpoint_prefix(shot)}{format_epoch_label(label)}_{miou:.4f}.pth"
 
 
 @dataclass

@@ -168,7 +168,7 @@ def _build_class_folder_dataset(cfg, mode: str, hsnet_resize: bool, show_progres
                          f"(base_learner: True); train SCCAN alone")
     check_data_root(cfg)
     transform, split_file = transform_and_list(cfg, mode, hsnet_resize)
-    key = "train_list" if mode == "train" else "val_list"
+    key = "train_list" if mode == "train" else evaluated_list_key(cfg)
     rule = MaskRule(cfg.foreground_threshold, None if cfg.mask_ignore_value < 0 else cfg.mask_ignore_value)
     return ClassFolderData(cfg.data_root, read_class_split(split_file, f"config key {key} (split file)"),
                            shot=cfg.shot, mode=mode, transform=transform, mask_rule=rule,
@@ -259,6 +259,8 @@ def _calibration_image_paths(cfg) -> list:
     if cfg.data_set in CLASS_FOLDER_DATA_SETS:
         paths = []
         for name in read_class_split(cfg.train_list, "config key train_list (split file)"):
+            if len(paths) == CALIBRATION_IMAGES:  # enough: the other class folders are not listed
+                break
             paths += [image for image, _ in class_images(cfg.data_root, name)][:CALIBRATION_IMAGES - len(paths)]
         return paths
     return [resolve_path(image, cfg.data_root) for image, _, _ in read_pair_list(cfg.train_list)[:CALIBRATION_IMAGES]]

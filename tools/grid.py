@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from engine.best_checkpoint import best_checkpoint_name
+from engine.best_checkpoint import best_checkpoint_prefix
 from evaluation.results import chart_path
 from experiment.build import per_shot_name, snapshot_dir
 from tools.grid_jobs import CellJob
@@ -162,10 +162,10 @@ def plan_cell(cell: Cell, request: GridRequest) -> Plan:
                       "--output", shown(result, cwd)]
                      + (["--episodes", str(request.episodes)] if request.episodes else [])
                      + (["--seeds", str(request.seeds)] if request.seeds else []))
-    best_prefix = best_checkpoint_name(cell.shot, 0, 0.0).split("_epoch_")[0] + "_epoch_"
     job = CellJob(name=cell.name, cwd=cwd, log=os.path.join(request.out, "logs", cell.name + ".log"),
-                  result=result if testing else "", chart=chart_path(result) if testing else "", train=train, test=test, test_opts=tuple(request.opts),
-                  weight=weight, snapshot=snapshot, final=final, best_prefix=best_prefix,
+                  result=result if testing else "", chart=chart_path(result) if testing else "",
+                  train=train, test=test, test_opts=tuple(request.opts),
+                  weight=weight, snapshot=snapshot, final=final, best_prefix=best_checkpoint_prefix(cell.shot),
                   evaluate=bool(cfg.evaluate), released=cfg.weight, gpus=gpus)
     steps = " + ".join(step for step, command in (("train", train), ("test", test)) if command)
     details = [shown(weight, cwd)] if weight else []

@@ -51,7 +51,7 @@ from util.image_files import LABEL_READ_FLAGS, ImageFileError, read_checked
 from util.io import read_text, relative_to_cwd
 
 __all__ = ["IMAGE_EXTENSIONS", "MASK_EXTENSION", "CLASS_FOLDER_LAYOUT", "MaskRule", "read_class_split",
-           "class_images", "natural_key", "read_mask", "mask_to_grey", "ClassFolderData"]
+           "class_images", "natural_key", "read_mask", "mask_to_grey", "read_labelled_image", "ClassFolderData"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
@@ -143,20 +143,26 @@ def read_mask(path: str, rule: MaskRule) -> np.ndarray:
     return rule.binarise(mask_to_grey(mask))
 
 
+def read_labelled_image(image_path: str, mask_path: str, rule: MaskRule, role: str):
+    """An episode's image float32 (H, W, 3) and its label uint8 (H, W) {0, 1, 255}, refused (naming
+    the ``role``: 'query' or 'support') when their sizes differ or the label has no foreground."""
+    image, label = read_image(image_path), read_mask(mask_path, rule)
+    if image.shape[:2] != label.shape[:2]:
+        raise ValueError(f"{role} image and mask sizes differ: {image_path!r} is {image.shape[0]}x"
+                         f"{image.shape[1]}, {mask_path!r} is {label.shape[0]}x{label.shape[1]}")
+    if not (label == 1).any():
+        raise ValueError(f"{role} mask {mask_path!r} has no foreground pixel")
+    return image, label
+
+
 def read_support(image_path: str, mask_path: str, rule: MaskRule, ann_type: str = "mask"):
-    """A support image float32 (H, W, 3) and its label uint8 (H, W) {0, 1, 255}; with ``ann_type``
-    'bbox' the foreground becomes the filled boxes of its components (as SemData's supports)."""
-    image = read_image(image_path)
-    label = read_mask(mask_path, rule)
+    """A support image and label (:func:`read_labelled_image`); with ``ann_type`` 'bbox' the
+    foreground becomes the filled boxes of its components (as SemData's supports)."""
+    image, label = read_labelled_image(image_path, mask_path, rule, "support")
     if ann_type == "bbox":
         boxes = fill_bounding_boxes(label)
         boxes[label == IGNORE_LABEL] = IGNORE_LABEL
         label = boxes
-    if image.shape[:2] != label.shape[:2]:
-        raise ValueError(f"support image and mask sizes differ: {image_path!r} is {image.shape[0]}x"
-                         f"{image.shape[1]}, {mask_path!r} is {label.shape[0]}x{label.shape[1]}")
-    if not (label == 1).any():
-        raise ValueError(f"support mask {mask_path!r} has no foreground pixel")
     return image, label
 
 
@@ -256,12 +262,7 @@ class ClassFolderData(Dataset):
         if class_chosen not in self.class_files:
             raise ValueError(f"class {class_chosen!r} is not one of this split's {len(self.class_names)} classes")
         image_path, mask_path = query
-        image, label = read_image(image_path), read_mask(mask_path, self.mask_rule)
-        if image.shape[:2] != label.shape[:2]:
-            raise ValueError(f"query image and mask sizes differ: {image_path!r} is {image.shape[0]}x"
-                             f"{image.shape[1]}, {mask_path!r} is {label.shape[0]}x{label.shape[1]}")
-        if not (label == 1).any():
-            raise ValueError(f"query mask {mask_path!r} has no foreground pixel")
+        image, label = read_labelled_image(image_path, mask_path, self.mask_rule, "query")
         support_images, support_labels = zip(*(read_support(*pair, self.mask_rule, self.ann_type)
                                                for pair in supports))
         raw_label = torch.from_numpy(label.copy()).long()
